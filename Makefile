@@ -1,0 +1,36 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export RAY_AUTH_MODE ?= disabled
+
+.PHONY: demo test lint services services-stop install clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+services: ## start Redis and the S3 endpoint on loopback (no-op when already up)
+	bash infra/local/services.sh start
+
+services-stop:
+	bash infra/local/services.sh stop
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: $(STAMP) services lint
+	$(BIN)/python -m pytest -q
+
+demo: $(STAMP)
+	$(BIN)/audio-omni batch examples/demo.jsonl --out out/demo
+
+clean:
+	rm -rf out .pytest_cache

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Local development services on loopback: Redis and an S3-compatible endpoint (moto's server).
+# One way to start them, used by the Makefile, .ci/run and developers alike.
+#   bash infra/local/services.sh start|stop|status
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+REDIS_PORT=${REDIS_PORT:-6379}
+S3_PORT=${S3_PORT:-9000}
+RUN_DIR=${RUN_DIR:-.run}
+MOTO=${MOTO:-.venv/bin/moto_server}
+mkdir -p "$RUN_DIR"
+
+redis_up() { redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; }
+s3_up() { curl -fsS -o /dev/null "http://127.0.0.1:$S3_PORT/moto-api/" 2>/dev/null; }
+
+start_redis() {
+  if redis_up; then echo "redis: already up on 127.0.0.1:$REDIS_PORT"; return; fi
+  if ! command -v redis-server >/dev/null 2>&1; then
+    echo "redis: installing redis-server (apt)"
+    (apt-get update -qq && apt-get install -y -qq redis-server) >/dev/null
+  fi
+  redis-server --daemonize yes --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
+    --dir "$PWD/$RUN_DIR" --logfile "$PWD/$RUN_DIR/redis.log" --pidfile "$PWD/$RUN_DIR/redis.pid"
+  for _ in $(seq 50); do redis_up && break; sleep 0.1; done
+  redis_up && echo "redis: started on 127.0.0.1:$REDIS_PORT" || { echo "redis: failed to start"; exit 1; }
+}
+
+start_s3() {
+  if s3_up; then echo "s3: already up on 127.0.0.1:$S3_PORT"; return; fi
+  nohup "$MOTO" -H 127.0.0.1 -p "$S3_PORT" >"$RUN_DIR/s3.log" 2>&1 &
+  echo $! >"$RUN_DIR/s3.pid"
+  for _ in $(seq 100); do s3_up && break; sleep 0.1; done
+  s3_up && echo "s3: moto server on http://127.0.0.1:$S3_PORT" || { echo "s3: failed to start"; cat "$RUN_DIR/s3.log"; exit 1; }
+}
+
+stop() {
+  for f in "$RUN_DIR/s3.pid" "$RUN_DIR/redis.pid"; do
+    [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true
+    rm -f "$f"
+  done
+  echo "stopped the services this script started"
+}
+
+case "${1:-start}" in
+  start) start_redis; start_s3 ;;
+  stop) stop ;;
+  status) redis_up && echo "redis: up" || echo "redis: down"; s3_up && echo "s3: up" || echo "s3: down" ;;
+  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+esac

@@ -1,0 +1,510 @@
+"""The Audio-Omni DiT: a rectified-flow velocity network over VAE latents.
+
+Written from the facts-only spec (AUDIO_OMNI_SPEC.md §2.3, §3) and checked against the parity vectors.
+Module and attribute names are chosen so that ``state_dict()`` keys equal the released checkpoint's
+``model.model.*`` keys with that prefix removed; the loader only strips the prefix.
+
+Layout of one forward (B batch, C latent channels, T latent frames, S context tokens, G prefix tokens):
+
+* context ``(B, S, 768)`` -> MLP -> ``(B, S, E)``: keys/values of every cross-attention;
+* global ``(B, G, 768)`` -> MLP, plus the timestep embedding -> ``G`` prefix tokens;
+* latent ``(B, C, T)`` -> 1x1 conv residual -> ``project_in`` -> ``T`` tokens after the prefix;
+* ``depth`` pre-norm blocks (self-attention with partial RoPE, masked cross-attention, SwiGLU);
+* ``project_out`` on the latent positions -> 1x1 conv residual -> velocity ``(B, C, T)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+HEAD_DIM = 64
+# Each head rotates max(HEAD_DIM // 2, 32) = 32 of its 64 channels; the rest pass through.
+ROTARY_DIM = 32
+ROPE_BASE = 10000.0
+FOURIER_FEATURES = 128  # timestep Fourier frequencies; the MLP sees cos || sin = 256 values
+FF_MULT = 4
+NORM_EPS = 1e-5
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm whose gain is a parameter (``gamma``) and whose bias is a saved buffer (``beta``).
+
+    The released checkpoint stores ``beta`` as a persistent buffer (zeros), so it must be a buffer
+    here too for strict loading; it is never trained.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(dim))
+        self.register_buffer("beta", torch.zeros(dim), persistent=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.layer_norm(x, x.shape[-1:], self.gamma, self.beta, eps=NORM_EPS)
+
+
+class FourierFeatures(nn.Module):
+    """Learned Fourier frequencies ``weight`` (F, 1) for the scalar flow time."""
+
+    def __init__(self, num_frequencies: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(num_frequencies, 1))
+
+    def forward(self, t: Tensor) -> Tensor:
+        """``t`` (B,) -> ``[cos f, sin f]`` (B, 2F) in float32, ``f = 2*pi*t*w``."""
+        # float32 whatever the module dtype: a bf16/fp16 angle of up to 2*pi*|w| loses the phase.
+        angle = (2 * math.pi * t.float())[:, None] * self.weight[:, 0].float()[None, :]  # (B, F)
+        return torch.cat([torch.cos(angle), torch.sin(angle)], dim=-1)  # (B, 2F)
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position angles; ``inv_freq`` (ROTARY_DIM / 2,) is a saved buffer of the checkpoint."""
+
+    def __init__(self, rotary_dim: int = ROTARY_DIM, base: float = ROPE_BASE) -> None:
+        super().__init__()
+        exponents = torch.arange(0, rotary_dim, 2, dtype=torch.float32) / rotary_dim
+        self.register_buffer("inv_freq", 1.0 / (base**exponents), persistent=True)
+
+    def forward(self, seq_len: int) -> tuple[Tensor, Tensor]:
+        """cos and sin of the angles for positions ``0 .. seq_len-1``, each (N, ROTARY_DIM) float32."""
+        inv_freq = self.inv_freq.float()
+        positions = torch.arange(seq_len, device=inv_freq.device, dtype=torch.float32)
+        angles = positions[:, None] * inv_freq[None, :]  # (N, R/2)
+        angles = torch.cat([angles, angles], dim=-1)  # (N, R): the same angle for channel j and j + R/2
+        return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate the first ``cos.shape[-1]`` channels of every head (NeoX rotate-half pairing j, j+R/2).
+
+    ``x`` (B, H, N, D); ``cos``/``sin`` (N, R) float32. Done in float32 with autocast off, then cast
+    back, so fp16/bf16 runs keep the angle precision.
+    """
+    rot_dim = cos.shape[-1]
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        x_rot = x[..., :rot_dim].float()  # (B, H, N, R)
+        first, second = x_rot.chunk(2, dim=-1)
+        x_rot = x_rot * cos + torch.cat([-second, first], dim=-1) * sin
+    return torch.cat([x_rot.to(x.dtype), x[..., rot_dim:]], dim=-1)
+
+
+def _per_item_linear(linear: nn.Linear, x: Tensor) -> Tensor:
+    """``linear`` on (B, D_in) as B one-row products, so a row's result never depends on its neighbours.
+
+    BLAS picks different kernels (and summation orders) for 1, 2 or 4 rows; on the short timestep
+    batch that made an item's velocity differ with batch size and CFG doubling. One row per batch
+    entry of a batched matmul keeps it bit-identical to an unbatched call.
+    """
+    batch = x.shape[0]
+    weight = linear.weight.t().expand(batch, -1, -1)  # (B, D_in, D_out), a view
+    out = torch.bmm(x[:, None, :], weight)[:, 0]  # (B, D_out)
+    return out if linear.bias is None else out + linear.bias.to(out.dtype)
+
+
+def _split_heads(x: Tensor, num_heads: int) -> Tensor:
+    batch, seq, _ = x.shape
+    return x.view(batch, seq, num_heads, -1).transpose(1, 2)  # (B, H, N, D)
+
+
+def _merge_heads(x: Tensor) -> Tensor:
+    batch, heads, seq, head_dim = x.shape
+    return x.transpose(1, 2).reshape(batch, seq, heads * head_dim)  # (B, N, H*D)
+
+
+class SelfAttention(nn.Module):
+    """Unmasked multi-head self-attention with rotary positions on q and k."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.to_qkv = nn.Linear(dim, 3 * dim, bias=False)  # rows: q, then k, then v
+        self.to_out = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        q, k, v = (_split_heads(part, self.num_heads) for part in self.to_qkv(x).chunk(3, dim=-1))
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, H, N, D)
+        return self.to_out(_merge_heads(out))
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention from the sequence to the projected context; masked keys are skipped."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_kv = nn.Linear(dim, 2 * dim, bias=False)  # rows: k, then v
+        self.to_out = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x: Tensor, context: Tensor, key_mask: Tensor) -> Tensor:
+        """``x`` (B, N, E), ``context`` (B, S, E), ``key_mask`` (B, 1, 1, S) bool, True = attend."""
+        q = _split_heads(self.to_q(x), self.num_heads)
+        k, v = (_split_heads(part, self.num_heads) for part in self.to_kv(context).chunk(2, dim=-1))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)  # (B, H, N, D)
+        return self.to_out(_merge_heads(out))
+
+
+class SwiGLU(nn.Module):
+    """``proj`` gives value || gate; output ``value * SiLU(gate)``."""
+
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim, 2 * hidden_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        value, gate = self.proj(x).chunk(2, dim=-1)
+        return value * F.silu(gate)
+
+
+class FeedForward(nn.Module):
+    """SwiGLU feed-forward; index 1 of ``ff`` is an identity so the output layer is ``ff.2``."""
+
+    def __init__(self, dim: int, mult: int = FF_MULT) -> None:
+        super().__init__()
+        self.ff = nn.Sequential(SwiGLU(dim, dim * mult), nn.Identity(), nn.Linear(dim * mult, dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.ff(x)
+
+
+class DiTBlock(nn.Module):
+    """Pre-norm block: self-attention, cross-attention, feed-forward, each with a residual."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.pre_norm = LayerNorm(dim)
+        self.self_attn = SelfAttention(dim, num_heads)
+        self.cross_attend_norm = LayerNorm(dim)
+        self.cross_attn = CrossAttention(dim, num_heads)
+        self.ff_norm = LayerNorm(dim)
+        self.ff = FeedForward(dim)
+
+    def forward(self, x: Tensor, context: Tensor, key_mask: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        x = x + self.self_attn(self.pre_norm(x), cos, sin)
+        x = x + self.cross_attn(self.cross_attend_norm(x), context, key_mask)
+        return x + self.ff(self.ff_norm(x))
+
+
+class DiTTransformer(nn.Module):
+    """Token projections, rotary table and the stack of blocks (checkpoint prefix ``transformer.``)."""
+
+    def __init__(self, *, io_channels: int, embed_dim: int, depth: int, num_heads: int) -> None:
+        super().__init__()
+        self.project_in = nn.Linear(io_channels, embed_dim, bias=False)
+        self.project_out = nn.Linear(embed_dim, io_channels, bias=False)
+        self.rotary_pos_emb = RotaryEmbedding()
+        self.layers = nn.ModuleList(DiTBlock(embed_dim, num_heads) for _ in range(depth))
+
+    def forward(self, latent: Tensor, prefix: Tensor, context: Tensor, key_mask: Tensor) -> Tensor:
+        """``latent`` (B, T, C), ``prefix`` (B, G, E), ``context`` (B, S, E) -> (B, T, C)."""
+        prefix_len = prefix.shape[1]
+        h = torch.cat([prefix, self.project_in(latent)], dim=1)  # (B, G+T, E)
+        # Positions run over the whole prefix + latent sequence.
+        cos, sin = self.rotary_pos_emb(h.shape[1])
+        for layer in self.layers:
+            h = layer(h, context, key_mask, cos, sin)
+        # No final norm; only the latent positions are projected (the prefix outputs are discarded).
+        return self.project_out(h[:, prefix_len:])  # (B, T, C)
+
+
+class DiffusionTransformer(nn.Module):
+    """Audio-Omni velocity network ``v(x_t, t | context, global tokens)`` for rectified flow.
+
+    Args:
+        io_channels: latent channels C (64 for the released model).
+        embed_dim: transformer width E; must be a multiple of 64 (head dim).
+        depth: number of blocks.
+        num_heads: attention heads; must equal ``embed_dim // 64``.
+        cond_token_dim: width of the cross-attention context tokens (768).
+        global_cond_dim: width of the prepended global tokens (768).
+    """
+
+    def __init__(
+        self,
+        *,
+        io_channels: int,
+        embed_dim: int,
+        depth: int,
+        num_heads: int,
+        cond_token_dim: int,
+        global_cond_dim: int,
+    ) -> None:
+        super().__init__()
+        for name, value in (
+            ("io_channels", io_channels),
+            ("embed_dim", embed_dim),
+            ("depth", depth),
+            ("num_heads", num_heads),
+            ("cond_token_dim", cond_token_dim),
+            ("global_cond_dim", global_cond_dim),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if embed_dim % HEAD_DIM != 0 or num_heads != embed_dim // HEAD_DIM:
+            raise ValueError(
+                f"head dim is fixed at {HEAD_DIM}: need embed_dim a multiple of {HEAD_DIM} and "
+                f"num_heads == embed_dim // {HEAD_DIM}, got embed_dim={embed_dim}, num_heads={num_heads}"
+            )
+        self.io_channels = io_channels
+        self.embed_dim = embed_dim
+        self.depth = depth
+        self.num_heads = num_heads
+        self.cond_token_dim = cond_token_dim
+        self.global_cond_dim = global_cond_dim
+
+        self.timestep_features = FourierFeatures(FOURIER_FEATURES)
+        self.to_timestep_embed = nn.Sequential(
+            nn.Linear(2 * FOURIER_FEATURES, embed_dim), nn.SiLU(), nn.Linear(embed_dim, embed_dim)
+        )
+        self.to_cond_embed = nn.Sequential(
+            nn.Linear(cond_token_dim, embed_dim, bias=False),
+            nn.SiLU(),
+            nn.Linear(embed_dim, embed_dim, bias=False),
+        )
+        self.to_global_embed = nn.Sequential(
+            nn.Linear(global_cond_dim, embed_dim, bias=False),
+            nn.SiLU(),
+            nn.Linear(embed_dim, embed_dim, bias=False),
+        )
+        self.transformer = DiTTransformer(
+            io_channels=io_channels, embed_dim=embed_dim, depth=depth, num_heads=num_heads
+        )
+        self.preprocess_conv = nn.Conv1d(io_channels, io_channels, 1, bias=False)
+        self.postprocess_conv = nn.Conv1d(io_channels, io_channels, 1, bias=False)
+
+    # ----------------------------------------------------------------------------- construction
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> DiffusionTransformer:
+        """Build from a ``model.diffusion.config`` dict of the reference's JSON config.
+
+        Options this implementation does not support (another transformer type, patching, input
+        concat, unprojected context, non-prepend global conditioning) raise ``ValueError``; keys with
+        no effect in the reference (``condition_mask_type``, ``video_fps``) are ignored.
+        """
+        required = ("io_channels", "embed_dim", "depth", "num_heads", "cond_token_dim", "global_cond_dim")
+        missing = [key for key in required if key not in config]
+        if missing:
+            raise ValueError(f"DiT config is missing {missing}; required keys: {list(required)}")
+        supported = {
+            "transformer_type": "continuous_transformer",
+            "project_cond_tokens": True,
+            "project_global_cond": True,
+            "patch_size": 1,
+            "input_concat_dim": 0,
+            "prepend_cond_dim": 0,
+            "global_cond_type": "prepend",
+        }
+        for key, allowed in supported.items():
+            if key in config and config[key] != allowed:
+                raise ValueError(f"DiT config {key}={config[key]!r} is not supported; only {allowed!r}")
+        return cls(**{key: config[key] for key in required})
+
+    def init_weights(self) -> None:
+        """Fresh training-time initialisation, as the reference starts training.
+
+        PyTorch default init everywhere (Fourier frequencies ~ N(0, 1), LayerNorm gains 1), then every
+        parameter is halved, then the attention output projections, the feed-forward output layer
+        and the two 1x1 residual convs are zeroed, so each residual branch starts as the identity.
+        """
+        with torch.no_grad():
+            for module in self.modules():
+                if isinstance(module, nn.Linear | nn.Conv1d):
+                    module.reset_parameters()
+                elif isinstance(module, LayerNorm):
+                    module.gamma.fill_(1.0)
+                    module.beta.zero_()
+                elif isinstance(module, FourierFeatures):
+                    module.weight.normal_()
+            for param in self.parameters():
+                param.mul_(0.5)
+            zeroed: list[nn.Module] = [self.preprocess_conv, self.postprocess_conv]
+            for layer in self.transformer.layers:
+                zeroed += [layer.self_attn.to_out, layer.cross_attn.to_out, layer.ff.ff[2]]
+            for module in zeroed:
+                for param in module.parameters():
+                    param.zero_()
+
+    # ----------------------------------------------------------------------------- embeddings
+
+    def embed_timestep(self, t: Tensor) -> Tensor:
+        """Flow time ``t`` (B,) in [0, 1] -> timestep embedding (B, E)."""
+        features = self.timestep_features(t)  # (B, 256) float32
+        first, act, second = self.to_timestep_embed
+        h = _per_item_linear(first, features.to(first.weight.dtype))
+        return _per_item_linear(second, act(h))  # (B, E)
+
+    def embed_cond(self, cross_cond: Tensor) -> Tensor:
+        """Context tokens (B, S, cond_token_dim) -> (B, S, E)."""
+        return self.to_cond_embed(cross_cond)
+
+    def embed_global(self, global_cond: Tensor) -> Tensor:
+        """Global tokens (B, G, global_cond_dim) -> (B, G, E), before the timestep is added."""
+        return self.to_global_embed(global_cond)
+
+    # ----------------------------------------------------------------------------- forward
+
+    def check_inputs(
+        self, x: Tensor, t: Tensor, cross_cond: Tensor, cross_mask: Tensor, global_cond: Tensor
+    ) -> None:
+        """Raise ``ValueError`` naming the expected shape when an input does not fit."""
+        if x.dim() != 3 or x.shape[1] != self.io_channels or x.shape[0] < 1 or x.shape[2] < 1:
+            raise ValueError(
+                f"x must have shape (B, {self.io_channels}, T) with B, T >= 1, got {tuple(x.shape)}"
+            )
+        batch = x.shape[0]
+        if t.shape != (batch,):
+            raise ValueError(f"t must have shape ({batch},) (one time per item), got {tuple(t.shape)}")
+        if (
+            cross_cond.dim() != 3
+            or cross_cond.shape[0] != batch
+            or cross_cond.shape[2] != self.cond_token_dim
+            or cross_cond.shape[1] < 1
+        ):
+            raise ValueError(
+                f"cross_cond must have shape ({batch}, S, {self.cond_token_dim}) with S >= 1, "
+                f"got {tuple(cross_cond.shape)}"
+            )
+        if cross_mask.shape != cross_cond.shape[:2]:
+            raise ValueError(
+                f"cross_mask must have shape {tuple(cross_cond.shape[:2])} (B, S of cross_cond), "
+                f"got {tuple(cross_mask.shape)}"
+            )
+        if (
+            global_cond.dim() != 3
+            or global_cond.shape[0] != batch
+            or global_cond.shape[2] != self.global_cond_dim
+        ):
+            raise ValueError(
+                f"global_cond must have shape ({batch}, G, {self.global_cond_dim}), "
+                f"got {tuple(global_cond.shape)}"
+            )
+
+    def forward(
+        self, x: Tensor, t: Tensor, cross_cond: Tensor, cross_mask: Tensor, global_cond: Tensor
+    ) -> Tensor:
+        """One unguided velocity evaluation.
+
+        Args:
+            x: noisy latent (B, C, T).
+            t: flow time (B,), 1 = pure noise, 0 = data.
+            cross_cond: cross-attention context (B, S, cond_token_dim).
+            cross_mask: (B, S), True = attend (a non-bool mask counts as True where nonzero).
+            global_cond: tokens prepended to the sequence (B, G, global_cond_dim).
+
+        Returns:
+            predicted velocity (B, C, T), in the parameter dtype (or the autocast dtype).
+        """
+        self.check_inputs(x, t, cross_cond, cross_mask, global_cond)
+        dtype = self.preprocess_conv.weight.dtype
+        key_mask = cross_mask if cross_mask.dtype == torch.bool else cross_mask != 0
+        # A row with no key to attend would give NaN in SDPA; the reference then attends uniformly
+        # over all keys, which is what opening such a row entirely does (no host sync needed).
+        key_mask = key_mask | ~key_mask.any(dim=-1, keepdim=True)
+        key_mask = key_mask[:, None, None, :]  # (B, 1, 1, S)
+
+        context = self.embed_cond(cross_cond.to(dtype))  # (B, S, E)
+        prefix = self.embed_global(global_cond.to(dtype)) + self.embed_timestep(t)[:, None, :]  # (B, G, E)
+
+        x = x.to(dtype)
+        x = x + self.preprocess_conv(x)  # (B, C, T)
+        out = self.transformer(x.transpose(1, 2), prefix, context, key_mask)  # (B, T, C)
+        out = out.transpose(1, 2)  # (B, C, T)
+        return out + self.postprocess_conv(out)
+
+    def guided_velocity(
+        self,
+        x: Tensor,
+        t: Tensor,
+        cross_cond: Tensor,
+        cross_mask: Tensor,
+        global_cond: Tensor,
+        cfg_scale: float | Tensor,
+        scale_phi: float = 0.0,
+    ) -> Tensor:
+        """Classifier-free guided velocity, conditional and unconditional in one 2B forward.
+
+        The unconditional half gets an all-zero context with the same mask; the global (prefix)
+        tokens are not nulled. ``v = v_u + (v_c - v_u) * cfg_scale``; with ``scale_phi`` > 0 the
+        result is blended with a copy rescaled to the per-position channel std of ``v_c``.
+
+        Args:
+            cfg_scale: a float or a per-item (B,) tensor. Items whose scale is 1 get ``v_c`` exactly;
+                when every scale is 1 only a B-item forward runs. Pass a float or a CPU tensor:
+                deciding that needs the values on the host.
+            scale_phi: guidance rescale weight in [0, 1]; 0 disables it.
+        """
+        if not 0.0 <= scale_phi <= 1.0:
+            raise ValueError(f"scale_phi must be in [0, 1], got {scale_phi!r}")
+        batch = x.shape[0]
+        if isinstance(cfg_scale, Tensor):
+            if cfg_scale.shape != (batch,):
+                raise ValueError(f"cfg_scale tensor must have shape ({batch},), got {tuple(cfg_scale.shape)}")
+            all_unguided = bool((cfg_scale.detach().cpu() == 1).all())
+        else:
+            if not math.isfinite(cfg_scale):
+                raise ValueError(f"cfg_scale must be a finite number, got {cfg_scale!r}")
+            all_unguided = cfg_scale == 1
+        if all_unguided:
+            return self(x, t, cross_cond, cross_mask, global_cond)
+
+        self.check_inputs(x, t, cross_cond, cross_mask, global_cond)
+        both = self(
+            torch.cat([x, x]),
+            torch.cat([t, t]),
+            torch.cat([cross_cond, torch.zeros_like(cross_cond)]),
+            torch.cat([cross_mask, cross_mask]),
+            torch.cat([global_cond, global_cond]),
+        )  # (2B, C, T)
+        v_cond, v_uncond = both[:batch], both[batch:]
+        if isinstance(cfg_scale, Tensor):
+            if cfg_scale.device.type == "cpu" and both.device.type == "cuda":
+                # A plain copy from pageable memory would stall the host on every sampling step.
+                cfg_scale = cfg_scale.pin_memory().to(both.device, non_blocking=True)
+            scale = cfg_scale.to(device=both.device, dtype=both.dtype)[:, None, None]  # (B, 1, 1)
+        else:
+            scale = cfg_scale
+        v = v_uncond + (v_cond - v_uncond) * scale
+        if scale_phi != 0.0:
+            ratio = v_cond.std(dim=1, keepdim=True) / v.std(dim=1, keepdim=True)  # (B, 1, T)
+            v = scale_phi * v * ratio + (1 - scale_phi) * v
+        if isinstance(cfg_scale, Tensor):
+            # Unguided items take v_c itself so they equal an unbatched cfg-1 call bit for bit.
+            v = torch.where(scale == 1, v_cond, v)
+        return v
+
+    # ----------------------------------------------------------------------------- cost model
+
+    def flops_per_forward(self, batch: int, latent_len: int, prefix_len: int, context_len: int) -> int:
+        """Matmul FLOPs (2 x multiply-accumulates) of one :meth:`forward` on these sizes.
+
+        Counts every Linear, the two 1x1 convs and the attention score and value products; ignores
+        norms, activations, RoPE and softmax. A guided call with scale != 1 costs this at ``2 * batch``.
+        """
+        for name, value in (
+            ("batch", batch),
+            ("latent_len", latent_len),
+            ("prefix_len", prefix_len),
+            ("context_len", context_len),
+        ):
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+        e, c = self.embed_dim, self.io_channels
+        seq = prefix_len + latent_len
+        hidden = FF_MULT * e
+        macs = 2 * FOURIER_FEATURES * e + e * e  # timestep MLP, per item
+        macs += context_len * (self.cond_token_dim * e + e * e)  # context MLP
+        macs += prefix_len * (self.global_cond_dim * e + e * e)  # global MLP
+        macs += latent_len * (2 * c * c + 2 * c * e)  # pre/post 1x1 convs, project_in/out
+        per_layer = seq * 3 * e * e + 2 * seq * seq * e + seq * e * e  # self-attn: qkv, QK^T + AV, out
+        per_layer += seq * e * e + context_len * 2 * e * e  # cross-attn: q, kv
+        per_layer += 2 * seq * context_len * e + seq * e * e  # cross-attn: QK^T + AV, out
+        per_layer += seq * e * 2 * hidden + seq * hidden * e  # SwiGLU in, out
+        macs += self.depth * per_layer
+        return 2 * batch * macs

@@ -1,0 +1,204 @@
+"""The two separately deployed parts of Audio-Omni.
+
+* the encoder part is the frozen thinker (`model.mllm.MLLMEncoder`);
+* the sampler part (`SamplerPart`) holds everything else: the projection of the thinker states, the
+  transcript, mel and sync conditioners, the DiT and the VAE. It turns `GenerationRequest`s into
+  waveforms, batching requests from different jobs into one sampling loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from model.conditioners.mel import MelConditioner
+from model.conditioners.speech import SpeechConditioner
+from model.conditioners.sync import SyncConditioner
+from model.conditioners.text_frontend import load_vocab
+from model.config import MEL_ID, OMNI_ID, SPEECH_ID, SYNC_ID, AudioOmniConfig
+from model.dit import DiffusionTransformer
+from model.mllm import OmniProjection
+from model.requests import GenerationRequest
+from model.sampler import euler_sample, per_sample_noise
+from model.vae import build_vae, decode
+
+
+@dataclass
+class Conditioning:
+    cross: torch.Tensor  # (B, S, cond_dim) cross-attention context
+    cross_mask: torch.Tensor  # (B, S) bool, True = attend
+    prefix: torch.Tensor  # (B, G, cond_dim) tokens prepended to the DiT sequence
+
+
+class SamplerPart(nn.Module):
+    """DiT + conditioners + VAE. Child names (`dit`, `omni_proj`, `sync`, `speech`, `mel`, `vae`) are
+    what `model.checkpoint` maps the released key prefixes onto."""
+
+    def __init__(self, config: AudioOmniConfig) -> None:
+        super().__init__()
+        self.config = config
+        d = config.dit
+        self.dit = DiffusionTransformer(
+            io_channels=d.io_channels,
+            embed_dim=d.embed_dim,
+            depth=d.depth,
+            num_heads=d.num_heads,
+            cond_token_dim=d.cond_token_dim,
+            global_cond_dim=d.global_cond_dim,
+        )
+        self.omni_proj = OmniProjection(
+            in_features=config.mllm.hidden_size, out_dim=config.cond_dim, pad_length=config.mllm.pad_length
+        )
+        self.sync = SyncConditioner(seq_in=config.sync.seq_in, seq_out=config.sync.seq_out, dim=config.cond_dim)
+        self.speech = SpeechConditioner(
+            seq_len=config.speech.seq_len, proj_seq_len=config.speech.proj_seq_len, out_dim=config.cond_dim
+        )
+        m = config.mel
+        self.mel = MelConditioner(
+            seq_len=m.seq_len,
+            num_frames=m.num_frames,
+            n_mels=m.n_mels,
+            out_dim=config.cond_dim,
+            n_fft=m.n_fft,
+            hop_length=m.hop_length,
+            win_length=m.win_length,
+            sample_rate=m.sample_rate,
+        )
+        self.vae = build_vae(config.vae, sample_rate=config.sample_rate)
+        self._vocab: dict[str, int] | None = None
+        # Autocast dtype for the DiT (None = run in the parameter dtype). Mel and VAE stay float32.
+        self.autocast_dtype: torch.dtype | None = None
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def device(self) -> torch.device:
+        return self.dit.preprocess_conv.weight.device
+
+    @property
+    def vocab(self) -> dict[str, int]:
+        if self._vocab is None:
+            self._vocab = load_vocab(self.config.speech.vocab_file)
+        return self._vocab
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def check_requests(self, requests: Sequence[GenerationRequest]) -> None:
+        """Validate a batch at the boundary: one step count, shapes, finite values."""
+        if not requests:
+            raise ValueError("a sampling batch needs at least one request")
+        steps = {r.steps for r in requests}
+        if len(steps) != 1:
+            raise ValueError(f"requests in one batch must share `steps`, got {sorted(steps)}")
+        window = self.config.mel.window_samples
+        hidden = self.config.mllm.hidden_size
+        for i, r in enumerate(requests):
+            f = r.mllm_features
+            if f.dim() != 2 or f.shape[1] != hidden or f.shape[0] < 1:
+                raise ValueError(f"request {i}: mllm_features must be (L>=1, {hidden}), got {tuple(f.shape)}")
+            if not 1 <= r.steps <= 1000:
+                raise ValueError(f"request {i}: steps must be in [1, 1000], got {r.steps}")
+            if not 0.0 <= r.cfg_scale <= 50.0:
+                raise ValueError(f"request {i}: cfg_scale must be in [0, 50], got {r.cfg_scale}")
+            if r.audio_window is not None and tuple(r.audio_window.shape) != (window,):
+                raise ValueError(
+                    f"request {i}: audio_window must be ({window},) mono samples, got {tuple(r.audio_window.shape)}"
+                )
+            if r.sync_features is not None:
+                want = (self.config.sync.seq_in, self.config.cond_dim)
+                if tuple(r.sync_features.shape) != want:
+                    raise ValueError(f"request {i}: sync_features must be {want}, got {tuple(r.sync_features.shape)}")
+
+    # ------------------------------------------------------------------ stages
+
+    @torch.no_grad()
+    def condition(self, requests: Sequence[GenerationRequest]) -> Conditioning:
+        """Run the four conditioners and assemble the DiT's context and prefix tokens.
+
+        The conditioners run one request at a time: they are cheap next to the DiT, and a matmul's
+        rounding can depend on how many rows it gets, so a job's conditioning would otherwise depend
+        on its batch-mates. The DiT then runs the whole batch.
+        """
+        per_item = [self._condition_one(r) for r in requests]
+        return Conditioning(
+            torch.cat([c.cross for c in per_item]),
+            torch.cat([c.cross_mask for c in per_item]),
+            torch.cat([c.prefix for c in per_item]),
+        )
+
+    def _condition_one(self, r: GenerationRequest) -> Conditioning:
+        device = self.device
+        outputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        outputs[OMNI_ID] = self.omni_proj([r.mllm_features.to(device)])
+        ids, is_none = self.speech.speech_token_ids([r.transcript], self.vocab)
+        outputs[SPEECH_ID] = self.speech(ids, is_none)
+        window = self.config.mel.window_samples
+        wav = r.audio_window.float() if r.audio_window is not None else torch.zeros(window)
+        outputs[MEL_ID] = self.mel(wav.to(device)[None])  # (1, N)
+        sync_in = self.sync.null_features(1)  # (1, 240, D)
+        if r.sync_features is not None:
+            sync_in[0] = r.sync_features.to(device=device, dtype=sync_in.dtype)
+        outputs[SYNC_ID] = self.sync(sync_in)
+        return self.assemble(outputs)
+
+    def assemble(self, outputs: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> Conditioning:
+        """Concatenate conditioner outputs in the configured order along the sequence axis."""
+        cfg = self.config
+        cross = torch.cat([outputs[c][0].float() for c in cfg.high_level_cond_ids], dim=1)  # (B, S, D)
+        cross_mask = torch.cat([outputs[c][1].bool() for c in cfg.high_level_cond_ids], dim=1)  # (B, S)
+        prefix = torch.cat([outputs[c][0].float() for c in cfg.low_level_cond_ids], dim=1)  # (B, G, D)
+        return Conditioning(cross, cross_mask, prefix)
+
+    @torch.no_grad()
+    def sample_latents(
+        self,
+        cond: Conditioning,
+        noise: torch.Tensor,
+        steps: int,
+        cfg_scale: torch.Tensor,
+        *,
+        on_step: Callable | None = None,
+    ) -> torch.Tensor:
+        """Rectified-flow Euler from `noise` (B, C, T) to clean latents, guidance per item."""
+
+        def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            with self._autocast():
+                return self.dit.guided_velocity(x, t, cond.cross, cond.cross_mask, cond.prefix, cfg_scale)
+
+        return euler_sample(velocity, noise, steps, on_step=on_step)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, C, T) latents -> (B, channels, T * ratio) float32 audio; always in float32."""
+        return decode(self.vae, latents.float())
+
+    @torch.no_grad()
+    def generate(self, requests: Sequence[GenerationRequest], *, pad_to: int | None = None) -> torch.Tensor:
+        """Sample and decode a batch -> (B, channels, N) float32.
+
+        Each item gets its own noise (its seed) and guidance scale. With `pad_to`, the batch is
+        padded to that many items (copies of the last request, discarded afterwards): every call then
+        has the same shapes, so the BLAS/cuBLAS kernels and their rounding are the same whoever shares
+        the batch, and a job's output is bit-identical alone or batched. It also keeps CUDA graphs and
+        compiled kernels on one shape. Without it, outputs agree only to float rounding (~1e-7).
+        """
+        self.check_requests(requests)
+        real = len(requests)
+        if pad_to is not None:
+            if pad_to < real:
+                raise ValueError(f"pad_to = {pad_to} is smaller than the batch of {real} requests")
+            requests = list(requests) + [requests[-1]] * (pad_to - real)
+        cond = self.condition(requests)
+        shape = (self.config.dit.io_channels, self.config.latent_length)
+        noise = per_sample_noise([r.seed for r in requests], shape, device=self.device)  # (B, C, T)
+        scales = torch.tensor([float(r.cfg_scale) for r in requests])  # (B,) on CPU: host-side check
+        latents = self.sample_latents(cond, noise, requests[0].steps, scales)[:real]  # (B, C, T)
+        # One item per decode call: convolution kernels are chosen by batch size too.
+        return torch.cat([self.decode(z[None]) for z in latents])

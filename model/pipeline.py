@@ -1,0 +1,331 @@
+"""Per-task pipelines over the two model parts.
+
+`plan_task` checks a task's inputs and turns them into what each part needs: the thinker prompt
+(encoder part), an optional understanding request (text answers, or transcribing a voice for voice
+conversion) and a `GenerationPlan` that yields one `GenerationRequest` per segment and joins the
+segments' audio. The job engine runs those stages on separate worker pools; `AudioOmniPipeline` runs
+them in-process for tests, benchmarks and single-machine use. Tensors in, tensors out: no I/O here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from model.conditioners.mel import fit_window
+from model.config import AudioOmniConfig
+from model.longform import continuation_window, crossfade_join, plan_segments
+from model.mllm import MLLMEncoder, MLLMPrompt, UnderstandRequest
+from model.parts import SamplerPart
+from model.postprocess import peak_normalize, trim_silence
+from model.prompts import ASR_INSTRUCTION, SYS_ASR, generation_prompt
+from model.requests import GenerationRequest
+from model.sampler import MAX_SEED
+from model.tasks import EDIT_TASKS, VIDEO_TASKS, Task
+
+MAX_TEXT_CHARS = 4000
+MAX_DURATION_S = 300.0
+VOICE_PROMPT_MAX_S = 6.0  # the released model was trained with <= 6 s voice prompts
+OVERLAP_S = 1.0
+LONG_FORM_TASKS = frozenset({Task.TEXT_TO_AUDIO, Task.TEXT_TO_MUSIC, Task.VIDEO_TO_MUSIC, *EDIT_TASKS})
+
+
+@dataclass
+class TaskInputs:
+    """Everything one task may use. Audio is mono float32; `audio`/`voice_prompt` at the model's rate
+    (44.1 kHz), `audio_16k` at 16 kHz for the thinker (understanding, transcription)."""
+
+    task: Task
+    prompt: str = ""  # description, edit description / style source, or the question
+    edit_target: str | None = None  # style transfer target
+    transcript: str | None = None  # text to speak (tts, voice_conversion)
+    voice_prompt: torch.Tensor | None = None  # (N,) target voice (tts, voice_conversion)
+    voice_prompt_text: str | None = None  # what the voice prompt says, if known
+    audio: torch.Tensor | None = None  # (N,) edit source / speech to convert
+    audio_16k: torch.Tensor | None = None  # (N16,) the same audio at 16 kHz for the thinker
+    video_frames: torch.Tensor | None = None  # (T, 3, H, W) uint8 at the config's video_fps
+    sync_features: torch.Tensor | None = None  # (240, 768) Synchformer features of the video
+    duration_s: float | None = None  # None: one window (generation) or the source length (edits)
+    steps: int = 100
+    cfg_scale: float = 7.0
+    seed: int = 0
+
+
+@dataclass
+class GenerationPlan:
+    """The sampler-side work of one generating task: `num_segments` requests, run in order."""
+
+    task: Task
+    base: GenerationRequest  # mllm_features left empty until the encoder has run
+    num_segments: int
+    total_samples: int
+    fade_samples: int
+    hop_samples: int
+    source: torch.Tensor | None = None  # edits: the whole source at the model rate
+    drop_head_samples: int = 0  # TTS with a voice prompt: the prompt's own span at the start
+    trim: bool = False  # TTS: trim leading/trailing silence
+    window_samples: int = 0
+    output_samples: int = 0
+
+    def request(self, k: int, features: torch.Tensor, previous: torch.Tensor | None) -> GenerationRequest:
+        """Request for segment k (0-based). `previous` is segment k-1's (C, N) audio for continuation."""
+        if not 0 <= k < self.num_segments:
+            raise ValueError(f"segment index must be in [0, {self.num_segments}), got {k}")
+        req = replace(self.base, mllm_features=features, seed=(self.base.seed + k) % (MAX_SEED + 1))
+        if self.source is not None:  # edits: each segment edits its own part of the source
+            start = k * self.hop_samples
+            req.audio_window = fit_window(self.source[start : start + self.window_samples], self.window_samples)
+        elif k > 0:
+            if previous is None:
+                raise ValueError(f"segment {k} continues segment {k - 1}: pass its audio as `previous`")
+            req.audio_window = continuation_window(previous, self.window_samples)
+        return req
+
+    def finish(self, segments: Sequence[torch.Tensor], *, normalize: bool = True) -> torch.Tensor:
+        """Join the segments' (C, N) audio, crop to the requested length and post-process."""
+        if len(segments) != self.num_segments:
+            raise ValueError(f"expected {self.num_segments} segments, got {len(segments)}")
+        audio = crossfade_join(list(segments), self.fade_samples, self.total_samples + self.drop_head_samples)
+        if self.drop_head_samples and audio.shape[-1] > self.drop_head_samples:
+            audio = audio[..., self.drop_head_samples :]
+        if self.trim:
+            audio = trim_silence(audio)
+        return peak_normalize(audio) if normalize else audio
+
+
+@dataclass
+class TaskPlan:
+    task: Task
+    encode: MLLMPrompt | None = None  # thinker prompt whose hidden states condition generation
+    understand: UnderstandRequest | None = None  # text answer (understand) or transcription (VC)
+    generation: GenerationPlan | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def needs_transcript(self) -> bool:
+        """Voice conversion without a transcript: the understanding answer becomes the transcript."""
+        return self.generation is not None and self.understand is not None
+
+    def with_transcript(self, text: str) -> TaskPlan:
+        if self.generation is None:
+            raise ValueError("this task does not generate audio")
+        text = text.strip()
+        if not text:
+            raise ValueError("the transcription of the source speech is empty; give `transcript` explicitly")
+        gen = replace(self.generation, base=replace(self.generation.base, transcript=text))
+        return replace(self, generation=gen, understand=None)
+
+
+# ---------------------------------------------------------------------------------------- checks
+
+
+def _check_text(name: str, value: str | None, *, required: bool) -> None:
+    if value is None or not value.strip():
+        if required:
+            raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+        return
+    if len(value) > MAX_TEXT_CHARS:
+        raise ValueError(f"{name} has {len(value)} characters; the limit is {MAX_TEXT_CHARS}")
+
+
+def _check_audio(name: str, audio: torch.Tensor | None, *, required: bool, sample_rate: int) -> None:
+    if audio is None:
+        if required:
+            raise ValueError(f"{name} is required for this task")
+        return
+    if audio.dim() != 1:
+        raise ValueError(f"{name} must be mono (N,) samples, got shape {tuple(audio.shape)}")
+    if audio.numel() == 0:
+        raise ValueError(f"{name} is empty (0 samples)")
+    if not bool(torch.isfinite(audio).all()):
+        raise ValueError(f"{name} contains NaN or Inf samples")
+    if audio.numel() > MAX_DURATION_S * sample_rate:
+        raise ValueError(f"{name} lasts {audio.numel() / sample_rate:.1f} s; the limit is {MAX_DURATION_S:g} s")
+
+
+def check_inputs(config: AudioOmniConfig, x: TaskInputs) -> Task:
+    """Validate `x` for its task; a bad value raises ValueError naming it and the allowed range."""
+    task = x.task if isinstance(x.task, Task) else Task.parse(str(x.task))
+    sr = config.sample_rate
+    if not isinstance(x.steps, int) or not 1 <= x.steps <= 1000:
+        raise ValueError(f"steps must be an int in [1, 1000], got {x.steps!r}")
+    if not (isinstance(x.cfg_scale, int | float) and math.isfinite(x.cfg_scale) and 0 <= x.cfg_scale <= 50):
+        raise ValueError(f"cfg_scale must be a number in [0, 50], got {x.cfg_scale!r}")
+    if not isinstance(x.seed, int) or not 0 <= x.seed <= MAX_SEED:
+        raise ValueError(f"seed must be an int in [0, {MAX_SEED}], got {x.seed!r}")
+    if x.duration_s is not None:
+        limit = MAX_DURATION_S if task in LONG_FORM_TASKS else config.window_s
+        if not (math.isfinite(x.duration_s) and 0 < x.duration_s <= limit):
+            raise ValueError(f"duration_s for {task.value} must be in (0, {limit:g}] seconds, got {x.duration_s!r}")
+    if task is Task.UNDERSTAND:
+        _check_text("prompt (the question)", x.prompt, required=True)
+        _check_audio("audio_16k", x.audio_16k, required=False, sample_rate=16000)
+    elif task in (Task.TEXT_TO_AUDIO, Task.TEXT_TO_MUSIC):
+        _check_text("prompt", x.prompt, required=True)
+    elif task is Task.TTS:
+        _check_text("transcript", x.transcript, required=True)
+        _check_audio("voice_prompt", x.voice_prompt, required=False, sample_rate=sr)
+        _check_text("voice_prompt_text", x.voice_prompt_text, required=False)
+    elif task is Task.VOICE_CONVERSION:
+        _check_audio("voice_prompt", x.voice_prompt, required=True, sample_rate=sr)
+        _check_text("transcript", x.transcript, required=False)
+        if not (x.transcript and x.transcript.strip()):
+            _check_audio("audio_16k (the speech to convert)", x.audio_16k, required=True, sample_rate=16000)
+    elif task in VIDEO_TASKS:
+        _check_text("prompt", x.prompt, required=False)
+        if x.sync_features is None and x.video_frames is None:
+            raise ValueError(f"task {task.value} needs sync_features and/or video_frames")
+    elif task in EDIT_TASKS:
+        _check_text("prompt (the sound to edit)", x.prompt, required=True)
+        if task is Task.EDIT_STYLE_TRANSFER:
+            _check_text("edit_target", x.edit_target, required=True)
+        _check_audio("audio (the source)", x.audio, required=True, sample_rate=sr)
+    if x.sync_features is not None:
+        want = (config.sync.seq_in, config.cond_dim)
+        if tuple(x.sync_features.shape) != want:
+            raise ValueError(f"sync_features must have shape {want}, got {tuple(x.sync_features.shape)}")
+        if not bool(torch.isfinite(x.sync_features).all()):
+            raise ValueError("sync_features contain NaN or Inf")
+    if x.video_frames is not None and (x.video_frames.dim() != 4 or x.video_frames.shape[1] != 3):
+        raise ValueError(f"video_frames must be (T, 3, H, W) uint8, got shape {tuple(x.video_frames.shape)}")
+    return task
+
+
+# ---------------------------------------------------------------------------------------- planning
+
+
+def _speech_text(transcript: str, voice_prompt_text: str | None) -> str:
+    """Voice-prompt text + transcript, joined with a sentence break as the released model was fed."""
+    ref = (voice_prompt_text or "").strip()
+    if not ref:
+        return transcript.strip()
+    if not (ref.endswith(". ") or ref.endswith("。")):
+        ref = ref.rstrip(".") + ". "
+    return ref + transcript.strip()
+
+
+def plan_task(config: AudioOmniConfig, x: TaskInputs) -> TaskPlan:
+    """Check `x` and split its work into encoder, understanding and sampler stages."""
+    task = check_inputs(config, x)
+    if task is Task.UNDERSTAND:
+        return TaskPlan(task, understand=UnderstandRequest(question=x.prompt, audio=x.audio_16k, video=x.video_frames))
+
+    sr = config.sample_rate
+    window = config.mel.window_samples
+    out_n = config.output_samples
+    base = GenerationRequest(
+        mllm_features=torch.empty(0, config.mllm.hidden_size),
+        seed=x.seed,
+        steps=x.steps,
+        cfg_scale=float(x.cfg_scale),
+        sync_features=x.sync_features,
+    )
+    plan = TaskPlan(task)
+    source = None
+    drop = 0
+    trim = False
+    if task in EDIT_TASKS:
+        source = x.audio.float()
+        total = round(x.duration_s * sr) if x.duration_s is not None else source.numel()
+        total = min(total, source.numel())
+    else:
+        total = round(x.duration_s * sr) if x.duration_s is not None else out_n
+    if task in (Task.TTS, Task.VOICE_CONVERSION):
+        trim = True
+        if x.voice_prompt is not None:
+            # Keep the last seconds of the voice (the released model saw <= 6 s prompts), pad to a window.
+            keep = x.voice_prompt[-round(VOICE_PROMPT_MAX_S * sr) :].float()
+            base.audio_window = fit_window(keep, window)
+            drop = keep.numel()
+            if x.voice_prompt.numel() > keep.numel():
+                plan.notes.append(f"voice prompt cut to its last {VOICE_PROMPT_MAX_S:g} s")
+        if x.transcript and x.transcript.strip():
+            base.transcript = _speech_text(x.transcript, x.voice_prompt_text)
+        else:  # voice conversion: transcribe the source speech first
+            plan.understand = UnderstandRequest(question=ASR_INSTRUCTION, audio=x.audio_16k, system=SYS_ASR)
+        total = min(total, out_n - drop) if drop else total
+    if task in VIDEO_TASKS and x.sync_features is None:
+        plan.notes.append("no sync features given: the video conditions the thinker only")
+
+    seg = plan_segments(total + drop, out_n, round(OVERLAP_S * sr))
+    if seg.num_segments > 1 and task not in LONG_FORM_TASKS:
+        raise ValueError(f"{task.value} produces at most {config.window_s:.2f} s; got {total / sr:.2f} s")
+    plan.encode = MLLMPrompt(
+        text=generation_prompt(task, prompt=x.prompt, edit_target=x.edit_target),
+        audio=None,
+        video=x.video_frames if task in VIDEO_TASKS else None,
+    )
+    plan.generation = GenerationPlan(
+        task=task,
+        base=base,
+        num_segments=seg.num_segments,
+        total_samples=total,
+        fade_samples=seg.fade_samples,
+        hop_samples=seg.hop_samples,
+        source=source,
+        drop_head_samples=drop,
+        trim=trim,
+        window_samples=window,
+        output_samples=out_n,
+    )
+    return plan
+
+
+# ---------------------------------------------------------------------------------------- in-process
+
+
+@dataclass
+class TaskOutput:
+    task: Task
+    audio: torch.Tensor | None = None  # (C, N) float32 in [-1, 1] at sample_rate
+    sample_rate: int = 44100
+    text: str | None = None  # understanding answer, or the transcription used for voice conversion
+    notes: list[str] = field(default_factory=list)
+
+
+class AudioOmniPipeline:
+    """Both parts in one process: check inputs, encode, (understand), sample, decode, post-process."""
+
+    def __init__(self, config: AudioOmniConfig, encoder: MLLMEncoder, sampler: SamplerPart) -> None:
+        self.config = config
+        self.encoder = encoder
+        self.sampler = sampler
+
+    @torch.no_grad()
+    def __call__(self, inputs: TaskInputs | Sequence[TaskInputs]) -> list[TaskOutput]:
+        items = [inputs] if isinstance(inputs, TaskInputs) else list(inputs)
+        # 1. check inputs and plan every item before any compute, so one bad item fails fast
+        plans = [plan_task(self.config, x) for x in items]
+        outputs = [TaskOutput(p.task, sample_rate=self.config.sample_rate, notes=list(p.notes)) for p in plans]
+        # 2. understanding (answers, or transcripts for voice conversion), batched
+        asks = [(i, p.understand) for i, p in enumerate(plans) if p.understand is not None]
+        if asks:
+            answers = self.encoder.understand([r for _, r in asks])
+            for (i, _), answer in zip(asks, answers, strict=True):
+                outputs[i].text = answer
+                if plans[i].needs_transcript:
+                    plans[i] = plans[i].with_transcript(answer)
+        # 3. encode the thinker prompts of generating items, batched
+        gen = [i for i, p in enumerate(plans) if p.generation is not None]
+        if not gen:
+            return outputs
+        features = self.encoder.encode([plans[i].encode for i in gen])
+        # 4. sample segment by segment; items at the same segment index share one batch
+        segs: dict[int, list[torch.Tensor]] = {i: [] for i in gen}
+        for k in range(max(plans[i].generation.num_segments for i in gen)):
+            live = [i for i in gen if k < plans[i].generation.num_segments]
+            reqs = [
+                plans[i].generation.request(k, features[gen.index(i)], segs[i][-1] if segs[i] else None) for i in live
+            ]
+            for key in sorted({r.batch_key for r in reqs}):
+                idx = [j for j, r in enumerate(reqs) if r.batch_key == key]
+                audio = self.sampler.generate([reqs[j] for j in idx])  # (b, C, N)
+                for j, a in zip(idx, audio, strict=True):
+                    segs[live[j]].append(a)
+        # 5. join segments and post-process
+        for i in gen:
+            outputs[i].audio = plans[i].generation.finish(segs[i])
+        return outputs

@@ -1,0 +1,62 @@
+"""`audio-omni` command line. Each sub-command lives in its own module and is imported only when run,
+so `audio-omni --help` stays fast and the orchestrator never imports torch at module top."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+# name -> (module, help). The module exposes `add_arguments(parser, name)` and `run(args) -> int`;
+# one module may serve several names (it reads `args.command`).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "verify": ("orchestrator.commands.verify", "check weights against reference test vectors"),
+    "inspect": ("orchestrator.commands.inspect", "list parameter names and shapes of a preset"),
+    "convert-checkpoint": ("orchestrator.commands.convert", "split a released checkpoint into parts"),
+    "batch": ("orchestrator.commands.batch", "run a JSONL manifest of jobs (embedded mode)"),
+    "serve": ("orchestrator.commands.serve", "service mode: Ray Serve pools + engine loops on Redis/S3"),
+    "submit": ("orchestrator.commands.jobs", "submit a job or a JSONL batch to the queue"),
+    "status": ("orchestrator.commands.jobs", "show a job's or a batch's status"),
+    "cancel": ("orchestrator.commands.jobs", "cancel a job"),
+    "results": ("orchestrator.commands.jobs", "download or list results of a job or batch"),
+}
+
+
+def _load(module: str) -> tuple[Callable[[argparse.ArgumentParser, str], None], Callable[[argparse.Namespace], int]]:
+    mod = importlib.import_module(module)
+    return mod.add_arguments, mod.run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="audio-omni", description="Audio-Omni job system")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        try:
+            add_arguments, _ = _load(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            p.set_defaults(_missing=True)
+            continue
+        add_arguments(p, name)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    if getattr(args, "_missing", False):
+        print(f"audio-omni: '{args.command}' is not available in this build", file=sys.stderr)
+        return 2
+    _, run = _load(args._module)
+    return int(run(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

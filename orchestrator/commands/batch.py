@@ -1,0 +1,189 @@
+"""`audio-omni batch MANIFEST.jsonl --out DIR`: embedded mode.
+
+Starts a local Ray, deploys both pools, runs every manifest line through the engine with a folder
+sink, shows a progress bar and ends with a summary table. Exit status 0 when every job succeeded,
+1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RANDOM_WEIGHTS_NOTICE = (
+    "NOTE: the '{preset}' preset runs with RANDOM weights: the audio is noise and text answers are "
+    "gibberish. It exists to exercise the whole system on a CPU.\n"
+    "      To run the released model: download the Audio-Omni checkpoint (model.ckpt) and "
+    "Qwen/Qwen2.5-Omni-3B, set QWEN_OMNI_MODEL_PATH to the Qwen folder, then on a GPU machine:\n"
+    "      audio-omni batch MANIFEST.jsonl --out DIR --preset full \\\n"
+    "          --weights /path/to/model.ckpt --device cuda"
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    parser.add_argument("manifest", type=Path, help="JSONL file, one job spec per line")
+    parser.add_argument("--out", type=Path, required=True, help="folder to write results into")
+    model = parser.add_argument_group("model")
+    model.add_argument("--preset", default="tiny", help="model preset (tiny, full); default tiny")
+    model.add_argument("--config", default=None, help="a model_config.json (overrides --preset)")
+    model.add_argument(
+        "--weights", default=None, help="checkpoint (model.ckpt, safetensors or converted folder)"
+    )
+    model.add_argument("--device", default="cpu", help="cpu or cuda")
+    run = parser.add_argument_group("run")
+    run.add_argument("--max-in-flight", type=int, default=8, help="jobs running at once (default 8)")
+    run.add_argument("--max-batch-size", type=int, default=8, help="sampler batch size (default 8)")
+    run.add_argument("--num-cpus", type=float, default=None, help="CPUs for the local Ray (default: all)")
+    run.add_argument("--max-attempts", type=int, default=2, help="attempts per job before it is dead")
+    run.add_argument(
+        "--input-root",
+        type=Path,
+        default=None,
+        help="local inputs must lie under this folder (default: the manifest's folder)",
+    )
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _worker_settings(args: argparse.Namespace):
+    from workers.settings import PoolSettings, WorkerSettings
+
+    gpu = 0.5 if args.device.startswith("cuda") else 0.0
+    return WorkerSettings(
+        preset=args.preset,
+        config_path=args.config,
+        weights=args.weights,
+        device=args.device,
+        app_name="audio-omni-batch",
+        # Random weights answer noise; do not spend minutes generating 512 tokens of it.
+        understand_max_new_tokens=32 if args.weights is None else 512,
+        encoder=PoolSettings(
+            num_cpus=0.5,
+            num_gpus=gpu,
+            max_batch_size=args.max_batch_size,
+            max_ongoing_requests=max(32, args.max_batch_size),
+        ),
+        sampler=PoolSettings(
+            num_cpus=0.5,
+            num_gpus=gpu,
+            max_batch_size=args.max_batch_size,
+            max_ongoing_requests=max(32, args.max_batch_size),
+        ),
+    )
+
+
+def _prepare_demo_inputs(source) -> None:
+    """The demo's inputs are generated, not committed: run `make_inputs.py` beside the manifest."""
+    missing = [p for p in source.local_inputs() if not p.exists()]
+    script = source.path.parent / "make_inputs.py"
+    if missing and script.exists():
+        print(f"generating demo inputs with {script}", file=sys.stderr)
+        subprocess.run(
+            [sys.executable, str(script), str(source.path.parent)], check=True, stdout=subprocess.DEVNULL
+        )
+
+
+def _summary(source, results: dict, out: Path) -> str:
+    rows = [("job", "task", "status", "seconds", "output / answer / error")]
+    for job_id in sorted(source.outcomes, key=lambda j: int(j.rsplit("-", 1)[-1])):
+        o = source.outcomes[job_id]
+        spec = getattr(source, "specs", {}).get(job_id)
+        task = spec if spec else "-"
+        seconds = f"{sum(o.timings.values()):.2f}" if o.timings else "-"
+        if o.status.value == "succeeded":
+            text = o.extra.get("text")
+            detail = o.result_uri or ""
+            if detail.startswith("file://"):
+                detail = os.path.relpath(detail[len("file://") :])
+            if text is not None:
+                detail += f"  answer: {text[:40]!r}"
+        else:
+            detail = (o.error or "")[:100]
+        rows.append((job_id.rsplit("-", 1)[-1], task, o.status.value, seconds, detail))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(4)]
+    lines = [
+        "  ".join(str(c).ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4] for r in rows
+    ]
+    lines.insert(1, "-" * min(120, len(lines[0]) + 20))
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    from orchestrator.logging import configure
+
+    configure(level=os.environ.get("AUDIO_OMNI_LOG_LEVEL", "WARNING"))
+    from orchestrator.engine import Engine, EngineSettings
+    from orchestrator.sinks import ResultSink
+    from orchestrator.sources import ManifestSource
+    from orchestrator.storage import InputPolicy, LocalStorage
+
+    if not args.manifest.is_file():
+        print(f"audio-omni batch: manifest {args.manifest} not found", file=sys.stderr)
+        return 2
+    settings = _worker_settings(args)
+    config = settings.load_config()
+    if settings.uses_random_weights:
+        print(RANDOM_WEIGHTS_NOTICE.format(preset=args.config or args.preset), file=sys.stderr)
+    source = ManifestSource(args.manifest, max_attempts=args.max_attempts)
+    source.specs = {j.job_id: _task_label(j.spec) for j in source._queue}
+    _prepare_demo_inputs(source)
+    input_root = (args.input_root or args.manifest.parent).resolve()
+    storage = LocalStorage(args.out, policy=InputPolicy(embedded=True, input_root=input_root))
+    version = Path(args.weights).name if args.weights else f"{args.config or args.preset}-random"
+
+    import ray
+
+    from workers.app import deploy, shutdown
+
+    started = time.monotonic()
+    ray.init(
+        num_cpus=args.num_cpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        ignore_reinit_error=True,
+        configure_logging=False,
+    )
+    try:
+        pools = deploy(settings)
+        from tqdm import tqdm
+
+        bar = tqdm(total=source.total, unit="job", disable=args.no_progress, file=sys.stderr)
+        bar.update(len(source.invalid))
+
+        def on_done(result) -> None:
+            if result.outcome != "retry":
+                bar.update(1)
+            bar.set_postfix_str(f"last: {result.outcome}")
+
+        engine = Engine(
+            source,
+            ResultSink(storage),
+            pools,
+            config,
+            EngineSettings(max_in_flight=args.max_in_flight, model_version=version),
+            on_done=on_done,
+        )
+        engine.run(until_exhausted=True)
+        bar.close()
+        hist = pools.sampler_stats()
+    finally:
+        try:
+            shutdown(settings)
+        finally:
+            ray.shutdown()
+    elapsed = time.monotonic() - started
+    print(_summary(source, {}, args.out))
+    ok = sum(1 for o in source.outcomes.values() if o.status.value == "succeeded")
+    print(f"\n{ok}/{source.total} jobs succeeded in {elapsed:.1f} s; sampler batch sizes {hist}")
+    print(f"results and metadata JSON are in {args.out.resolve()}/")
+    if settings.uses_random_weights:
+        print("(random weights: the audio is noise; see the note at the top for the released checkpoint)")
+    return 0 if ok == source.total else 1
+
+
+def _task_label(spec) -> str:
+    return f"edit:{spec.op.value}" if spec.op is not None else spec.task.value

@@ -1,0 +1,112 @@
+"""Outcomes as exceptions.
+
+Work code raises; the engine maps the exception to what the queue records (`outcome_of`):
+
+- `RetryableError` (a transient fault: a worker restarting, storage throttling) -> the job is
+  retried with exponential backoff, and dead-lettered with this error after `max_attempts`.
+- `PermanentError` (a bad input: invalid spec, unreadable audio, a URI the tenant may not read)
+  -> the job fails at once with this error; retrying would fail the same way.
+- `JobCancelled` (the client cancelled while the job ran) -> the job ends `cancelled`.
+- `LeaseLost` (this consumer's lease lapsed and another consumer took the job over) -> stop
+  working on it and record nothing; the new holder owns the outcome.
+
+Any other exception is treated as retryable: an unexpected fault (a bug, an OOM) is retried a
+bounded number of times and then dead-lettered with its message, never silently dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import StrEnum
+
+__all__ = [
+    "InvalidJobSpec",
+    "JobCancelled",
+    "JobNotFound",
+    "LeaseLost",
+    "OrchestratorError",
+    "Outcome",
+    "PermanentError",
+    "RetryableError",
+    "outcome_of",
+]
+
+
+class OrchestratorError(Exception):
+    """Base of every error the job system raises on purpose."""
+
+
+class RetryableError(OrchestratorError, RuntimeError):
+    """A transient fault: retry the job later.
+
+    `retry_after_s` overrides the queue's backoff for this retry (e.g. a `Retry-After` header).
+    """
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        if retry_after_s is not None and not retry_after_s >= 0:
+            raise ValueError(f"retry_after_s {retry_after_s!r} is invalid: expected a number >= 0")
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class PermanentError(OrchestratorError, ValueError):
+    """Retrying will not help (bad input, refused URI): fail the job with this reason."""
+
+
+class InvalidJobSpec(PermanentError):
+    """A job spec that does not validate. `errors` holds one `(field, message)` pair per problem."""
+
+    def __init__(self, errors: Sequence[tuple[str, str]], *, what: str = "job spec") -> None:
+        self.errors: list[tuple[str, str]] = list(errors)
+        detail = "; ".join(f"{field}: {message}" if field else message for field, message in self.errors)
+        super().__init__(f"invalid {what}: {detail}")
+
+
+class JobCancelled(OrchestratorError):
+    """The job was cancelled while it ran; raised by the engine between stages."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id} was cancelled")
+        self.job_id = job_id
+
+
+class LeaseLost(OrchestratorError):
+    """This consumer no longer holds the job (its lease lapsed and the job was reclaimed, or it
+    already reached a final state). Nothing was recorded; stop working on it."""
+
+    def __init__(self, job_id: str, action: str) -> None:
+        super().__init__(f"cannot {action} job {job_id}: this consumer no longer holds its lease")
+        self.job_id = job_id
+        self.action = action
+
+
+class JobNotFound(OrchestratorError, KeyError):
+    """No record for this job id (never submitted, or expired after its retention)."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+
+    def __str__(self) -> str:  # KeyError would quote the bare id
+        return f"job {self.job_id!r} not found"
+
+
+class Outcome(StrEnum):
+    """What the engine records for a job whose work raised."""
+
+    RETRY = "retry"
+    FAIL = "fail"
+    CANCEL = "cancel"
+    ABANDON = "abandon"  # LeaseLost: someone else owns the job now; record nothing
+
+
+def outcome_of(exc: BaseException) -> Outcome:
+    """Map an exception raised by job work to the queue action the engine should take."""
+    if isinstance(exc, LeaseLost):
+        return Outcome.ABANDON
+    if isinstance(exc, JobCancelled):
+        return Outcome.CANCEL
+    if isinstance(exc, PermanentError):
+        return Outcome.FAIL
+    # RetryableError and anything unexpected: bounded retries, then the dead-letter stream.
+    return Outcome.RETRY

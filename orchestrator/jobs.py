@@ -1,0 +1,471 @@
+"""The job schema: what a client submits (`JobSpec`), what the queue records (`JobRecord`,
+`BatchStatus`) and the status enum shared by the queue, engine, CLI and HTTP API.
+
+Validation happens here, at the boundary, and every problem is reported against its field::
+
+    >>> JobSpec.model_validate({"task": "text_to_audio", "prompt": "rain on a tin roof"})
+    >>> JobSpec.model_validate({"task": "text_to_audio", "steps": 0})
+    ValidationError: prompt: required for task 'text_to_audio'; steps: Input should be >= 1 ...
+
+`parse_spec` / `parse_spec_json` wrap pydantic's error into `InvalidJobSpec` (a `PermanentError`)
+with one `(field, message)` pair per problem, which is what the queue records for a bad job.
+
+Defaults follow the model's reference settings (10 s, 100 Euler steps, CFG 7.0). A spec without a
+seed gets one derived from the job id (`derive_seed`), so a replayed job produces the same bytes.
+Input URIs are kept as strings; this module only refuses obviously bad ones (control characters,
+unknown schemes, `..` segments). Whether a tenant may read a URI is decided by storage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from orchestrator.errors import InvalidJobSpec
+
+__all__ = [
+    "DEFAULT_CFG_SCALE",
+    "DEFAULT_DURATION_S",
+    "DEFAULT_STEPS",
+    "FINAL_STATUSES",
+    "MAX_DURATION_S",
+    "MAX_PROMPT_CHARS",
+    "MAX_SPEC_JSON_BYTES",
+    "MAX_STEPS",
+    "MAX_TRANSCRIPT_CHARS",
+    "PRIORITIES",
+    "BatchFailure",
+    "BatchStatus",
+    "EditOp",
+    "JobRecord",
+    "JobSpec",
+    "JobStatus",
+    "OutputFormat",
+    "Priority",
+    "TaskName",
+    "batch_job_id",
+    "derive_seed",
+    "format_validation_error",
+    "new_batch_id",
+    "new_job_id",
+    "parse_spec",
+    "parse_spec_json",
+    "validate_id",
+]
+
+# --------------------------------------------------------------------------- limits and defaults
+
+DEFAULT_DURATION_S = 10.0  # the model's native clip length (seconds_total)
+MAX_DURATION_S = 300.0  # long-form generation stitches 10 s segments; the reference UI stops at 300 s
+DEFAULT_STEPS = 100
+MIN_STEPS, MAX_STEPS = 1, 1000
+DEFAULT_CFG_SCALE = 7.0
+MIN_CFG_SCALE, MAX_CFG_SCALE = 1.0, 30.0  # 1.0 = no guidance (a single forward pass)
+MAX_SEED = 2**32 - 1
+
+MAX_PROMPT_CHARS = 2000
+MAX_TRANSCRIPT_CHARS = 2000  # the speech conditioner truncates at 2584 tokens (about one per char)
+MAX_VOICE_PROMPT_TEXT_CHARS = 1000
+MAX_URI_CHARS = 2048
+MAX_IDEMPOTENCY_KEY_CHARS = 200
+MAX_ID_CHARS = 64
+MAX_BATCH_ID_CHARS = 48  # batch job ids are "{batch_id}-{index}" and must stay within MAX_ID_CHARS
+MAX_SPEC_JSON_BYTES = 64 * 1024  # a stored spec larger than this is refused before parsing
+
+# Same rule as storage keys: 1-64 of [A-Za-z0-9_.-], not starting with '.' or '-', no '..'.
+_ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+_SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
+_URI_SCHEMES = frozenset({"s3", "file"})
+# Chat-template markers such as <|im_end|> would be tokenized as control tokens if let through.
+_SPECIAL_TOKEN_RE = re.compile(r"<\|[^|<>]{0,40}\|>")
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # control characters other than \t and \n
+
+
+def validate_id(value: Any, what: str = "id", *, max_chars: int = MAX_ID_CHARS) -> str:
+    """Return `value` if it is a valid tenant / job / batch id, else raise `ValueError`."""
+    if not isinstance(value, str) or len(value) > max_chars or not _ID_RE.fullmatch(value) or ".." in value:
+        raise ValueError(
+            f"{what} {value!r} is invalid: expected 1-{max_chars} characters from [A-Za-z0-9_.-], "
+            "starting with a letter, digit or '_', without '..'"
+        )
+    return value
+
+
+def new_job_id() -> str:
+    """A fresh random job id (32 hex characters)."""
+    return uuid.uuid4().hex
+
+
+def new_batch_id() -> str:
+    """A fresh random batch id."""
+    return "b" + uuid.uuid4().hex[:31]
+
+
+def batch_job_id(batch_id: str, index: int) -> str:
+    """The job id of item `index` of a batch. Deterministic, so re-submitting a batch is idempotent."""
+    return f"{batch_id}-{index}"
+
+
+def derive_seed(job_id: str) -> int:
+    """The sampling seed of a job that did not give one: a hash of its id, in [0, 2**32 - 1]."""
+    digest = hashlib.blake2b(job_id.encode(), digest_size=8, person=b"audio-omni-seed").digest()
+    return int.from_bytes(digest, "big") & MAX_SEED
+
+
+# --------------------------------------------------------------------------- enums
+
+
+class TaskName(StrEnum):
+    UNDERSTAND = "understand"
+    TEXT_TO_AUDIO = "text_to_audio"
+    TEXT_TO_MUSIC = "text_to_music"
+    TTS = "tts"
+    VIDEO_TO_AUDIO = "video_to_audio"
+    VIDEO_TO_MUSIC = "video_to_music"
+    EDIT = "edit"
+    VOICE_CONVERSION = "voice_conversion"
+
+
+class EditOp(StrEnum):
+    ADD = "add"
+    REMOVE = "remove"
+    EXTRACT = "extract"
+    STYLE_TRANSFER = "style_transfer"
+
+
+class OutputFormat(StrEnum):
+    WAV = "wav"
+    FLAC = "flac"
+
+
+class Priority(StrEnum):
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+
+# Highest first: the order in which the queue looks at the priority streams.
+PRIORITIES: tuple[Priority, ...] = (Priority.HIGH, Priority.NORMAL, Priority.LOW)
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"  # waiting in a stream, or in the delayed set before a retry
+    RUNNING = "running"  # claimed under a lease
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # permanent error (bad input); not retried
+    CANCELLED = "cancelled"
+    DEAD = "dead"  # retries exhausted; also in the dead-letter stream
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATUSES
+
+
+FINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.DEAD})
+
+# --------------------------------------------------------------------------- per-task inputs
+
+_TEXT_FIELDS = ("prompt", "source_prompt", "transcript", "voice_prompt_text")
+_URI_FIELDS = ("input_audio_uri", "voice_prompt_uri", "video_uri", "sync_feature_uri")
+# Fields whose presence depends on the task (checked field by field, so errors name the field).
+_TASK_FIELDS = ("op", *_TEXT_FIELDS, *_URI_FIELDS)
+
+# task -> (required inputs, optional inputs); anything else given for that task is refused.
+_TASK_INPUTS: dict[TaskName, tuple[frozenset[str], frozenset[str]]] = {
+    TaskName.UNDERSTAND: (frozenset({"prompt"}), frozenset({"input_audio_uri", "video_uri"})),
+    TaskName.TEXT_TO_AUDIO: (frozenset({"prompt"}), frozenset()),
+    TaskName.TEXT_TO_MUSIC: (frozenset({"prompt"}), frozenset()),
+    TaskName.TTS: (frozenset({"transcript"}), frozenset({"voice_prompt_uri", "voice_prompt_text"})),
+    TaskName.VIDEO_TO_AUDIO: (frozenset({"video_uri"}), frozenset({"prompt", "sync_feature_uri"})),
+    TaskName.VIDEO_TO_MUSIC: (frozenset({"video_uri"}), frozenset({"prompt", "sync_feature_uri"})),
+    TaskName.EDIT: (frozenset({"op", "prompt", "input_audio_uri"}), frozenset()),
+    # Voice conversion is the TTS path conditioned on a voice prompt: the prompt is required.
+    TaskName.VOICE_CONVERSION: (
+        frozenset({"transcript", "voice_prompt_uri"}),
+        frozenset({"voice_prompt_text"}),
+    ),
+}
+
+
+def _task_inputs(task: TaskName, op: EditOp | None) -> tuple[frozenset[str], frozenset[str]]:
+    required, optional = _TASK_INPUTS[task]
+    if task is TaskName.EDIT and op is EditOp.STYLE_TRANSFER:
+        # "Change the sound of '{source_prompt}' to '{prompt}'."
+        required = required | {"source_prompt"}
+    return required, optional
+
+
+# --------------------------------------------------------------------------- the spec
+
+
+class JobSpec(BaseModel):
+    """One unit of work as a client submits it.
+
+    Inputs by task (`prompt` is the instruction / description):
+
+    - `understand`: `prompt` (the question), optional `input_audio_uri`, `video_uri`.
+    - `text_to_audio`, `text_to_music`: `prompt`.
+    - `tts`: `transcript`, optional `voice_prompt_uri` (+ `voice_prompt_text`, its transcript).
+    - `video_to_audio`, `video_to_music`: `video_uri`, optional `prompt`, `sync_feature_uri`
+      (precomputed Synchformer features).
+    - `edit`: `op`, `prompt` (what to add/remove/extract, or the target style), `input_audio_uri`;
+      `style_transfer` also needs `source_prompt` (the sound to change).
+    - `voice_conversion`: `transcript`, `voice_prompt_uri`, optional `voice_prompt_text`.
+
+    Parameters: `duration_s` in (0, 300], `steps` in [1, 1000], `cfg_scale` in [1, 30], `seed`
+    (None = derived from the job id), `output_format` wav/flac, `reasoning` (ask the MLLM to
+    reason about the request before generating). Routing: `tenant`, `priority`,
+    `idempotency_key` (a re-submit with the same key returns the existing job), `batch_id`.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        str_strip_whitespace=True,
+        allow_inf_nan=False,
+    )
+
+    # The task first: the per-field checks below read it from the already-validated data.
+    task: TaskName
+    op: EditOp | None = Field(default=None, validate_default=True)
+
+    prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS, validate_default=True)
+    source_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS, validate_default=True)
+    transcript: str | None = Field(default=None, max_length=MAX_TRANSCRIPT_CHARS, validate_default=True)
+    voice_prompt_text: str | None = Field(
+        default=None, max_length=MAX_VOICE_PROMPT_TEXT_CHARS, validate_default=True
+    )
+    input_audio_uri: str | None = Field(default=None, max_length=MAX_URI_CHARS, validate_default=True)
+    voice_prompt_uri: str | None = Field(default=None, max_length=MAX_URI_CHARS, validate_default=True)
+    video_uri: str | None = Field(default=None, max_length=MAX_URI_CHARS, validate_default=True)
+    sync_feature_uri: str | None = Field(default=None, max_length=MAX_URI_CHARS, validate_default=True)
+
+    duration_s: float = Field(default=DEFAULT_DURATION_S, gt=0.0, le=MAX_DURATION_S, strict=True)
+    steps: int = Field(default=DEFAULT_STEPS, ge=MIN_STEPS, le=MAX_STEPS, strict=True)
+    cfg_scale: float = Field(default=DEFAULT_CFG_SCALE, ge=MIN_CFG_SCALE, le=MAX_CFG_SCALE, strict=True)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED, strict=True)
+    output_format: OutputFormat = OutputFormat.WAV
+    reasoning: bool = Field(default=False, strict=True)
+
+    tenant: str = "default"
+    priority: Priority = Priority.NORMAL
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=MAX_IDEMPOTENCY_KEY_CHARS)
+    batch_id: str | None = None
+
+    @field_validator(*_TEXT_FIELDS, mode="before")
+    @classmethod
+    def _blank_is_missing(cls, value: Any) -> Any:
+        # An empty or all-blank text counts as not given, so "required" errors say so plainly.
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator(*_TEXT_FIELDS)
+    @classmethod
+    def _check_text(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if _CONTROL_RE.search(value):
+            raise ValueError("must not contain control characters (other than tab and newline)")
+        marker = _SPECIAL_TOKEN_RE.search(value)
+        if marker:
+            raise ValueError(f"must not contain chat-template markers such as {marker.group(0)!r}")
+        return value
+
+    @field_validator(*_URI_FIELDS, mode="before")
+    @classmethod
+    def _blank_uri_is_missing(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator(*_URI_FIELDS)
+    @classmethod
+    def _check_uri(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in value):
+            raise ValueError("must not contain whitespace or control characters")
+        match = _SCHEME_RE.match(value)
+        # A one-letter "scheme" is a Windows drive letter, i.e. a local path.
+        scheme = match.group(1).lower() if match and len(match.group(1)) > 1 else ""
+        if scheme and scheme not in _URI_SCHEMES:
+            raise ValueError(
+                f"scheme {scheme!r} is not supported: use s3://bucket/key, file:///path or a local path"
+            )
+        if scheme == "s3":
+            bucket, _, key = value[len("s3://") :].partition("/")
+            if not value.lower().startswith("s3://") or not bucket or not key:
+                raise ValueError(f"{value!r} is not of the form s3://bucket/key")
+        path = value.split("://", 1)[-1]
+        if ".." in re.split(r"[/\\]", path):
+            raise ValueError("must not contain '..' path segments")
+        return value
+
+    @field_validator(*_TASK_FIELDS)
+    @classmethod
+    def _check_task_inputs(cls, value: Any, info: ValidationInfo) -> Any:
+        task = info.data.get("task")
+        if task is None:  # the task itself is invalid; that error is reported on its own
+            return value
+        required, optional = _task_inputs(task, info.data.get("op"))
+        name = info.field_name
+        if value is None:
+            if name in required:
+                raise ValueError(f"required for task {task.value!r}")
+        elif name not in required and name not in optional:
+            takes = ", ".join(sorted(required | optional))
+            raise ValueError(f"not used by task {task.value!r} (it takes: {takes})")
+        return value
+
+    @field_validator("tenant")
+    @classmethod
+    def _check_tenant(cls, value: str) -> str:
+        return validate_id(value, "tenant")
+
+    @field_validator("batch_id")
+    @classmethod
+    def _check_batch_id(cls, value: str | None) -> str | None:
+        return None if value is None else validate_id(value, "batch_id", max_chars=MAX_BATCH_ID_CHARS)
+
+    @field_validator("idempotency_key")
+    @classmethod
+    def _check_idempotency_key(cls, value: str | None) -> str | None:
+        if value is not None and (_CONTROL_RE.search(value) or "\t" in value or "\n" in value):
+            raise ValueError("must not contain control characters")
+        return value
+
+    @field_validator("reasoning")
+    @classmethod
+    def _check_reasoning(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("task") is TaskName.UNDERSTAND:
+            raise ValueError("a reasoning step applies to generation tasks, not to 'understand'")
+        return value
+
+    # ----------------------------------------------------------------------- helpers
+
+    def effective_seed(self, job_id: str) -> int:
+        """The seed to sample with: the given one, else one derived from the job id."""
+        return self.seed if self.seed is not None else derive_seed(job_id)
+
+    def to_json(self) -> str:
+        """Compact JSON as stored in Redis (unset optional fields left out)."""
+        return self.model_dump_json(exclude_none=True)
+
+    @property
+    def generates_audio(self) -> bool:
+        return self.task is not TaskName.UNDERSTAND
+
+
+def _short_repr(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+def format_validation_error(exc: ValidationError, *, prefix: str = "") -> list[tuple[str, str]]:
+    """One `(field, message)` pair per error of a pydantic `ValidationError`; inputs are shortened."""
+    out: list[tuple[str, str]] = []
+    for err in exc.errors(include_url=False):
+        field = ".".join(str(p) for p in err.get("loc", ()))
+        field = f"{prefix}.{field}" if prefix and field else (prefix or field)
+        message = err.get("msg", "invalid")
+        if message.startswith("Value error, "):
+            message = message[len("Value error, ") :]
+        if err.get("input") is not None and err.get("type") not in ("missing", "json_invalid"):
+            message = f"{message} (got {_short_repr(err['input'])})"
+        out.append((field, message))
+    return out
+
+
+def parse_spec(data: JobSpec | Mapping[str, Any]) -> JobSpec:
+    """Validate a spec given as a mapping; raise `InvalidJobSpec` with per-field errors."""
+    if isinstance(data, JobSpec):
+        return data
+    if not isinstance(data, Mapping):
+        raise InvalidJobSpec([("", f"expected a JSON object, got {type(data).__name__}")])
+    try:
+        return JobSpec.model_validate(dict(data))
+    except ValidationError as exc:
+        raise InvalidJobSpec(format_validation_error(exc)) from None
+
+
+def parse_spec_json(raw: str | bytes) -> JobSpec:
+    """Validate a spec given as JSON text; malformed JSON and oversized text are clear errors."""
+    size = len(raw)
+    if size > MAX_SPEC_JSON_BYTES:
+        raise InvalidJobSpec([("", f"spec is {size} bytes, over the limit of {MAX_SPEC_JSON_BYTES}")])
+    try:
+        return JobSpec.model_validate_json(raw)
+    except ValidationError as exc:
+        errors = format_validation_error(exc)
+        if any(err.get("type") == "json_invalid" for err in exc.errors(include_url=False)):
+            errors = [("", f"spec is not valid JSON ({msg})") for _, msg in errors]
+        raise InvalidJobSpec(errors) from None
+
+
+# --------------------------------------------------------------------------- records
+
+
+class JobRecord(BaseModel):
+    """The queue's view of one job (read from its status hash)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    job_id: str
+    status: JobStatus
+    stage: str | None = None  # the engine's current stage while running ("understand", "generate", ...)
+    attempts: int = 0  # times the job was claimed
+    error: str | None = None  # the last error (kept on dead/failed jobs; cleared on success)
+    result_uri: str | None = None
+    timings: dict[str, float] = Field(default_factory=dict)  # stage -> seconds
+    extra: dict[str, Any] = Field(default_factory=dict)  # what the engine attached on success
+    tenant: str = "default"
+    priority: Priority = Priority.NORMAL
+    batch_id: str | None = None
+    seed: int = 0
+    spec: JobSpec | None = None  # None when the stored spec does not parse (see `error`)
+    submitted_at: float = 0.0  # Unix seconds (Redis server clock)
+    started_at: float | None = None  # start of the latest attempt
+    finished_at: float | None = None
+    retry_at: float | None = None  # when a queued retry becomes claimable again
+    consumer: str | None = None  # the consumer that holds / last held the job
+    cancel_requested: bool = False
+
+    @property
+    def is_final(self) -> bool:
+        return self.status.is_final
+
+
+class BatchFailure(BaseModel):
+    """A failed or dead job of a batch, with its last error."""
+
+    job_id: str
+    status: JobStatus | None  # None when the job record already expired
+    error: str | None
+
+
+class BatchStatus(BaseModel):
+    """Progress of a batch: counts by status and one page of its failures."""
+
+    batch_id: str
+    tenant: str | None
+    total: int
+    counts: dict[JobStatus, int]
+    created_at: float | None
+    failures: list[BatchFailure]  # the page [offset, offset + limit) of failed/dead jobs
+    failures_total: int
+    next_offset: int | None  # offset of the next failures page, None on the last one
+
+    @property
+    def finished(self) -> int:
+        return sum(self.counts.get(s, 0) for s in FINAL_STATUSES)
+
+    @property
+    def done(self) -> bool:
+        return self.finished >= self.total

@@ -1,0 +1,120 @@
+"""Every Redis key of the job system, built from one configurable prefix.
+
+Nothing else in the code base spells a key. The Lua scripts of the queue receive the fixed keys
+and the *bases* of per-id keys (`job_base` + job id) from here, so they build no names of their own.
+
+Layout under prefix `P` (default `aomni:`)::
+
+    P q:{priority}            stream of queued jobs per priority class (consumer group "engine")
+    P delayed:{priority}      sorted set: job id -> due time (ms) of a retry waiting for its backoff
+    P cursor:{priority}       XAUTOCLAIM scan cursor of that stream (so reclaiming covers the whole PEL)
+    P claim-seq               counter that rotates which priority is read first (no starvation)
+    P dead                    dead-letter stream (jobs out of attempts, malformed stream entries)
+    P job:{job_id}            hash: status, stage, attempts, error, result uri, timings, spec, ...
+    P batch:{batch_id}        hash: total and counts by status
+    P batch-failures:{id}     list of failed / dead job ids of a batch, in order of failure
+    P idem:{tenant}:{key}     idempotency key -> job id
+    P tenant:{tenant_id}      hash: tenant record (quotas, allowed inputs)
+    P apikey:{sha256 hex}     API key hash -> tenant id
+
+For Redis Cluster, give a prefix with a hash tag (e.g. `{aomni}:`): the queue's scripts touch
+keys they discover at run time, which must all live in one slot.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from orchestrator.jobs import PRIORITIES, Priority
+
+__all__ = ["DEFAULT_PREFIX", "RedisKeys"]
+
+DEFAULT_PREFIX = "aomni:"
+MAX_PREFIX_CHARS = 100
+# Glob characters would make the prefix unusable as a SCAN pattern (ops tooling and test cleanup).
+_BAD_PREFIX_RE = re.compile(r"[\s*?\[\]\\]")
+
+
+@dataclass(frozen=True)
+class RedisKeys:
+    """Key builder for one deployment (one prefix)."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        p = self.prefix
+        if not isinstance(p, str) or not 1 <= len(p) <= MAX_PREFIX_CHARS or _BAD_PREFIX_RE.search(p):
+            raise ValueError(
+                f"Redis key prefix {p!r} is invalid: expected 1-{MAX_PREFIX_CHARS} characters "
+                "without whitespace or glob characters (* ? [ ] \\)"
+            )
+
+    # ----------------------------------------------------------------------- queue structure
+
+    def stream(self, priority: Priority | str) -> str:
+        return f"{self.prefix}q:{Priority(priority).value}"
+
+    def delayed(self, priority: Priority | str) -> str:
+        return f"{self.prefix}delayed:{Priority(priority).value}"
+
+    @property
+    def delayed_base(self) -> str:
+        """`delayed_base + priority` is the delayed set of that priority."""
+        return f"{self.prefix}delayed:"
+
+    def autoclaim_cursor(self, priority: Priority | str) -> str:
+        return f"{self.prefix}cursor:{Priority(priority).value}"
+
+    @property
+    def claim_seq(self) -> str:
+        return f"{self.prefix}claim-seq"
+
+    @property
+    def dead_letter(self) -> str:
+        return f"{self.prefix}dead"
+
+    def streams(self) -> list[str]:
+        """The priority streams, highest priority first."""
+        return [self.stream(p) for p in PRIORITIES]
+
+    # ----------------------------------------------------------------------- per-job / batch
+
+    @property
+    def job_base(self) -> str:
+        return f"{self.prefix}job:"
+
+    def job(self, job_id: str) -> str:
+        return self.job_base + job_id
+
+    @property
+    def batch_base(self) -> str:
+        return f"{self.prefix}batch:"
+
+    def batch(self, batch_id: str) -> str:
+        return self.batch_base + batch_id
+
+    @property
+    def batch_failures_base(self) -> str:
+        return f"{self.prefix}batch-failures:"
+
+    def batch_failures(self, batch_id: str) -> str:
+        return self.batch_failures_base + batch_id
+
+    def idempotency(self, tenant: str, key: str) -> str:
+        return f"{self.prefix}idem:{tenant}:{key}"
+
+    # ----------------------------------------------------------------------- tenants (HTTP API)
+
+    def tenant(self, tenant_id: str) -> str:
+        return f"{self.prefix}tenant:{tenant_id}"
+
+    def api_key(self, key_sha256_hex: str) -> str:
+        return f"{self.prefix}apikey:{key_sha256_hex}"
+
+    # ----------------------------------------------------------------------- ops
+
+    @property
+    def scan_pattern(self) -> str:
+        """SCAN MATCH pattern covering every key of this deployment."""
+        return self.prefix + "*"

@@ -1,0 +1,42 @@
+"""structlog JSON logs. Bind `job_id`, `batch_id`, `tenant`, `stage` on the logger of a job.
+
+`configure(json=True)` once per process (the CLI does it); `get_logger(name)` anywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+_configured = False
+
+
+def configure(*, json: bool = True, level: str = "INFO", stream=None) -> None:
+    """Route structlog to `stream` (stderr) as one JSON object per line (or a console format)."""
+    global _configured
+    numeric = logging.getLevelName(level.upper())
+    if not isinstance(numeric, int):
+        raise ValueError(f"level must be one of DEBUG, INFO, WARNING, ERROR, got {level!r}")
+    renderer = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    _configured = True
+
+
+def get_logger(name: str, **bound):
+    """A structlog logger with `logger=name` and any extra fields bound."""
+    if not _configured:
+        configure(level="WARNING")
+    return structlog.get_logger().bind(logger=name, **bound)

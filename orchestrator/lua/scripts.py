@@ -1,0 +1,423 @@
+"""Lua scripts of the Redis Streams queue. Each state change of a job is one script, so it is atomic.
+
+Calling convention (shared by every script; `orchestrator.queue` fills it in):
+
+    ARGV[1] job_base      ARGV[2] batch_base    ARGV[3] batch_failures_base
+    ARGV[4] dead-letter stream                  ARGV[5] dead-letter MAXLEN (approximate)
+    ARGV[6] retention_s   ARGV[7] consumer group
+    ARGV[8..]             script-specific arguments (documented per script)
+
+The scripts never spell a key: fixed keys arrive in KEYS, per-id keys are `base .. id` with the
+bases from `orchestrator.keys`. Times come from the Redis server clock (`TIME`), so every
+consumer agrees on due times and timestamps.
+
+Job hash fields: status, priority, tenant, seed, spec, submitted_at, attempts, entry (the stream
+entry id that currently represents the job), batch, idem (its idempotency key name), lease (the
+token of the current claim: the attempt number), consumer, started_at, stage, timings (JSON),
+error, result_uri, extra (JSON), cancel ("1" when requested), retry_at, finished_at.
+
+Exactly one final state: every script that ends or renews a claim first checks that the job is
+`running`, that `lease` equals the caller's token and that `entry` equals the caller's entry id.
+A claim (fresh or reclaimed with XAUTOCLAIM) writes a new token in the same script that takes the
+entry, so a consumer whose lease lapsed and was taken over can no longer ack, fail or renew.
+"""
+
+from __future__ import annotations
+
+PRELUDE = r"""
+local JOB, BATCH, FAILS, DEAD = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local DEAD_MAXLEN, RETENTION, GROUP = ARGV[5], tonumber(ARGV[6]), ARGV[7]
+
+-- Server time as (seconds string with microseconds, integer milliseconds).
+local function now()
+  local t = redis.call('TIME')
+  local s, us = tonumber(t[1]), tonumber(t[2])
+  return string.format('%d.%06d', s, us), s * 1000 + math.floor(us / 1000)
+end
+
+-- Take an entry out of its stream for good: acknowledged and deleted (acked entries are history).
+local function retire(stream, eid)
+  redis.call('XACK', stream, GROUP, eid)
+  redis.call('XDEL', stream, eid)
+end
+
+-- Move a job from `prev` to the final `status`: batch counters, failure list, dead-letter entry,
+-- expiry of the record and of its idempotency key.
+local function finish(job_id, prev, status, err, now_s)
+  local jk = JOB .. job_id
+  local f = redis.call('HMGET', jk, 'batch', 'idem', 'attempts', 'tenant')
+  redis.call('HSET', jk, 'status', status, 'finished_at', now_s)
+  if err then redis.call('HSET', jk, 'error', err) end
+  redis.call('HDEL', jk, 'lease', 'retry_at')
+  redis.call('EXPIRE', jk, RETENTION)
+  if f[2] and f[2] ~= '' then redis.call('EXPIRE', f[2], RETENTION) end
+  if status == 'dead' then
+    redis.call('XADD', DEAD, 'MAXLEN', '~', DEAD_MAXLEN, '*', 'job', job_id, 'error', err or '',
+      'attempts', f[3] or '0', 'tenant', f[4] or '', 'batch', f[1] or '', 'at', now_s)
+  end
+  local batch = f[1]
+  if batch and batch ~= '' then
+    local bk = BATCH .. batch
+    redis.call('HINCRBY', bk, prev, -1)
+    redis.call('HINCRBY', bk, status, 1)
+    if status == 'failed' or status == 'dead' then redis.call('RPUSH', FAILS .. batch, job_id) end
+    local c = redis.call('HMGET', bk, 'total', 'succeeded', 'failed', 'cancelled', 'dead')
+    local done = 0
+    for i = 2, 5 do done = done + tonumber(c[i] or '0') end
+    if done >= tonumber(c[1] or '0') then
+      -- The batch is complete: it expires with its records (a later submit into it PERSISTs it).
+      redis.call('EXPIRE', bk, RETENTION)
+      redis.call('EXPIRE', FAILS .. batch, RETENTION)
+    end
+  end
+end
+
+-- The claim check: returns the job's hash fields when (job, entry, token) is still the live claim.
+local function held(job_id, eid, token, ...)
+  local r = redis.call('HMGET', JOB .. job_id, 'status', 'lease', 'entry', ...)
+  if r[1] ~= 'running' or r[2] ~= token or r[3] ~= eid then return nil end
+  return r
+end
+
+local function merge_json(jk, field, patch)
+  if patch == '' then return end
+  local cur = redis.call('HGET', jk, field)
+  local t = {}
+  if cur and cur ~= '' then t = cjson.decode(cur) end
+  for k, v in pairs(cjson.decode(patch)) do t[k] = v end
+  redis.call('HSET', jk, field, cjson.encode(t))
+end
+"""
+
+# ARGV[8] stream_base, ARGV[9] batch id ('' = none), ARGV[10] batch tenant, ARGV[11] n,
+# then n groups of 6: job_id, priority, tenant, seed, idempotency key name ('' = none), spec JSON.
+# Returns {submitted_at, job_id_1, created_1, ...}: created 1 = new job, 0 = an existing job was
+# found (same idempotency key, or same job id) and its id is returned instead.
+SUBMIT = (
+    PRELUDE
+    + r"""
+local stream_base, batch, batch_tenant, n = ARGV[8], ARGV[9], ARGV[10], tonumber(ARGV[11])
+local now_s = now()
+if batch ~= '' then
+  local owner = redis.call('HGET', BATCH .. batch, 'tenant')
+  if owner and owner ~= batch_tenant then
+    return redis.error_reply('BATCHTENANT batch ' .. batch .. ' belongs to tenant ' .. owner)
+  end
+end
+local out = {now_s}
+local created = 0
+local a = 12
+for _ = 1, n do
+  local id, pr, tenant = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+  local seed, idem, spec = ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
+  a = a + 6
+  local existing = false
+  if idem ~= '' then existing = redis.call('GET', idem) end
+  if not existing and redis.call('EXISTS', JOB .. id) == 1 then existing = id end
+  if existing then
+    out[#out + 1] = existing
+    out[#out + 1] = 0
+  else
+    local jk = JOB .. id
+    local eid = redis.call('XADD', stream_base .. pr, '*', 'job', id)
+    redis.call('HSET', jk, 'status', 'queued', 'priority', pr, 'tenant', tenant, 'seed', seed,
+      'spec', spec, 'submitted_at', now_s, 'attempts', 0, 'entry', eid)
+    if batch ~= '' then redis.call('HSET', jk, 'batch', batch) end
+    if idem ~= '' then
+      redis.call('HSET', jk, 'idem', idem)
+      redis.call('SET', idem, id)
+    end
+    created = created + 1
+    out[#out + 1] = id
+    out[#out + 1] = 1
+  end
+end
+if batch ~= '' and created > 0 then
+  local bk = BATCH .. batch
+  redis.call('HINCRBY', bk, 'total', created)
+  redis.call('HINCRBY', bk, 'queued', created)
+  redis.call('HSETNX', bk, 'tenant', batch_tenant)
+  redis.call('HSETNX', bk, 'created_at', now_s)
+  redis.call('PERSIST', bk)
+  redis.call('PERSIST', FAILS .. batch)
+end
+return out
+"""
+)
+
+# KEYS: n streams (highest priority first), n delayed sets, n XAUTOCLAIM cursors, claim-seq.
+# ARGV[8] n, ARGV[9..8+n] priority names, ARGV[9+n..8+2n] weights, then consumer, count,
+# lease_ms, max_attempts, reclaim ('1' = also take over entries idle for >= lease_ms).
+# Returns {skipped, next_due_ms (-1 = none), server_ms, {last entry id per stream}, job, job, ...}
+# with job = {job_id, entry_id, priority, attempt, spec, seed, submitted_at, batch, tenant, started_at}.
+# `skipped` counts entries consumed without producing a job (cancelled, stale, malformed, dead).
+# The last entry ids (only when no job was taken) let the caller block on XREAD for newer ones.
+CLAIM = (
+    PRELUDE
+    + r"""
+local n = tonumber(ARGV[8])
+local names, weights = {}, {}
+for i = 1, n do
+  names[i] = ARGV[8 + i]
+  weights[i] = tonumber(ARGV[8 + n + i])
+end
+local a = 9 + 2 * n
+local consumer, want, lease_ms = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2]
+local max_attempts, do_reclaim = tonumber(ARGV[a + 3]), ARGV[a + 4] == '1'
+local seq_key = KEYS[3 * n + 1]
+local now_s, now_ms = now()
+local out, skipped = {}, 0
+
+local function drop(i, eid, why, fields)
+  retire(KEYS[i], eid)
+  redis.call('XADD', DEAD, 'MAXLEN', '~', DEAD_MAXLEN, '*', 'entry', eid, 'stream', KEYS[i],
+    'error', why, 'raw', cjson.encode(fields), 'at', now_s)
+  skipped = skipped + 1
+end
+
+local function take(i, eid, fields)
+  local job_id = nil
+  for k = 1, #fields, 2 do
+    if fields[k] == 'job' then job_id = fields[k + 1] end
+  end
+  if not job_id or job_id == '' then
+    drop(i, eid, 'malformed stream entry ' .. eid .. ': no "job" field', fields)
+    return
+  end
+  local jk = JOB .. job_id
+  local r = redis.call('HMGET', jk, 'status', 'entry', 'cancel', 'attempts', 'spec', 'seed',
+    'submitted_at', 'batch', 'tenant', 'error', 'consumer')
+  local st = r[1]
+  if not st then
+    drop(i, eid, 'stream entry ' .. eid .. ' names job ' .. job_id .. ', which has no record', fields)
+    return
+  end
+  if r[2] ~= eid or (st ~= 'queued' and st ~= 'running') then
+    -- A superseded entry, or a job that already ended (e.g. cancelled while queued).
+    retire(KEYS[i], eid)
+    skipped = skipped + 1
+    return
+  end
+  if r[3] == '1' then
+    retire(KEYS[i], eid)
+    finish(job_id, st, 'cancelled', false, now_s)
+    skipped = skipped + 1
+    return
+  end
+  local attempts = tonumber(r[4] or '0') + 1
+  if attempts > max_attempts then
+    -- Only reachable by reclaiming: the holder died (or stalled past its lease) on every attempt.
+    retire(KEYS[i], eid)
+    local err = 'lease of consumer ' .. (r[11] or '?') .. ' lapsed without an ack on attempt ' ..
+      (attempts - 1) .. ' of ' .. max_attempts
+    if r[10] and r[10] ~= '' then err = err .. '; previous error: ' .. r[10] end
+    finish(job_id, st, 'dead', err, now_s)
+    skipped = skipped + 1
+    return
+  end
+  redis.call('HSET', jk, 'status', 'running', 'attempts', attempts, 'lease', attempts,
+    'consumer', consumer, 'started_at', now_s, 'stage', 'claimed')
+  if st == 'queued' and r[8] and r[8] ~= '' then
+    redis.call('HINCRBY', BATCH .. r[8], 'queued', -1)
+    redis.call('HINCRBY', BATCH .. r[8], 'running', 1)
+  end
+  out[#out + 1] = {job_id, eid, names[i], attempts, r[5] or '', r[6] or '0', r[7] or '0',
+    r[8] or '', r[9] or '', now_s}
+end
+
+-- 1. Retries whose backoff is over go back onto their stream.
+for i = 1, n do
+  local dk = KEYS[n + i]
+  local due = redis.call('ZRANGEBYSCORE', dk, '-inf', now_ms, 'LIMIT', 0, 500)
+  for _, id in ipairs(due) do
+    local jk = JOB .. id
+    if redis.call('HGET', jk, 'status') == 'queued' then
+      local eid = redis.call('XADD', KEYS[i], '*', 'job', id)
+      redis.call('HSET', jk, 'entry', eid, 'stage', 'queued')
+      redis.call('HDEL', jk, 'retry_at')
+    end
+  end
+  if #due > 0 then redis.call('ZREM', dk, unpack(due)) end
+end
+
+-- 2. Entries whose holder stopped renewing for a whole lease are taken over. The scan cursor is
+--    kept per stream so successive calls walk the whole pending list.
+if do_reclaim then
+  for i = 1, n do
+    local rounds = 0
+    while #out < want and rounds < 100 do
+      rounds = rounds + 1
+      local ck = KEYS[2 * n + i]
+      local cursor = redis.call('GET', ck) or '0-0'
+      local r = redis.call('XAUTOCLAIM', KEYS[i], GROUP, consumer, lease_ms, cursor, 'COUNT', want - #out)
+      redis.call('SET', ck, r[1])
+      for _, e in ipairs(r[2]) do
+        if type(e) == 'table' and type(e[2]) == 'table' then take(i, e[1], e[2]) end
+      end
+      if r[1] == '0-0' then break end
+    end
+  end
+end
+
+-- 3. New entries, priority streams in weighted rotation: the stream read first changes with a
+--    shared counter (weights 6:3:1 -> every 10th claim starts at the lowest), so no class starves.
+if #out < want then
+  local total = 0
+  for i = 1, n do total = total + weights[i] end
+  local slot = tonumber(redis.call('GET', seq_key) or '0') % total
+  local first, acc = 1, 0
+  for i = 1, n do
+    acc = acc + weights[i]
+    if slot < acc then first = i; break end
+  end
+  local order = {first}
+  for i = 1, n do
+    if i ~= first then order[#order + 1] = i end
+  end
+  for _, i in ipairs(order) do
+    if #out >= want then break end
+    local r = redis.call('XREADGROUP', 'GROUP', GROUP, consumer, 'COUNT', want - #out,
+      'STREAMS', KEYS[i], '>')
+    if r then
+      for _, e in ipairs(r[1][2]) do take(i, e[1], e[2]) end
+    end
+  end
+end
+if #out > 0 then redis.call('INCR', seq_key) end
+
+-- 4. Nothing to hand out: tell the caller how long it may block.
+local next_due, last = -1, {}
+if #out == 0 then
+  for i = 1, n do
+    local top = redis.call('ZRANGE', KEYS[n + i], 0, 0, 'WITHSCORES')
+    if top[2] then
+      local d = tonumber(top[2])
+      if next_due < 0 or d < next_due then next_due = d end
+    end
+    local e = redis.call('XREVRANGE', KEYS[i], '+', '-', 'COUNT', 1)
+    if e[1] then last[i] = e[1][1] else last[i] = '0-0' end
+  end
+end
+local res = {skipped, next_due, now_ms, last}
+for _, job in ipairs(out) do res[#res + 1] = job end
+return res
+"""
+)
+
+# KEYS[1] the job's stream. ARGV[8] job_id, ARGV[9] entry id, ARGV[10] token, ARGV[11] consumer.
+# Resets the entry's idle time (XCLAIM JUSTID does not count a delivery).
+# Returns -1 = lease lost, 0 = renewed, 1 = renewed and a cancel was requested.
+RENEW = (
+    PRELUDE
+    + r"""
+local r = held(ARGV[8], ARGV[9], ARGV[10], 'cancel')
+if not r then return -1 end
+local c = redis.call('XCLAIM', KEYS[1], GROUP, ARGV[11], 0, ARGV[9], 'JUSTID')
+if #c == 0 then return -1 end
+if r[4] == '1' then return 1 end
+return 0
+"""
+)
+
+# ARGV[8] job_id, ARGV[9] entry id, ARGV[10] token, ARGV[11] stage ('' = keep),
+# ARGV[12] timings JSON object to merge ('' = none). Returns 1, or 0 when the lease is lost.
+STAGE = (
+    PRELUDE
+    + r"""
+if not held(ARGV[8], ARGV[9], ARGV[10]) then return 0 end
+local jk = JOB .. ARGV[8]
+if ARGV[11] ~= '' then redis.call('HSET', jk, 'stage', ARGV[11]) end
+merge_json(jk, 'timings', ARGV[12])
+return 1
+"""
+)
+
+# KEYS[1] the job's stream. ARGV[8] job_id, ARGV[9] entry id, ARGV[10] token,
+# ARGV[11] final status ('succeeded' or 'cancelled'), ARGV[12] result uri, ARGV[13] extra JSON,
+# ARGV[14] timings JSON to merge. Returns 1, or 0 when the lease is lost (nothing changed).
+COMPLETE = (
+    PRELUDE
+    + r"""
+if not held(ARGV[8], ARGV[9], ARGV[10]) then return 0 end
+local now_s = now()
+local jk = JOB .. ARGV[8]
+retire(KEYS[1], ARGV[9])
+merge_json(jk, 'timings', ARGV[14])
+if ARGV[11] == 'succeeded' then
+  redis.call('HSET', jk, 'result_uri', ARGV[12], 'extra', ARGV[13], 'stage', 'done')
+  redis.call('HDEL', jk, 'error')
+  finish(ARGV[8], 'running', 'succeeded', false, now_s)
+else
+  finish(ARGV[8], 'running', 'cancelled', 'cancelled while running', now_s)
+end
+return 1
+"""
+)
+
+# KEYS[1] the job's stream, KEYS[2] the delayed set of its priority. ARGV[8] job_id,
+# ARGV[9] entry id, ARGV[10] token, ARGV[11] error, ARGV[12] retryable '1'/'0',
+# ARGV[13] retry delay in ms, ARGV[14] max_attempts, ARGV[15] timings JSON to merge.
+# Returns the new status ('queued' = retry scheduled, 'failed', 'dead', 'cancelled'),
+# or '' when the lease is lost (nothing changed).
+FAIL = (
+    PRELUDE
+    + r"""
+local r = held(ARGV[8], ARGV[9], ARGV[10], 'attempts', 'cancel', 'batch')
+if not r then return '' end
+local now_s, now_ms = now()
+local job_id, err = ARGV[8], ARGV[11]
+local jk = JOB .. job_id
+retire(KEYS[1], ARGV[9])
+merge_json(jk, 'timings', ARGV[15])
+redis.call('HSET', jk, 'error', err)
+if r[5] == '1' then
+  finish(job_id, 'running', 'cancelled', false, now_s)
+  return 'cancelled'
+end
+if ARGV[12] == '1' and tonumber(r[4]) < tonumber(ARGV[14]) then
+  local due_ms = now_ms + tonumber(ARGV[13])
+  redis.call('HSET', jk, 'status', 'queued', 'stage', 'retry-wait',
+    'retry_at', string.format('%d.%03d', math.floor(due_ms / 1000), due_ms % 1000))
+  redis.call('HDEL', jk, 'lease')
+  redis.call('ZADD', KEYS[2], due_ms, job_id)
+  if r[6] and r[6] ~= '' then
+    redis.call('HINCRBY', BATCH .. r[6], 'running', -1)
+    redis.call('HINCRBY', BATCH .. r[6], 'queued', 1)
+  end
+  return 'queued'
+end
+if ARGV[12] == '1' then
+  finish(job_id, 'running', 'dead', err, now_s)
+  return 'dead'
+end
+finish(job_id, 'running', 'failed', err, now_s)
+return 'failed'
+"""
+)
+
+# ARGV[8] job_id, ARGV[9] stream_base, ARGV[10] delayed_base.
+# Returns the status after the call: 'cancelled' (was queued: it will never run), 'running'
+# (a cancel is requested; the holder stops between stages), another final status (unchanged),
+# or '' for an unknown job.
+CANCEL = (
+    PRELUDE
+    + r"""
+local job_id = ARGV[8]
+local jk = JOB .. job_id
+local r = redis.call('HMGET', jk, 'status', 'priority', 'entry')
+if not r[1] then return '' end
+if r[1] == 'queued' then
+  -- Not claimed, so its entry is in no pending list: delete it outright (or drop the delayed retry).
+  if r[3] then redis.call('XDEL', ARGV[9] .. r[2], r[3]) end
+  redis.call('ZREM', ARGV[10] .. r[2], job_id)
+  redis.call('HSET', jk, 'cancel', '1')
+  finish(job_id, 'queued', 'cancelled', false, now())
+  return 'cancelled'
+end
+if r[1] == 'running' then
+  redis.call('HSET', jk, 'cancel', '1')
+  return 'running'
+end
+return r[1]
+"""
+)

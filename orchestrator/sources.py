@@ -1,0 +1,198 @@
+"""Where jobs come from: the `JobSource` seam and its manifest-file implementation.
+
+A source hands out `ClaimedJob`s and records their outcome. The engine calls `claim`, `renew`
+while a job runs, `is_cancel_requested` between stages, and exactly one of `ack_success` / `fail`
+/ `cancel` per claim. The Redis queue adapter lives beside it (`RedisJobSource`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from orchestrator.errors import InvalidJobSpec, PermanentError
+from orchestrator.jobs import JobSpec, JobStatus, batch_job_id, parse_spec
+
+URI_FIELDS = ("input_audio_uri", "voice_prompt_uri", "video_uri", "sync_feature_uri")
+
+
+@dataclass
+class ClaimedJob:
+    """One claimed job: its id, validated spec and where it came from."""
+
+    job_id: str
+    spec: JobSpec
+    attempt: int = 1
+    token: Any = None  # source-specific (the Redis claim)
+
+    @property
+    def tenant(self) -> str:
+        return self.spec.tenant
+
+    @property
+    def batch_id(self) -> str | None:
+        return self.spec.batch_id
+
+    @property
+    def seed(self) -> int:
+        return self.spec.effective_seed(self.job_id)
+
+
+@dataclass
+class Outcome:
+    job_id: str
+    status: JobStatus
+    error: str | None = None
+    result_uri: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    attempts: int = 1
+
+
+class JobSource(Protocol):
+    def _resolve_paths(self, data: dict) -> None:
+        """Relative local input paths are relative to the manifest's folder, not the cwd."""
+        for name in URI_FIELDS:
+            value = data.get(name)
+            if isinstance(value, str) and value and "://" not in value and not Path(value).is_absolute():
+                data[name] = str((self.path.parent / value).resolve())
+
+    def local_inputs(self) -> list[Path]:
+        """The local input files the manifest's valid jobs refer to."""
+        paths = []
+        for job in self._queue:
+            for name in URI_FIELDS:
+                value = getattr(job.spec, name)
+                if value and "://" not in value:
+                    paths.append(Path(value))
+        return paths
+
+    def claim(self, max_jobs: int, block_s: float) -> list[ClaimedJob]: ...
+    def renew(self, job: ClaimedJob) -> None: ...
+    def is_cancel_requested(self, job: ClaimedJob) -> bool: ...
+    def ack_success(self, job: ClaimedJob, *, result_uri: str | None, timings: dict, extra: dict) -> None: ...
+    def fail(self, job: ClaimedJob, error: BaseException, *, retry: bool, timings: dict) -> None: ...
+    def cancel(self, job: ClaimedJob) -> None: ...
+    def pending(self) -> int: ...
+    def exhausted(self) -> bool: ...
+
+
+class ManifestSource:
+    """Jobs from a JSONL manifest (one JobSpec object per line; blank lines and `#` lines skipped).
+
+    Job ids are `batch_job_id(batch_id, line_index)` with the batch id derived from the file's
+    bytes, so running the same manifest twice writes the same keys. A line that does not validate
+    becomes a job that fails at once with its reason; the other lines still run.
+    """
+
+    def __init__(self, path: str | Path, *, max_attempts: int = 3, batch_id: str | None = None) -> None:
+        if not 1 <= max_attempts <= 100:
+            raise ValueError(f"max_attempts must be in [1, 100], got {max_attempts}")
+        self.path = Path(path)
+        raw = self.path.read_bytes()
+        self.batch_id = batch_id or "m" + hashlib.sha256(raw).hexdigest()[:15]
+        self.max_attempts = max_attempts
+        self._lock = threading.Lock()
+        self._queue: deque[ClaimedJob] = deque()
+        self.outcomes: dict[str, Outcome] = {}
+        self.invalid: dict[str, str] = {}
+        index = 0
+        for line_no, line in enumerate(raw.decode("utf-8").splitlines(), start=1):
+            text = line.strip()
+            if not text or text.startswith("#"):
+                continue
+            job_id = batch_job_id(self.batch_id, index)
+            index += 1
+            try:
+                data = json.loads(text)
+                if not isinstance(data, dict):
+                    raise InvalidJobSpec([("", f"expected a JSON object, got {type(data).__name__}")])
+                data.setdefault("batch_id", self.batch_id)
+                self._resolve_paths(data)
+                spec = parse_spec(data)
+            except (json.JSONDecodeError, PermanentError) as exc:
+                reason = f"line {line_no}: {exc}"
+                self.invalid[job_id] = reason
+                self.outcomes[job_id] = Outcome(job_id, JobStatus.FAILED, error=reason, attempts=0)
+                continue
+            self._queue.append(ClaimedJob(job_id, spec))
+        self.total = index
+        self._running = 0
+        self._delayed: list[tuple[float, ClaimedJob]] = []
+
+    def _resolve_paths(self, data: dict) -> None:
+        """Relative local input paths are relative to the manifest's folder, not the cwd."""
+        for name in URI_FIELDS:
+            value = data.get(name)
+            if isinstance(value, str) and value and "://" not in value and not Path(value).is_absolute():
+                data[name] = str((self.path.parent / value).resolve())
+
+    def local_inputs(self) -> list[Path]:
+        """The local input files the manifest's valid jobs refer to."""
+        paths = []
+        for job in self._queue:
+            for name in URI_FIELDS:
+                value = getattr(job.spec, name)
+                if value and "://" not in value:
+                    paths.append(Path(value))
+        return paths
+
+    def claim(self, max_jobs: int, block_s: float) -> list[ClaimedJob]:
+        with self._lock:
+            now = time.monotonic()
+            due = [j for t, j in self._delayed if t <= now]
+            self._delayed = [(t, j) for t, j in self._delayed if t > now]
+            self._queue.extend(due)
+            out = []
+            while self._queue and len(out) < max_jobs:
+                out.append(self._queue.popleft())
+            self._running += len(out)
+        if not out and block_s > 0:
+            time.sleep(min(block_s, 0.05))
+        return out
+
+    def renew(self, job: ClaimedJob) -> None:  # nobody else can take a manifest job
+        return None
+
+    def is_cancel_requested(self, job: ClaimedJob) -> bool:
+        return False
+
+    def _finish(self, job: ClaimedJob, outcome: Outcome) -> None:
+        with self._lock:
+            self._running -= 1
+            self.outcomes[job.job_id] = outcome
+
+    def ack_success(self, job: ClaimedJob, *, result_uri: str | None, timings: dict, extra: dict) -> None:
+        self._finish(
+            job, Outcome(job.job_id, JobStatus.SUCCEEDED, None, result_uri, timings, extra, job.attempt)
+        )
+
+    def fail(self, job: ClaimedJob, error: BaseException, *, retry: bool, timings: dict) -> None:
+        if retry and job.attempt < self.max_attempts:
+            with self._lock:
+                self._running -= 1
+                backoff_s = 0.2 * 2 ** (job.attempt - 1)
+                self._delayed.append(
+                    (time.monotonic() + backoff_s, ClaimedJob(job.job_id, job.spec, job.attempt + 1))
+                )
+            return
+        status = JobStatus.DEAD if retry else JobStatus.FAILED
+        self._finish(job, Outcome(job.job_id, status, str(error), timings=timings, attempts=job.attempt))
+
+    def cancel(self, job: ClaimedJob) -> None:
+        self._finish(job, Outcome(job.job_id, JobStatus.CANCELLED, "cancelled", attempts=job.attempt))
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._queue) + len(self._delayed)
+
+    def exhausted(self) -> bool:
+        """True once every line has an outcome (the engine may stop)."""
+        with self._lock:
+            return not self._queue and not self._delayed and self._running == 0

@@ -1,0 +1,573 @@
+"""The Redis Streams queue against a real Redis: leases, takeover after a SIGKILL, retries with
+backoff, dead-lettering, cancel, priorities, batches, idempotency and bad inputs.
+
+Every key lives under the per-test `redis_prefix`, which the fixture deletes afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from orchestrator.errors import InvalidJobSpec, JobNotFound, LeaseLost
+from orchestrator.jobs import JobSpec, JobStatus, Priority, derive_seed
+from orchestrator.queue import JobQueue
+
+pytestmark = pytest.mark.integration
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONSUMER = Path(__file__).with_name("queue_consumer.py")
+
+
+def t2a(prompt: str = "rain on a tin roof", **kw) -> dict:
+    return {"task": "text_to_audio", "prompt": prompt, **kw}
+
+
+@pytest.fixture()
+def client(redis_url):
+    c = redis.Redis.from_url(redis_url)
+    yield c
+    c.close()
+
+
+@pytest.fixture()
+def make_queue(client, redis_prefix):
+    def make(**kw) -> JobQueue:
+        kw.setdefault("lease_s", 5.0)
+        kw.setdefault("backoff_base_s", 0.05)
+        kw.setdefault("backoff_max_s", 1.0)
+        kw.setdefault("retention_s", 600)
+        return JobQueue(client, prefix=redis_prefix, **kw)
+
+    return make
+
+
+def write_foreign_job(client, q: JobQueue, job_id: str, spec_json: str, priority: str = "normal") -> str:
+    """Queue a job the way a foreign (or older) producer might, bypassing `submit`'s validation."""
+    eid = client.xadd(q.keys.stream(priority), {"job": job_id}).decode()
+    client.hset(
+        q.keys.job(job_id),
+        mapping={
+            "status": "queued",
+            "priority": priority,
+            "tenant": "default",
+            "seed": "1",
+            "spec": spec_json,
+            "submitted_at": f"{time.time():.6f}",
+            "attempts": "0",
+            "entry": eid,
+        },
+    )
+    return eid
+
+
+# --------------------------------------------------------------------------- submit / get
+
+
+def test_submit_minimal_spec_round_trips(make_queue):
+    q = make_queue()
+    rec = q.submit(t2a())
+    assert rec.status is JobStatus.QUEUED
+    assert rec.seed == derive_seed(rec.job_id)
+    got = q.get(rec.job_id)
+    assert got is not None
+    assert got.spec == JobSpec(task="text_to_audio", prompt="rain on a tin roof")
+    assert (got.status, got.attempts, got.seed, got.priority) == (
+        JobStatus.QUEUED,
+        0,
+        rec.seed,
+        Priority.NORMAL,
+    )
+    assert got.submitted_at == pytest.approx(rec.submitted_at)
+    assert q.get("no-such-job") is None
+    assert q.queue_depths() == {"high": 0, "normal": 1, "low": 0}
+
+
+def test_explicit_seed_wins_and_is_handed_to_the_consumer(make_queue):
+    q = make_queue()
+    rec = q.submit(t2a(seed=1234))
+    (claim,) = q.claim("c1")
+    assert rec.seed == claim.seed == 1234
+    assert claim.spec.seed == 1234
+
+
+def test_submit_rejects_bad_spec_with_per_field_errors(make_queue):
+    q = make_queue()
+    with pytest.raises(InvalidJobSpec) as err:
+        q.submit({"task": "text_to_audio", "steps": 0})
+    fields = [f for f, _ in err.value.errors]
+    assert fields == ["prompt", "steps"]
+    assert q.queue_depths()["normal"] == 0
+
+
+def test_idempotent_submit_returns_the_existing_job(make_queue):
+    q = make_queue()
+    first = q.submit(t2a(idempotency_key="order-17"))
+    again = q.submit(t2a(idempotency_key="order-17"))
+    assert again.job_id == first.job_id
+    assert q.queue_depths()["normal"] == 1  # one stream entry, not two
+    other_tenant = q.submit(t2a(idempotency_key="order-17", tenant="acme"))
+    assert other_tenant.job_id != first.job_id  # keys are per tenant
+    # Still idempotent after the job finished (until its record expires).
+    (claim,) = q.claim("c1", count=1)
+    q.ack_success(claim, "s3://b/x.wav")
+    done = q.get(claim.job_id)
+    assert done is not None and done.status is JobStatus.SUCCEEDED
+    assert q.submit(t2a(idempotency_key=f"order-{17}", tenant=claim.tenant)).job_id == claim.job_id
+
+
+def test_resubmitting_a_batch_creates_nothing_twice(make_queue):
+    q = make_queue()
+    specs = [t2a(f"p{i}") for i in range(7)]
+    bid, ids = q.submit_batch(specs, batch_id="nightly-1", chunk_size=3)
+    bid2, ids2 = q.submit_batch(specs, batch_id="nightly-1", chunk_size=3)
+    assert (bid2, ids2) == (bid, ids)
+    assert ids == [f"nightly-1-{i}" for i in range(7)]
+    status = q.batch_status(bid)
+    assert status is not None and status.total == 7 and status.counts[JobStatus.QUEUED] == 7
+    assert q.queue_depths()["normal"] == 7
+
+
+def test_batch_validation(make_queue):
+    q = make_queue()
+    with pytest.raises(InvalidJobSpec) as err:
+        q.submit_batch([t2a("ok"), {"task": "tts"}, t2a("x" * 3000)])
+    assert [f for f, _ in err.value.errors] == ["specs[1].transcript", "specs[2].prompt"]
+    with pytest.raises(ValueError, match="one tenant"):
+        q.submit_batch([t2a("a", tenant="t1"), t2a("b", tenant="t2")])
+    q.submit_batch([t2a("a", tenant="t1")], batch_id="shared")
+    with pytest.raises(ValueError, match="belongs to tenant t1"):
+        q.submit_batch([t2a("b", tenant="t2")], batch_id="shared")
+    with pytest.raises(InvalidJobSpec, match="differs from the batch id"):
+        q.submit_batch([t2a("a", batch_id="other")], batch_id="shared")
+    with pytest.raises(ValueError, match="chunk_size"):
+        q.submit_batch([t2a("a")], chunk_size=0)
+    assert q.queue_depths()["normal"] == 1  # only the one valid batch was written
+
+
+# --------------------------------------------------------------------------- claim / lease
+
+
+def test_claim_ack_records_result_timings_and_extra(make_queue, client):
+    q = make_queue(retention_s=120)
+    rec = q.submit(t2a(idempotency_key="k"))
+    (claim,) = q.claim("engine-1")
+    assert (claim.job_id, claim.attempt, claim.consumer) == (rec.job_id, 1, "engine-1")
+    running = q.get(rec.job_id)
+    assert running is not None and running.status is JobStatus.RUNNING and running.consumer == "engine-1"
+    assert client.ttl(q.keys.job(rec.job_id)) == -1  # no expiry while not finished
+    q.set_stage(claim, "generate", timings={"understand": 0.25})
+    assert q.renew(claim)
+    q.ack_success(claim, "s3://bucket/default/x/x.wav", {"text": "hi"}, timings={"generate": 1.5})
+    done = q.get(rec.job_id)
+    assert done is not None
+    assert done.status is JobStatus.SUCCEEDED and done.result_uri == "s3://bucket/default/x/x.wav"
+    assert done.timings == {"understand": 0.25, "generate": 1.5}
+    assert done.extra == {"text": "hi"} and done.finished_at is not None
+    assert 0 < client.ttl(q.keys.job(rec.job_id)) <= 120  # retention of finished records
+    assert 0 < client.ttl(q.keys.idempotency("default", "k")) <= 120
+    assert q.running_count() == 0
+    assert client.xlen(q.keys.stream("normal")) == 0  # acked entries are deleted
+    with pytest.raises(LeaseLost):
+        q.ack_success(claim, "s3://bucket/again.wav")  # a second ack changes nothing
+    assert not q.renew(claim)
+
+
+def test_blocking_claim_wakes_when_a_job_arrives(make_queue):
+    q = make_queue()
+    assert q.claim("c1", block_ms=0) == []
+    t0 = time.monotonic()
+    assert q.claim("c1", block_ms=150) == []
+    assert time.monotonic() - t0 >= 0.14
+    timer = threading.Timer(0.2, lambda: q.submit(t2a()))
+    timer.start()
+    t0 = time.monotonic()
+    claims = q.claim("c1", block_ms=5000)
+    waited = time.monotonic() - t0
+    timer.join()
+    assert len(claims) == 1
+    assert 0.15 <= waited < 1.0
+
+
+def test_renewed_lease_is_kept_and_a_lapsed_one_taken_over(make_queue):
+    q = make_queue(lease_s=0.4)
+    q.submit(t2a())
+    (a,) = q.claim("a")
+    for _ in range(6):  # 0.6 s of renewing, longer than the lease
+        time.sleep(0.1)
+        assert q.renew(a)
+        assert q.claim("b") == []
+    time.sleep(0.6)  # a stalls past its lease
+    (b,) = q.claim("b", block_ms=1000)
+    assert (b.job_id, b.attempt, b.consumer) == (a.job_id, 2, "b")
+    # The stalled holder can change nothing any more.
+    assert not q.renew(a)
+    with pytest.raises(LeaseLost):
+        q.set_stage(a, "generate")
+    with pytest.raises(LeaseLost):
+        q.ack_success(a, "s3://b/stale.wav")
+    with pytest.raises(LeaseLost):
+        q.fail(a, "stale", retryable=True)
+    q.ack_success(b, "s3://b/fresh.wav")
+    rec = q.get(a.job_id)
+    assert rec is not None
+    assert (rec.status, rec.result_uri, rec.attempts) == (JobStatus.SUCCEEDED, "s3://b/fresh.wav", 2)
+
+
+def test_crash_recovery_after_sigkill(make_queue, redis_url, redis_prefix):
+    """A consumer process claims a job and is SIGKILLed; after the lease another one completes it."""
+    lease_s = 1.0
+    q = make_queue(lease_s=lease_s)
+    bid, (job_id,) = q.submit_batch([t2a()])
+    proc = subprocess.Popen(
+        [sys.executable, str(CONSUMER), "--redis-url", redis_url, "--prefix", redis_prefix,
+         "--consumer", "doomed", "--mode", "hold", "--lease-s", str(lease_s)],
+        stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT,
+    )  # fmt: skip
+    try:
+        line = proc.stdout.readline().split()
+        assert line == ["CLAIMED", job_id, "1"]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+    killed_at = time.monotonic()
+    held = q.get(job_id)
+    assert held is not None and held.status is JobStatus.RUNNING and held.consumer == "doomed"
+    claims = q.claim("rescuer", block_ms=int(lease_s * 1000 * 3))
+    assert [c.job_id for c in claims] == [job_id]
+    assert claims[0].attempt == 2
+    assert time.monotonic() - killed_at <= lease_s * 2.5
+    q.ack_success(claims[0], "s3://b/recovered.wav")
+    rec = q.get(job_id)
+    assert rec is not None and (rec.status, rec.attempts) == (JobStatus.SUCCEEDED, 2)
+    status = q.batch_status(bid)
+    assert status is not None
+    assert status.counts[JobStatus.SUCCEEDED] == 1 and status.finished == 1
+    assert q.claim("rescuer", block_ms=int(lease_s * 1500)) == []  # nothing left to replay
+
+
+# --------------------------------------------------------------------------- retry / dead-letter
+
+
+def test_retry_waits_for_the_backoff(make_queue):
+    base = 0.2
+    q = make_queue(backoff_base_s=base, backoff_max_s=2.0, max_attempts=3)
+    rec = q.submit(t2a())
+    (c1,) = q.claim("c1")
+    assert q.fail(c1, "worker restarting", retryable=True) is JobStatus.QUEUED
+    failed_at = time.monotonic()
+    queued = q.get(rec.job_id)
+    assert queued is not None and queued.status is JobStatus.QUEUED and queued.error == "worker restarting"
+    assert queued.retry_at is not None
+    assert base / 2 - 0.02 <= queued.retry_at - time.time() <= base + 0.02
+    assert q.queue_depths()["normal"] == 1  # the delayed retry counts as backlog
+    assert q.claim("c1", block_ms=0) == []  # not before its due time
+    (c2,) = q.claim("c1", block_ms=3000)
+    waited = time.monotonic() - failed_at
+    assert base / 2 - 0.02 <= waited <= base + 0.25
+    assert c2.attempt == 2
+    # The second retry waits about twice as long.
+    q.fail(c2, "still restarting", retryable=True)
+    failed_at = time.monotonic()
+    (c3,) = q.claim("c1", block_ms=3000)
+    waited = time.monotonic() - failed_at
+    assert base - 0.02 <= waited <= 2 * base + 0.25
+    assert c3.attempt == 3
+
+
+def test_retry_delay_is_exponential_capped_and_jittered(make_queue):
+    q = make_queue(backoff_base_s=1.0, backoff_max_s=10.0)
+    for attempt, full in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (5, 10.0), (50, 10.0)]:
+        delays = [q.retry_delay_s(attempt) for _ in range(200)]
+        assert all(full / 2 <= d <= full for d in delays)
+        assert max(delays) - min(delays) > full / 10  # jittered, not constant
+
+
+def test_dead_letter_after_max_attempts_keeps_last_error(make_queue):
+    q = make_queue(max_attempts=3, backoff_base_s=0.01, backoff_max_s=0.02)
+    bid, (job_id,) = q.submit_batch([t2a()])
+    statuses = []
+    for attempt in range(1, 4):
+        (c,) = q.claim("c1", block_ms=2000)
+        assert c.attempt == attempt
+        statuses.append(q.fail(c, f"GPU fell over ({attempt})", retryable=True))
+    assert statuses == [JobStatus.QUEUED, JobStatus.QUEUED, JobStatus.DEAD]
+    rec = q.get(job_id)
+    assert rec is not None and (rec.status, rec.attempts) == (JobStatus.DEAD, 3)
+    assert rec.error == "GPU fell over (3)"
+    (dead,) = q.dead_letters()
+    assert (dead["job"], dead["error"], dead["attempts"], dead["batch"]) == (
+        job_id,
+        "GPU fell over (3)",
+        "3",
+        bid,
+    )
+    status = q.batch_status(bid)
+    assert status is not None and status.counts[JobStatus.DEAD] == 1
+    assert [(f.job_id, f.status, f.error) for f in status.failures] == [
+        (job_id, JobStatus.DEAD, "GPU fell over (3)")
+    ]
+    assert q.claim("c1", block_ms=100) == []
+
+
+def test_permanent_failure_is_not_retried(make_queue):
+    q = make_queue()
+    rec = q.submit(t2a())
+    (c,) = q.claim("c1")
+    assert q.fail(c, "input audio is 0.2 s long; need at least 1 s", retryable=False) is JobStatus.FAILED
+    got = q.get(rec.job_id)
+    assert got is not None and got.status is JobStatus.FAILED and "0.2 s" in (got.error or "")
+    assert q.claim("c1", block_ms=200) == []
+    assert q.dead_letters() == []
+
+
+def test_job_whose_holder_keeps_dying_is_dead_lettered(make_queue):
+    q = make_queue(lease_s=0.15, max_attempts=2)
+    rec = q.submit(t2a())
+    for attempt in (1, 2):
+        (c,) = q.claim(f"c{attempt}", block_ms=2000)
+        assert c.attempt == attempt  # and then "dies": no ack, no renew
+    assert q.claim("c3", block_ms=600) == []
+    got = q.get(rec.job_id)
+    assert got is not None and got.status is JobStatus.DEAD
+    assert "lapsed without an ack on attempt 2 of 2" in (got.error or "")
+    assert [d["job"] for d in q.dead_letters()] == [rec.job_id]
+
+
+# --------------------------------------------------------------------------- cancel
+
+
+def test_cancel_queued_job_never_runs(make_queue):
+    q = make_queue()
+    rec = q.submit(t2a())
+    keep = q.submit(t2a("other"))
+    assert q.cancel(rec.job_id) is JobStatus.CANCELLED
+    assert q.is_cancel_requested(rec.job_id)
+    claims = q.claim("c1", count=10)
+    assert [c.job_id for c in claims] == [keep.job_id]
+    got = q.get(rec.job_id)
+    assert got is not None and got.status is JobStatus.CANCELLED and got.attempts == 0
+    assert q.cancel(rec.job_id) is JobStatus.CANCELLED  # idempotent
+    with pytest.raises(JobNotFound):
+        q.cancel("no-such-job")
+
+
+def test_cancel_job_waiting_for_retry(make_queue):
+    q = make_queue(backoff_base_s=0.3, backoff_max_s=0.3)
+    rec = q.submit(t2a())
+    (c,) = q.claim("c1")
+    q.fail(c, "transient", retryable=True)
+    assert q.cancel(rec.job_id) is JobStatus.CANCELLED
+    assert q.queue_depths()["normal"] == 0
+    assert q.claim("c1", block_ms=600) == []
+
+
+def test_cancel_running_job_is_seen_between_stages(make_queue):
+    q = make_queue()
+    bid, (job_id,) = q.submit_batch([t2a()])
+    (c,) = q.claim("c1")
+    assert not q.is_cancel_requested(job_id)
+    assert q.cancel(job_id) is JobStatus.RUNNING
+    assert q.is_cancel_requested(job_id)
+    assert q.renew(c)  # the holder keeps its lease until it stops
+    q.ack_cancelled(c)
+    got = q.get(job_id)
+    assert got is not None and got.status is JobStatus.CANCELLED and got.cancel_requested
+    status = q.batch_status(bid)
+    assert (
+        status is not None
+        and status.counts[JobStatus.CANCELLED] == 1
+        and status.counts[JobStatus.RUNNING] == 0
+    )
+    assert q.cancel(job_id) is JobStatus.CANCELLED
+
+
+def test_cancelled_running_job_whose_holder_died_is_not_rerun(make_queue):
+    q = make_queue(lease_s=0.15)
+    rec = q.submit(t2a())
+    q.claim("doomed")
+    assert q.cancel(rec.job_id) is JobStatus.RUNNING
+    assert q.claim("next", block_ms=600) == []
+    got = q.get(rec.job_id)
+    assert got is not None and got.status is JobStatus.CANCELLED
+
+
+def test_failing_a_cancelled_job_ends_it_cancelled(make_queue):
+    q = make_queue()
+    rec = q.submit(t2a())
+    (c,) = q.claim("c1")
+    q.cancel(rec.job_id)
+    assert q.fail(c, "interrupted", retryable=True) is JobStatus.CANCELLED
+
+
+def test_cancel_of_finished_job_changes_nothing(make_queue):
+    q = make_queue()
+    rec = q.submit(t2a())
+    (c,) = q.claim("c1")
+    q.ack_success(c, "s3://b/x.wav")
+    assert q.cancel(rec.job_id) is JobStatus.SUCCEEDED
+    got = q.get(rec.job_id)
+    assert got is not None and got.status is JobStatus.SUCCEEDED
+
+
+# --------------------------------------------------------------------------- priorities
+
+
+def test_priority_order_without_starvation(make_queue):
+    q = make_queue()
+    low = {q.submit(t2a(f"low {i}", priority="low")).job_id for i in range(30)}
+    high = {q.submit(t2a(f"high {i}", priority="high")).job_id for i in range(30)}
+    order = []
+    for _ in range(20):
+        (c,) = q.claim("c1")
+        order.append("high" if c.job_id in high else "low" if c.job_id in low else "?")
+        q.ack_success(c, "s3://b/x.wav")
+    # Weights 6:3:1: high first, but every 10th claim starts at the lowest class.
+    assert order[0] == "high"
+    assert order.count("low") == 2 and order.count("high") == 18
+    assert "low" in order[:10]
+
+
+def test_high_priority_goes_first(make_queue):
+    q = make_queue()
+    normal = [q.submit(t2a(f"n{i}")).job_id for i in range(5)]
+    high = [q.submit(t2a(f"h{i}", priority="high")).job_id for i in range(5)]
+    claims = q.claim("c1", count=5)
+    assert [c.job_id for c in claims] == high
+    assert all(c.priority is Priority.HIGH for c in claims)
+    assert q.queue_depths() == {"high": 0, "normal": 5, "low": 0}
+    assert [c.job_id for c in q.claim("c1", count=10)] == normal
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def test_batch_counts_follow_every_transition(make_queue, client):
+    q = make_queue(max_attempts=2, retention_s=300)
+    bid, ids = q.submit_batch([t2a(f"p{i}") for i in range(6)], chunk_size=4)
+
+    def counts():
+        s = q.batch_status(bid)
+        assert s is not None and s.total == 6
+        return {k.value: v for k, v in s.counts.items() if v}
+
+    assert counts() == {"queued": 6}
+    claims = {c.job_id: c for c in q.claim("c1", count=6)}
+    assert counts() == {"running": 6}
+    q.ack_success(claims[ids[0]], "s3://b/0.wav")
+    q.ack_success(claims[ids[1]], "s3://b/1.wav")
+    q.fail(claims[ids[2]], "bad input audio", retryable=False)
+    q.fail(claims[ids[3]], "transient", retryable=True, delay_s=0)
+    q.cancel(ids[4])
+    q.ack_cancelled(claims[ids[4]])
+    assert counts() == {"succeeded": 2, "failed": 1, "queued": 1, "cancelled": 1, "running": 1}
+    assert client.ttl(q.keys.batch(bid)) == -1  # unfinished batches do not expire
+    (retry,) = q.claim("c1", block_ms=1000)
+    assert retry.job_id == ids[3]
+    q.fail(retry, "transient again", retryable=True)
+    q.fail(claims[ids[5]], "bad prompt", retryable=False)
+    final = q.batch_status(bid, limit=2)
+    assert final is not None and final.done
+    assert {k.value: v for k, v in final.counts.items() if v} == {
+        "succeeded": 2, "failed": 2, "cancelled": 1, "dead": 1,
+    }  # fmt: skip
+    assert final.failures_total == 3 and final.next_offset == 2
+    assert [(f.job_id, f.status) for f in final.failures] == [
+        (ids[2], JobStatus.FAILED),
+        (ids[3], JobStatus.DEAD),
+    ]
+    page2 = q.batch_status(bid, offset=2, limit=2)
+    assert page2 is not None and page2.next_offset is None
+    assert [(f.job_id, f.error) for f in page2.failures] == [(ids[5], "bad prompt")]
+    assert 0 < client.ttl(q.keys.batch(bid)) <= 300  # a finished batch expires with its records
+    assert q.batch_status("no-such-batch") is None
+
+
+# --------------------------------------------------------------------------- bad inputs
+
+
+def test_bad_inputs_fail_per_job_and_never_stop_the_consumer(make_queue, client):
+    q = make_queue()
+    stream = q.keys.stream("normal")
+    client.xadd(stream, {"spec": '{"task": "text_to_audio", "prompt": '})  # raw JSON, no job id
+    write_foreign_job(client, q, "malformed-json", '{"task": "text_to_audio", "prompt": "rain"')
+    write_foreign_job(client, q, "unknown-task", json.dumps({"task": "make_noise", "prompt": "x"}))
+    write_foreign_job(client, q, "missing-fields", json.dumps({"task": "tts"}))
+    write_foreign_job(
+        client, q, "oversized-text", json.dumps({"task": "text_to_audio", "prompt": "x" * 5000})
+    )
+    write_foreign_job(client, q, "oversized-spec", json.dumps({"task": "tts", "transcript": "y" * 70_000}))
+    client.xadd(stream, {"job": "never-written"})  # an entry whose record does not exist
+    good = q.submit(t2a("the one good job"))
+
+    claims = q.claim("c1", count=1, block_ms=1000)
+    assert [c.job_id for c in claims] == [good.job_id]
+
+    def error_of(job_id: str) -> str:
+        rec = q.get(job_id)
+        assert rec is not None and rec.status is JobStatus.FAILED and rec.spec is None
+        assert rec.error is not None
+        return rec.error
+
+    assert "not valid JSON" in error_of("malformed-json")
+    assert "task: Input should be 'understand'" in error_of("unknown-task")
+    assert "make_noise" in error_of("unknown-task")
+    assert "transcript: required for task 'tts'" in error_of("missing-fields")
+    assert "prompt: String should have at most 2000 characters" in error_of("oversized-text")
+    assert "over the limit of 65536" in error_of("oversized-spec")
+    dead = q.dead_letters()
+    assert len(dead) == 2
+    assert 'no "job" field' in dead[0]["error"] and "text_to_audio" in dead[0]["raw"]
+    assert "never-written, which has no record" in dead[1]["error"]
+    assert client.xlen(stream) == 1  # only the good job's entry (pending) is left
+    q.ack_success(claims[0], "s3://b/good.wav")
+    assert q.claim("c1", block_ms=100) == []
+
+
+# --------------------------------------------------------------------------- plumbing
+
+
+def test_works_with_a_decoding_client_and_recreates_deleted_streams(redis_url, redis_prefix):
+    c = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        q = JobQueue(c, prefix=redis_prefix, lease_s=5)
+        q.submit(t2a())
+        (claim,) = q.claim("c1")
+        q.ack_success(claim, "s3://b/x.wav")
+        c.delete(*q.keys.streams())  # someone wiped the streams (and with them the group)
+        rec = q.submit(t2a("again"))
+        (claim,) = q.claim("c1", block_ms=500)
+        assert claim.job_id == rec.job_id
+    finally:
+        c.close()
+
+
+def test_queue_from_url_and_argument_checks(redis_url, redis_prefix):
+    with JobQueue(redis_url, prefix=redis_prefix) as q:
+        assert q.claim("c1") == []
+    with pytest.raises(ValueError, match=r"backoff_base_s \(5\) must not exceed backoff_max_s \(1\)"):
+        JobQueue(redis_url, prefix=redis_prefix, backoff_base_s=5, backoff_max_s=1)
+    with pytest.raises(ValueError, match="lease_s"):
+        JobQueue(redis_url, prefix=redis_prefix, lease_s=0)
+    with pytest.raises(ValueError, match="max_attempts"):
+        JobQueue(redis_url, prefix=redis_prefix, max_attempts=0)
+    with pytest.raises(ValueError, match="prefix"):
+        JobQueue(redis_url, prefix="bad prefix*")
+    with JobQueue(redis_url, prefix=redis_prefix) as q:
+        with pytest.raises(ValueError, match="count"):
+            q.claim("c1", count=0)
+        with pytest.raises(ValueError, match="consumer"):
+            q.claim("")

@@ -1,0 +1,151 @@
+"""Build and deploy the two pools from `WorkerSettings`, and call them.
+
+`deploy(settings)` starts the encoder and sampler pools as two Serve applications (each scales on
+its own) and returns `ServePools`, the blocking client the engine uses: one item per call, from many
+engine threads at once, so Serve's batching gathers items across jobs. `InProcessPools` offers the
+same three calls over in-process model parts (no Ray), for tests and the bare benchmark.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workers.encoder import EncoderDeployment
+from workers.sampler import SamplerDeployment
+from workers.settings import PoolSettings, WorkerSettings
+
+ENCODER = "encoder"
+SAMPLER = "sampler"
+
+
+def _autoscaling_config(pool: PoolSettings, settings: WorkerSettings, which: str) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "min_replicas": pool.min_replicas,
+        "max_replicas": pool.max_replicas,
+        "target_ongoing_requests": pool.target_ongoing_requests,
+        "upscale_delay_s": pool.upscale_delay_s,
+        "downscale_delay_s": pool.downscale_delay_s,
+        "look_back_period_s": 5.0,
+    }
+    if pool.initial_replicas is not None:
+        config["initial_replicas"] = pool.initial_replicas
+    if settings.backlog_redis_url and pool.max_replicas > pool.min_replicas:
+        config["policy"] = {
+            "policy_function": "workers.autoscaling:BacklogPolicy",
+            "policy_kwargs": {
+                "redis_url": settings.backlog_redis_url,
+                "backlog_key": backlog_key(settings.backlog_prefix),
+                "pool": which,
+                "jobs_per_replica": settings.backlog_jobs_per_replica,
+                "target_ongoing_requests": pool.target_ongoing_requests,
+            },
+        }
+    return config
+
+
+def backlog_key(prefix: str) -> str:
+    """The Redis hash the engine writes pending work per pool into (read by `BacklogPolicy`)."""
+    return f"{prefix}autoscale:backlog"
+
+
+def build_apps(settings: WorkerSettings) -> dict[str, Any]:
+    """The bound Serve applications {name: app} of both pools, configured from `settings`."""
+    from ray import serve
+
+    apps = {}
+    for which, cls, pool in (
+        (ENCODER, EncoderDeployment, settings.encoder),
+        (SAMPLER, SamplerDeployment, settings.sampler),
+    ):
+        deployment = serve.deployment(
+            cls,
+            name=cls.__name__,
+            ray_actor_options={"num_cpus": pool.num_cpus, "num_gpus": pool.num_gpus},
+            autoscaling_config=_autoscaling_config(pool, settings, which),
+            max_ongoing_requests=pool.max_ongoing_requests,
+            graceful_shutdown_timeout_s=pool.graceful_shutdown_timeout_s,
+            graceful_shutdown_wait_loop_s=1.0,
+            health_check_period_s=pool.health_check_period_s,
+        )
+        apps[f"{settings.app_name}-{which}"] = deployment.bind(settings)
+    return apps
+
+
+def deploy(settings: WorkerSettings) -> ServePools:
+    """Start (or update) both pools on the connected Ray cluster and return a client for them."""
+    from ray import serve
+
+    for name, app in build_apps(settings).items():
+        serve.run(app, name=name, route_prefix=None, blocking=False)
+    return ServePools.connect(settings.app_name)
+
+
+def shutdown(settings: WorkerSettings) -> None:
+    """Delete both pools' applications (replicas drain within their graceful shutdown timeout)."""
+    from ray import serve
+
+    for which in (ENCODER, SAMPLER):
+        serve.delete(f"{settings.app_name}-{which}")
+
+
+class ServePools:
+    """Blocking calls into the deployed pools; safe to use from many threads."""
+
+    def __init__(self, encoder: Any, sampler: Any, *, timeout_s: float = 3600.0) -> None:
+        self._encoder = encoder
+        self._sampler = sampler
+        self.timeout_s = timeout_s
+
+    @classmethod
+    def connect(cls, app_name: str, *, timeout_s: float = 3600.0) -> ServePools:
+        from ray import serve
+
+        encoder = serve.get_deployment_handle(EncoderDeployment.__name__, app_name=f"{app_name}-{ENCODER}")
+        sampler = serve.get_deployment_handle(SamplerDeployment.__name__, app_name=f"{app_name}-{SAMPLER}")
+        return cls(encoder, sampler, timeout_s=timeout_s)
+
+    def encode(self, prompt: Any) -> Any:
+        return self._encoder.encode.remote(prompt).result(timeout_s=self.timeout_s)
+
+    def understand(self, request: Any) -> str:
+        return self._encoder.understand.remote(request).result(timeout_s=self.timeout_s)
+
+    def generate(self, request: Any) -> Any:
+        return self._sampler.generate.remote(request).result(timeout_s=self.timeout_s)
+
+    def sampler_stats(self) -> dict[int, int]:
+        """Sampling-loop batch sizes summed over replicas reachable now ({size: loops})."""
+        return self._sampler.stats.remote().result(timeout_s=60)["batch_sizes"]
+
+
+class InProcessPools:
+    """The same calls over model parts in this process (no batching across calls)."""
+
+    def __init__(self, encoder: Any, sampler: Any) -> None:
+        import threading
+
+        self.encoder = encoder
+        self.sampler = sampler
+        self._lock = threading.Lock()  # one model call at a time: torch already uses every core
+
+    @classmethod
+    def build(cls, settings: WorkerSettings) -> InProcessPools:
+        from model.build import build_encoder, build_sampler
+
+        config = settings.load_config()
+        return cls(
+            build_encoder(config, weights=settings.weights, device=settings.device),
+            build_sampler(config, weights=settings.weights, device=settings.device),
+        )
+
+    def encode(self, prompt: Any) -> Any:
+        with self._lock:
+            return self.encoder.encode([prompt])[0]
+
+    def understand(self, request: Any, max_new_tokens: int = 512) -> str:
+        with self._lock:
+            return self.encoder.understand([request], max_new_tokens=max_new_tokens)[0]
+
+    def generate(self, request: Any) -> Any:
+        with self._lock:
+            return self.sampler.generate([request])[0]

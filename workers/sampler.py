@@ -1,0 +1,66 @@
+"""The DiT sampler pool: DiT, conditioners and VAE as a Ray Serve deployment.
+
+`generate(GenerationRequest) -> Tensor (C, N)` takes one segment per call; `@serve.batch` gathers
+requests from different jobs, and the replica samples each group of compatible requests (same step
+count; the latent length is fixed by the config) in one loop, classifier-free guidance included in
+the same forward pass (`model.parts.SamplerPart.generate`). Each item keeps its own seed, so its
+audio does not depend on its batch-mates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter, defaultdict
+
+from ray import serve
+
+from workers.settings import WorkerSettings
+
+
+class SamplerDeployment:
+    """Holds one `SamplerPart`; weights load once, in the constructor."""
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        import torch
+
+        from model.build import build_sampler
+
+        self.settings = settings
+        self.config = settings.load_config()
+        torch.set_num_threads(max(1, int(settings.sampler.num_cpus) or 1))
+        started = time.monotonic()
+        self.sampler = build_sampler(self.config, weights=settings.weights, device=settings.device)
+        self.load_s = time.monotonic() - started
+        self.batch_sizes: Counter[int] = Counter()
+        self.generate.set_max_batch_size(settings.sampler.max_batch_size)
+        self.generate.set_batch_wait_timeout_s(settings.sampler.batch_wait_timeout_s)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
+    async def generate(self, requests: list) -> list:
+        """(C, N) float32 audio per request; compatible requests share one sampling loop."""
+        groups: dict[int, list[int]] = defaultdict(list)
+        for i, request in enumerate(requests):
+            groups[request.batch_key].append(i)
+        out: list = [None] * len(requests)
+        for idx in groups.values():
+            self.batch_sizes[len(idx)] += 1
+            group = [requests[i] for i in idx]
+            if self.settings.batch_invariant:
+                # CPU/GPU kernels round differently for different batch sizes (~1e-7, enough to flip a
+                # PCM LSB); padding every loop to one fixed size makes an item's bytes independent of
+                # how many jobs it was batched with. The padding rows repeat the first request.
+                group = group + [group[0]] * (self.settings.sampler.max_batch_size - len(group))
+            # In a thread, so the replica keeps gathering the next batch meanwhile.
+            audio = await asyncio.to_thread(self.sampler.generate, group)  # (max_batch, C, N)
+            for i, clip in zip(idx, audio[: len(idx)], strict=True):
+                out[i] = clip.cpu()
+        return out
+
+    def stats(self) -> dict:
+        """Batch-size histogram (sampling loops by size) of this replica and its load time."""
+        return {"batch_sizes": dict(self.batch_sizes), "load_s": self.load_s}
+
+    def check_health(self) -> None:
+        if self.sampler is None:
+            raise RuntimeError("sampler model is not loaded")
