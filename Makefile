@@ -30,6 +30,7 @@ test: $(STAMP) services lint
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
+	$(BIN)/python examples/make_inputs.py
 	$(BIN)/audio-omni batch examples/demo.jsonl --out out/demo
 
 clean:

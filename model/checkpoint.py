@@ -57,9 +57,7 @@ _VAE_INTERNAL = "vae."
 class CheckpointMismatchError(ValueError):
     """The checkpoint's keys or shapes do not match the module (strict loading)."""
 
-    def __init__(
-        self, part: str, missing: list[str], unexpected: list[str], shape_mismatches: list[str]
-    ) -> None:
+    def __init__(self, part: str, missing: list[str], unexpected: list[str], shape_mismatches: list[str]) -> None:
         self.part = part
         self.missing = missing
         self.unexpected = unexpected
@@ -283,8 +281,7 @@ def load_into(
 
     missing = sorted(released_name(k) for k in set(target) - set(mapped))
     shape_mismatches = [
-        f"{released_name(k)}: checkpoint {list(_released_shape(k, v))} vs module "
-        f"{list(_released_shape(k, target[k]))}"
+        f"{released_name(k)}: checkpoint {list(_released_shape(k, v))} vs module {list(_released_shape(k, target[k]))}"
         for k, v in mapped.items()
         if v.shape != target[k].shape
     ]
@@ -392,3 +389,26 @@ def convert_checkpoint(src: str | os.PathLike[str], dst_dir: str | os.PathLike[s
             written[part] = out
             del tensors
     return written
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def released_layout(module: torch.nn.Module) -> list[tuple[str, tuple[int, ...], str]]:
+    """`(released name, shape, "param" | "buffer")` of every tensor `module` saves, in module order.
+
+    Works on a module built on the meta device, so the full model's layout costs no memory.
+    """
+    vae_stages = len(module.vae.encoder.block) if hasattr(module, "vae") else None
+    params = {name for name, _ in module.named_parameters()}
+    rows = []
+    for ikey, tensor in module.state_dict(keep_vars=True).items():
+        shape = _released_shape(ikey, tensor)
+        rows.append(
+            (
+                internal_to_released(ikey, vae_num_stages=vae_stages),
+                tuple(shape),
+                "param" if ikey in params else "buffer",
+            )
+        )
+    return rows

@@ -55,7 +55,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"audio-omni: '{args.command}' is not available in this build", file=sys.stderr)
         return 2
     _, run = _load(args._module)
-    return int(run(args) or 0)
+    try:
+        return int(run(args) or 0)
+    except (ValueError, FileNotFoundError) as exc:  # a user's bad value or path: say it, no traceback
+        print(f"audio-omni {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover
