@@ -289,10 +289,13 @@ class TaskOutput:
 class AudioOmniPipeline:
     """Both parts in one process: check inputs, encode, (understand), sample, decode, post-process."""
 
-    def __init__(self, config: AudioOmniConfig, encoder: MLLMEncoder, sampler: SamplerPart) -> None:
+    def __init__(
+        self, config: AudioOmniConfig, encoder: MLLMEncoder, sampler: SamplerPart, *, max_new_tokens: int = 512
+    ) -> None:
         self.config = config
         self.encoder = encoder
         self.sampler = sampler
+        self.max_new_tokens = max_new_tokens  # cap on understanding answers
 
     @torch.no_grad()
     def __call__(self, inputs: TaskInputs | Sequence[TaskInputs]) -> list[TaskOutput]:
@@ -303,7 +306,7 @@ class AudioOmniPipeline:
         # 2. understanding (answers, or transcripts for voice conversion), batched
         asks = [(i, p.understand) for i, p in enumerate(plans) if p.understand is not None]
         if asks:
-            answers = self.encoder.understand([r for _, r in asks])
+            answers = self.encoder.understand([r for _, r in asks], max_new_tokens=self.max_new_tokens)
             for (i, _), answer in zip(asks, answers, strict=True):
                 outputs[i].text = answer
                 if plans[i].needs_transcript:
