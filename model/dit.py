@@ -11,12 +11,20 @@ Layout of one forward (B batch, C latent channels, T latent frames, S context to
 * latent ``(B, C, T)`` -> 1x1 conv residual -> ``project_in`` -> ``T`` tokens after the prefix;
 * ``depth`` pre-norm blocks (self-attention with partial RoPE, masked cross-attention, SwiGLU);
 * ``project_out`` on the latent positions -> 1x1 conv residual -> velocity ``(B, C, T)``.
+
+Sampling fast path. The context is the same at every Euler step, so :meth:`DiffusionTransformer.
+prepare_context` runs the context MLP and every layer's key/value projection once per sampling run
+(a :class:`PreparedContext`); ``forward`` and ``guided_velocity`` take it as ``context=``. With it,
+guidance also skips the cross-attention of the unconditional half: its context is all zeros and the
+context MLP, ``to_kv`` and ``to_out`` have no biases, so those rows' cross-attention output is exactly
+0 (spec §3.6). The plain tensor API still runs the naive path (one full 2B forward per step).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -133,7 +141,10 @@ class SelfAttention(nn.Module):
 
 
 class CrossAttention(nn.Module):
-    """Multi-head attention from the sequence to the projected context; masked keys are skipped."""
+    """Multi-head attention from the sequence to the projected context; masked keys are skipped.
+
+    No projection has a bias, so an all-zero context gives K = V = 0 and an output of exactly 0.
+    """
 
     def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
@@ -142,12 +153,21 @@ class CrossAttention(nn.Module):
         self.to_kv = nn.Linear(dim, 2 * dim, bias=False)  # rows: k, then v
         self.to_out = nn.Linear(dim, dim, bias=False)
 
+    def project_context(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        """``context`` (B, S, E) -> keys and values, each (B, H, S, D)."""
+        k, v = (_split_heads(part, self.num_heads) for part in self.to_kv(context).chunk(2, dim=-1))
+        return k, v
+
+    def attend(self, x: Tensor, k: Tensor, v: Tensor, key_mask: Tensor) -> Tensor:
+        """``x`` (B, N, E) attends to projected ``k``/``v`` (B, H, S, D); ``key_mask`` (B, 1, 1, S)."""
+        q = _split_heads(self.to_q(x), self.num_heads)  # (B, H, N, D)
+        # A context prepared outside autocast meets half-precision queries: match them (no-op otherwise).
+        out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=key_mask)
+        return self.to_out(_merge_heads(out))  # (B, N, E)
+
     def forward(self, x: Tensor, context: Tensor, key_mask: Tensor) -> Tensor:
         """``x`` (B, N, E), ``context`` (B, S, E), ``key_mask`` (B, 1, 1, S) bool, True = attend."""
-        q = _split_heads(self.to_q(x), self.num_heads)
-        k, v = (_split_heads(part, self.num_heads) for part in self.to_kv(context).chunk(2, dim=-1))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)  # (B, H, N, D)
-        return self.to_out(_merge_heads(out))
+        return self.attend(x, *self.project_context(context), key_mask)
 
 
 class SwiGLU(nn.Module):
@@ -185,9 +205,27 @@ class DiTBlock(nn.Module):
         self.ff_norm = LayerNorm(dim)
         self.ff = FeedForward(dim)
 
-    def forward(self, x: Tensor, context: Tensor, key_mask: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    def forward(
+        self, x: Tensor, context: Tensor | tuple[Tensor, Tensor], key_mask: Tensor, cos: Tensor, sin: Tensor
+    ) -> Tensor:
+        """``x`` (R, N, E); ``context`` the projected context (B, S, E) or this layer's prepared
+        (keys, values), each (B, H, S, D); ``key_mask`` (B, 1, 1, S).
+
+        B <= R: rows ``B:`` of ``x`` have an all-zero context, whose cross-attention output is
+        exactly 0, so it is skipped for them.
+        """
         x = x + self.self_attn(self.pre_norm(x), cos, sin)
-        x = x + self.cross_attn(self.cross_attend_norm(x), context, key_mask)
+        rows = key_mask.shape[0]
+        if isinstance(context, Tensor):
+            k, v = self.cross_attn.project_context(context)  # (B, H, S, D) each
+        else:
+            k, v = context
+        if rows == x.shape[0]:
+            x = x + self.cross_attn.attend(self.cross_attend_norm(x), k, v, key_mask)
+        else:
+            head = x[:rows]  # (B, N, E): the rows that have a context
+            head = head + self.cross_attn.attend(self.cross_attend_norm(head), k, v, key_mask)
+            x = torch.cat([head, x[rows:]])  # (R, N, E)
         return x + self.ff(self.ff_norm(x))
 
 
@@ -201,16 +239,52 @@ class DiTTransformer(nn.Module):
         self.rotary_pos_emb = RotaryEmbedding()
         self.layers = nn.ModuleList(DiTBlock(embed_dim, num_heads) for _ in range(depth))
 
-    def forward(self, latent: Tensor, prefix: Tensor, context: Tensor, key_mask: Tensor) -> Tensor:
-        """``latent`` (B, T, C), ``prefix`` (B, G, E), ``context`` (B, S, E) -> (B, T, C)."""
+    def forward(
+        self,
+        latent: Tensor,
+        prefix: Tensor,
+        context: Tensor | Sequence[tuple[Tensor, Tensor]],
+        key_mask: Tensor,
+    ) -> Tensor:
+        """``latent`` (R, T, C), ``prefix`` (R, G, E) -> (R, T, C).
+
+        ``context`` is the projected context (B, S, E) or one prepared (keys, values) pair per layer;
+        rows ``B:`` of an R-row batch (B <= R) have an all-zero context (see :class:`DiTBlock`).
+        """
         prefix_len = prefix.shape[1]
-        h = torch.cat([prefix, self.project_in(latent)], dim=1)  # (B, G+T, E)
+        h = torch.cat([prefix, self.project_in(latent)], dim=1)  # (R, G+T, E)
         # Positions run over the whole prefix + latent sequence.
         cos, sin = self.rotary_pos_emb(h.shape[1])
-        for layer in self.layers:
-            h = layer(h, context, key_mask, cos, sin)
+        per_layer = [context] * len(self.layers) if isinstance(context, Tensor) else context
+        for layer, layer_context in zip(self.layers, per_layer, strict=True):
+            h = layer(h, layer_context, key_mask, cos, sin)
         # No final norm; only the latent positions are projected (the prefix outputs are discarded).
         return self.project_out(h[:, prefix_len:])  # (B, T, C)
+
+
+@dataclass(frozen=True)
+class PreparedContext:
+    """The cross-attention inputs of a sampling run, computed once by
+    :meth:`DiffusionTransformer.prepare_context` and reused at every step.
+
+    Attributes:
+        kv: one (keys, values) pair per DiT layer, each (B, H, S, 64), in the dtype the context
+            was prepared in.
+        key_mask: (B, 1, 1, S) bool, True = attend; rows with no open key are already opened fully.
+    """
+
+    kv: tuple[tuple[Tensor, Tensor], ...]
+    key_mask: Tensor
+
+    @property
+    def batch(self) -> int:
+        """Number of items B the context was prepared for."""
+        return self.key_mask.shape[0]
+
+    @property
+    def context_len(self) -> int:
+        """Number of context tokens S."""
+        return self.key_mask.shape[-1]
 
 
 class DiffusionTransformer(nn.Module):
@@ -350,17 +424,20 @@ class DiffusionTransformer(nn.Module):
 
     # ----------------------------------------------------------------------------- forward
 
-    def check_inputs(
-        self, x: Tensor, t: Tensor, cross_cond: Tensor, cross_mask: Tensor, global_cond: Tensor
-    ) -> None:
+    def check_inputs(self, x: Tensor, t: Tensor, cross_cond: Tensor, cross_mask: Tensor, global_cond: Tensor) -> None:
         """Raise ``ValueError`` naming the expected shape when an input does not fit."""
+        self._check_latent(x, t)
+        self._check_cross(x.shape[0], cross_cond, cross_mask)
+        self._check_global(x.shape[0], global_cond)
+
+    def _check_latent(self, x: Tensor, t: Tensor) -> None:
         if x.dim() != 3 or x.shape[1] != self.io_channels or x.shape[0] < 1 or x.shape[2] < 1:
-            raise ValueError(
-                f"x must have shape (B, {self.io_channels}, T) with B, T >= 1, got {tuple(x.shape)}"
-            )
+            raise ValueError(f"x must have shape (B, {self.io_channels}, T) with B, T >= 1, got {tuple(x.shape)}")
         batch = x.shape[0]
         if t.shape != (batch,):
             raise ValueError(f"t must have shape ({batch},) (one time per item), got {tuple(t.shape)}")
+
+    def _check_cross(self, batch: int, cross_cond: Tensor, cross_mask: Tensor) -> None:
         if (
             cross_cond.dim() != 3
             or cross_cond.shape[0] != batch
@@ -376,57 +453,124 @@ class DiffusionTransformer(nn.Module):
                 f"cross_mask must have shape {tuple(cross_cond.shape[:2])} (B, S of cross_cond), "
                 f"got {tuple(cross_mask.shape)}"
             )
-        if (
-            global_cond.dim() != 3
-            or global_cond.shape[0] != batch
-            or global_cond.shape[2] != self.global_cond_dim
-        ):
+
+    def _check_global(self, batch: int, global_cond: Tensor) -> None:
+        if global_cond.dim() != 3 or global_cond.shape[0] != batch or global_cond.shape[2] != self.global_cond_dim:
             raise ValueError(
-                f"global_cond must have shape ({batch}, G, {self.global_cond_dim}), "
-                f"got {tuple(global_cond.shape)}"
+                f"global_cond must have shape ({batch}, G, {self.global_cond_dim}), got {tuple(global_cond.shape)}"
             )
 
+    def _check_prepared(
+        self,
+        batch: int,
+        cross_cond: Tensor | None,
+        cross_mask: Tensor | None,
+        context: PreparedContext,
+    ) -> None:
+        if cross_cond is not None or cross_mask is not None:
+            raise ValueError("pass either cross_cond and cross_mask or a prepared context, not both")
+        if not isinstance(context, PreparedContext):
+            raise ValueError(f"context must be a PreparedContext, got {type(context).__name__}")
+        if len(context.kv) != self.depth:
+            raise ValueError(f"context holds keys/values for {len(context.kv)} layers, this DiT has depth {self.depth}")
+        if context.batch != batch:
+            raise ValueError(f"context was prepared for {context.batch} items, x has {batch}")
+
+    @staticmethod
+    def _key_mask(cross_mask: Tensor) -> Tensor:
+        """(B, S) mask -> (B, 1, 1, S) bool SDPA mask with fully masked rows opened."""
+        key_mask = cross_mask if cross_mask.dtype == torch.bool else cross_mask != 0
+        # A row with no key to attend would give NaN in SDPA; the reference then attends uniformly
+        # over all keys, which is what opening such a row entirely does (no host sync needed).
+        key_mask = key_mask | ~key_mask.any(dim=-1, keepdim=True)
+        return key_mask[:, None, None, :]  # (B, 1, 1, S)
+
+    def prepare_context(self, cross_cond: Tensor, cross_mask: Tensor) -> PreparedContext:
+        """Run the context MLP and every layer's key/value projection once for a sampling run.
+
+        Call it under the same precision (autocast or not) as the forwards that will use it; it
+        keeps autograd if enabled, so wrap it in ``torch.no_grad()`` for sampling. The result holds
+        ``depth * 2 * B * S * embed_dim`` values (about 0.68 GB per item in bf16 at full size).
+
+        Args:
+            cross_cond: cross-attention context (B, S, cond_token_dim).
+            cross_mask: (B, S), True = attend (a non-bool mask counts as True where nonzero).
+        """
+        if cross_cond.dim() < 1:
+            raise ValueError(f"cross_cond must have shape (B, S, {self.cond_token_dim}), got a scalar")
+        self._check_cross(cross_cond.shape[0], cross_cond, cross_mask)
+        dtype = self.preprocess_conv.weight.dtype
+        context = self.embed_cond(cross_cond.to(dtype))  # (B, S, E)
+        kv = tuple(layer.cross_attn.project_context(context) for layer in self.transformer.layers)
+        return PreparedContext(kv=kv, key_mask=self._key_mask(cross_mask))
+
     def forward(
-        self, x: Tensor, t: Tensor, cross_cond: Tensor, cross_mask: Tensor, global_cond: Tensor
+        self,
+        x: Tensor,
+        t: Tensor,
+        cross_cond: Tensor | None,
+        cross_mask: Tensor | None,
+        global_cond: Tensor,
+        *,
+        context: PreparedContext | None = None,
     ) -> Tensor:
         """One unguided velocity evaluation.
 
         Args:
             x: noisy latent (B, C, T).
             t: flow time (B,), 1 = pure noise, 0 = data.
-            cross_cond: cross-attention context (B, S, cond_token_dim).
-            cross_mask: (B, S), True = attend (a non-bool mask counts as True where nonzero).
+            cross_cond: cross-attention context (B, S, cond_token_dim); None with ``context``.
+            cross_mask: (B, S), True = attend (a non-bool mask counts as True where nonzero); None
+                with ``context``.
             global_cond: tokens prepended to the sequence (B, G, global_cond_dim).
+            context: the same context from :meth:`prepare_context` (B items), instead of
+                ``cross_cond`` and ``cross_mask``.
 
         Returns:
             predicted velocity (B, C, T), in the parameter dtype (or the autocast dtype).
         """
-        self.check_inputs(x, t, cross_cond, cross_mask, global_cond)
+        if context is None:
+            if cross_cond is None or cross_mask is None:
+                raise ValueError("forward needs cross_cond and cross_mask, or a prepared context")
+            self.check_inputs(x, t, cross_cond, cross_mask, global_cond)
+            dtype = self.preprocess_conv.weight.dtype
+            key_mask = self._key_mask(cross_mask)  # (B, 1, 1, S)
+            projected = self.embed_cond(cross_cond.to(dtype))  # (B, S, E)
+            return self._velocity(x, t, global_cond, projected, key_mask)
+        self._check_latent(x, t)
+        self._check_prepared(x.shape[0], cross_cond, cross_mask, context)
+        self._check_global(x.shape[0], global_cond)
+        return self._velocity(x, t, global_cond, context.kv, context.key_mask)
+
+    def _velocity(
+        self,
+        x: Tensor,
+        t: Tensor,
+        global_cond: Tensor,
+        context: Tensor | Sequence[tuple[Tensor, Tensor]],
+        key_mask: Tensor,
+    ) -> Tensor:
+        """Velocity of R rows (R, C, T); the first B = ``key_mask.shape[0]`` rows have ``context``,
+        the rest an all-zero one (their cross-attention is skipped)."""
         dtype = self.preprocess_conv.weight.dtype
-        key_mask = cross_mask if cross_mask.dtype == torch.bool else cross_mask != 0
-        # A row with no key to attend would give NaN in SDPA; the reference then attends uniformly
-        # over all keys, which is what opening such a row entirely does (no host sync needed).
-        key_mask = key_mask | ~key_mask.any(dim=-1, keepdim=True)
-        key_mask = key_mask[:, None, None, :]  # (B, 1, 1, S)
-
-        context = self.embed_cond(cross_cond.to(dtype))  # (B, S, E)
-        prefix = self.embed_global(global_cond.to(dtype)) + self.embed_timestep(t)[:, None, :]  # (B, G, E)
-
+        prefix = self.embed_global(global_cond.to(dtype)) + self.embed_timestep(t)[:, None, :]  # (R, G, E)
         x = x.to(dtype)
-        x = x + self.preprocess_conv(x)  # (B, C, T)
-        out = self.transformer(x.transpose(1, 2), prefix, context, key_mask)  # (B, T, C)
-        out = out.transpose(1, 2)  # (B, C, T)
+        x = x + self.preprocess_conv(x)  # (R, C, T)
+        out = self.transformer(x.transpose(1, 2), prefix, context, key_mask)  # (R, T, C)
+        out = out.transpose(1, 2)  # (R, C, T)
         return out + self.postprocess_conv(out)
 
     def guided_velocity(
         self,
         x: Tensor,
         t: Tensor,
-        cross_cond: Tensor,
-        cross_mask: Tensor,
+        cross_cond: Tensor | None,
+        cross_mask: Tensor | None,
         global_cond: Tensor,
         cfg_scale: float | Tensor,
         scale_phi: float = 0.0,
+        *,
+        context: PreparedContext | None = None,
     ) -> Tensor:
         """Classifier-free guided velocity, conditional and unconditional in one 2B forward.
 
@@ -439,6 +583,10 @@ class DiffusionTransformer(nn.Module):
                 when every scale is 1 only a B-item forward runs. Pass a float or a CPU tensor:
                 deciding that needs the values on the host.
             scale_phi: guidance rescale weight in [0, 1]; 0 disables it.
+            context: a :meth:`prepare_context` result for the B items, instead of ``cross_cond``
+                and ``cross_mask`` (pass those as None). The fast path: no context MLP or key/value
+                projection per call, and no cross-attention for the unconditional half, whose
+                zero context makes it exactly 0. Equal to the plain call up to float rounding.
         """
         if not 0.0 <= scale_phi <= 1.0:
             raise ValueError(f"scale_phi must be in [0, 1], got {scale_phi!r}")
@@ -452,16 +600,31 @@ class DiffusionTransformer(nn.Module):
                 raise ValueError(f"cfg_scale must be a finite number, got {cfg_scale!r}")
             all_unguided = cfg_scale == 1
         if all_unguided:
-            return self(x, t, cross_cond, cross_mask, global_cond)
+            return self(x, t, cross_cond, cross_mask, global_cond, context=context)
 
-        self.check_inputs(x, t, cross_cond, cross_mask, global_cond)
-        both = self(
-            torch.cat([x, x]),
-            torch.cat([t, t]),
-            torch.cat([cross_cond, torch.zeros_like(cross_cond)]),
-            torch.cat([cross_mask, cross_mask]),
-            torch.cat([global_cond, global_cond]),
-        )  # (2B, C, T)
+        if context is None:
+            if cross_cond is None or cross_mask is None:
+                raise ValueError("guided_velocity needs cross_cond and cross_mask, or a prepared context")
+            self.check_inputs(x, t, cross_cond, cross_mask, global_cond)
+            both = self(
+                torch.cat([x, x]),
+                torch.cat([t, t]),
+                torch.cat([cross_cond, torch.zeros_like(cross_cond)]),
+                torch.cat([cross_mask, cross_mask]),
+                torch.cat([global_cond, global_cond]),
+            )  # (2B, C, T)
+        else:
+            self._check_latent(x, t)
+            self._check_prepared(batch, cross_cond, cross_mask, context)
+            self._check_global(batch, global_cond)
+            # Rows B: are the unconditional half: _velocity skips their (exactly zero) cross-attention.
+            both = self._velocity(
+                torch.cat([x, x]),
+                torch.cat([t, t]),
+                torch.cat([global_cond, global_cond]),
+                context.kv,
+                context.key_mask,
+            )  # (2B, C, T)
         v_cond, v_uncond = both[:batch], both[batch:]
         if isinstance(cfg_scale, Tensor):
             if cfg_scale.device.type == "cpu" and both.device.type == "cuda":
@@ -481,30 +644,71 @@ class DiffusionTransformer(nn.Module):
 
     # ----------------------------------------------------------------------------- cost model
 
-    def flops_per_forward(self, batch: int, latent_len: int, prefix_len: int, context_len: int) -> int:
-        """Matmul FLOPs (2 x multiply-accumulates) of one :meth:`forward` on these sizes.
-
-        Counts every Linear, the two 1x1 convs and the attention score and value products; ignores
-        norms, activations, RoPE and softmax. A guided call with scale != 1 costs this at ``2 * batch``.
-        """
-        for name, value in (
-            ("batch", batch),
-            ("latent_len", latent_len),
-            ("prefix_len", prefix_len),
-            ("context_len", context_len),
-        ):
-            if not isinstance(value, int) or value < 0:
+    @staticmethod
+    def _check_sizes(**sizes: int) -> None:
+        for name, value in sizes.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+
+    def _macs_per_item(self, latent_len: int, prefix_len: int, context_len: int) -> dict[str, int]:
+        """Multiply-accumulates of one item's forward, split by what the fast path does with them.
+
+        ``trunk``: every row always pays it (embeddings of t and the global tokens, the latent I/O,
+        self-attention, feed-forward). ``cross``: the cross-attention's q, QK^T, AV and out over all
+        layers, skipped for zero-context rows. ``context``: the context MLP and every layer's
+        ``to_kv``, done once per run by :meth:`prepare_context`.
+        """
         e, c = self.embed_dim, self.io_channels
         seq = prefix_len + latent_len
         hidden = FF_MULT * e
-        macs = 2 * FOURIER_FEATURES * e + e * e  # timestep MLP, per item
-        macs += context_len * (self.cond_token_dim * e + e * e)  # context MLP
-        macs += prefix_len * (self.global_cond_dim * e + e * e)  # global MLP
-        macs += latent_len * (2 * c * c + 2 * c * e)  # pre/post 1x1 convs, project_in/out
+        trunk = 2 * FOURIER_FEATURES * e + e * e  # timestep MLP
+        trunk += prefix_len * (self.global_cond_dim * e + e * e)  # global MLP
+        trunk += latent_len * (2 * c * c + 2 * c * e)  # pre/post 1x1 convs, project_in/out
         per_layer = seq * 3 * e * e + 2 * seq * seq * e + seq * e * e  # self-attn: qkv, QK^T + AV, out
-        per_layer += seq * e * e + context_len * 2 * e * e  # cross-attn: q, kv
-        per_layer += 2 * seq * context_len * e + seq * e * e  # cross-attn: QK^T + AV, out
         per_layer += seq * e * 2 * hidden + seq * hidden * e  # SwiGLU in, out
-        macs += self.depth * per_layer
-        return 2 * batch * macs
+        trunk += self.depth * per_layer
+        cross = self.depth * (seq * e * e + 2 * seq * context_len * e + seq * e * e)  # q, QK^T + AV, out
+        context = context_len * (self.cond_token_dim * e + e * e) + self.depth * context_len * 2 * e * e
+        return {"trunk": trunk, "cross": cross, "context": context}
+
+    def flops_per_forward(self, batch: int, latent_len: int, prefix_len: int, context_len: int) -> int:
+        """Matmul FLOPs (2 x multiply-accumulates) of one plain :meth:`forward` on these sizes.
+
+        Counts every Linear, the two 1x1 convs and the attention score and value products; ignores
+        norms, activations, RoPE and softmax. A plain guided call with scale != 1 costs this at
+        ``2 * batch``: the naive count, the reference's work per step.
+        """
+        self._check_sizes(batch=batch, latent_len=latent_len, prefix_len=prefix_len, context_len=context_len)
+        macs = self._macs_per_item(latent_len, prefix_len, context_len)
+        return 2 * batch * (macs["trunk"] + macs["cross"] + macs["context"])
+
+    def flops_per_guided_step(
+        self,
+        batch: int,
+        latent_len: int,
+        prefix_len: int,
+        context_len: int,
+        *,
+        guided: bool = True,
+        prepared_context: bool = True,
+    ) -> int:
+        """Matmul FLOPs one sampling step really executes (same counting rules as ``flops_per_forward``).
+
+        Args:
+            batch: items B.
+            guided: some cfg scale != 1 (2B rows run); False: every scale is 1 (B rows).
+            prepared_context: the step uses a :meth:`prepare_context` result: no context MLP or
+                ``to_kv`` per step (see :meth:`flops_prepare_context`, paid once per run) and the
+                unconditional rows skip cross-attention. False: the plain path, the naive count.
+        """
+        self._check_sizes(batch=batch, latent_len=latent_len, prefix_len=prefix_len, context_len=context_len)
+        rows = 2 * batch if guided else batch
+        if not prepared_context:
+            return self.flops_per_forward(rows, latent_len, prefix_len, context_len)
+        macs = self._macs_per_item(latent_len, prefix_len, context_len)
+        return 2 * (rows * macs["trunk"] + batch * macs["cross"])
+
+    def flops_prepare_context(self, batch: int, context_len: int) -> int:
+        """Matmul FLOPs of one :meth:`prepare_context` (context MLP + every layer's ``to_kv``)."""
+        self._check_sizes(batch=batch, context_len=context_len)
+        return 2 * batch * self._macs_per_item(0, 0, context_len)["context"]

@@ -166,11 +166,18 @@ class SamplerPart(nn.Module):
         *,
         on_step: Callable | None = None,
     ) -> torch.Tensor:
-        """Rectified-flow Euler from `noise` (B, C, T) to clean latents, guidance per item."""
+        """Rectified-flow Euler from `noise` (B, C, T) to clean latents, guidance per item.
+
+        The context's MLP and key/value projections are computed once here, not at every step, and
+        the unconditional half skips its (exactly zero) cross-attention: see
+        `DiffusionTransformer.prepare_context`.
+        """
+        with self._autocast():  # the same precision as the steps that use it
+            context = self.dit.prepare_context(cond.cross, cond.cross_mask)
 
         def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             with self._autocast():
-                return self.dit.guided_velocity(x, t, cond.cross, cond.cross_mask, cond.prefix, cfg_scale)
+                return self.dit.guided_velocity(x, t, None, None, cond.prefix, cfg_scale, context=context)
 
         return euler_sample(velocity, noise, steps, on_step=on_step)
 
