@@ -20,6 +20,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("orchestrator.commands.jobs", "show a job's or a batch's status"),
     "cancel": ("orchestrator.commands.jobs", "cancel a job"),
     "results": ("orchestrator.commands.jobs", "download or list results of a job or batch"),
+    "api": ("orchestrator.commands.api", "serve the HTTP API (FastAPI under uvicorn) on Redis/S3"),
+    "tenants": ("orchestrator.commands.tenants", "create, list, update and revoke API tenants and keys"),
+    "dataset": ("orchestrator.commands.dataset", "synthesise edit-pair datasets / precompute features (Ray Data)"),
+    "train": ("orchestrator.commands.train", "train the sampler part with rectified flow (Ray Train)"),
 }
 
 
