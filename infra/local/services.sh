@@ -9,6 +9,7 @@ S3_PORT=${S3_PORT:-9000}
 RUN_DIR=${RUN_DIR:-.run}
 MOTO=${MOTO:-.venv/bin/moto_server}
 mkdir -p "$RUN_DIR"
+RUN_DIR=$(cd "$RUN_DIR" && pwd)  # absolute: redis-server resolves --dir and --logfile itself
 
 redis_up() { redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; }
 s3_up() { curl -fsS -o /dev/null "http://127.0.0.1:$S3_PORT/moto-api/" 2>/dev/null; }
@@ -20,7 +21,7 @@ start_redis() {
     (apt-get update -qq && apt-get install -y -qq redis-server) >/dev/null
   fi
   redis-server --daemonize yes --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
-    --dir "$PWD/$RUN_DIR" --logfile "$PWD/$RUN_DIR/redis.log" --pidfile "$PWD/$RUN_DIR/redis.pid"
+    --dir "$RUN_DIR" --logfile "$RUN_DIR/redis.log" --pidfile "$RUN_DIR/redis.pid"
   for _ in $(seq 50); do redis_up && break; sleep 0.1; done
   redis_up && echo "redis: started on 127.0.0.1:$REDIS_PORT" || { echo "redis: failed to start"; exit 1; }
 }
@@ -34,8 +35,12 @@ start_s3() {
 }
 
 stop() {
+  # Only the processes this script started (their pid files); a Redis started otherwise stays up.
   for f in "$RUN_DIR/s3.pid" "$RUN_DIR/redis.pid"; do
-    [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true
+    [ -f "$f" ] || continue
+    pid=$(cat "$f")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     rm -f "$f"
   done
   echo "stopped the services this script started"
