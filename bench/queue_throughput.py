@@ -5,12 +5,14 @@ Figures, each for the same no-op workload on all three systems:
 - submit/s: one job per call (`JobQueue.submit` / `Queue.enqueue` / `actor.send`);
 - bulk submit/s: many jobs per call (`submit_batch` / `enqueue_many` in a pipeline /
   `dramatiq.group(...).run()`, dramatiq's only multi-message API);
-- drain/s: one consumer process takes and acknowledges pre-queued no-op jobs (ours: `claim` +
-  `ack_success_many`, each job still its own lease-checked status write; rq: `SimpleWorker` in
-  burst mode; dramatiq: a `Worker` with its default threads), timed from "go" until every job is
-  acknowledged, process start-up excluded;
-- p50/p99 submit-to-start latency: jobs submitted one at a time (2 ms apart) to an idle,
-  waiting consumer; latency = time the consumer has the job minus time just before submit.
+- drain/s: one consumer process takes and acknowledges pre-queued no-op jobs (ours: a claim
+  thread (`claim`, 200 at a time) feeding an ack thread (`ack_success_many`; every job still gets
+  its own lease check, status write, ack and batch count); rq: `SimpleWorker` in burst mode;
+  dramatiq: a `Worker` with its default 8 threads), timed from "go" until every job is
+  acknowledged (or the time budget is spent), process start-up excluded;
+- p50/p99 submit-to-start latency: jobs submitted one at a time, `--latency-gap-ms` apart (longer
+  than any system's per-job cost, so no backlog builds), to a waiting consumer; latency = time the
+  consumer has the job minus the time just before the submit call.
 
 All three share one Redis client configuration (`redis.Redis.from_url`). Keys live under
 `bench:{run}:` (ours), `rq:*bench-{run}*` and `bench-{run}*` (dramatiq's namespace) and are
@@ -26,6 +28,7 @@ import argparse
 import json
 import logging
 import os
+import queue
 import statistics
 import subprocess
 import sys
@@ -36,7 +39,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: orchestrator/
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # this folder: rq imports its jobs by module
 
 import redis
 
@@ -72,12 +76,20 @@ def rq_noop(tag: str) -> None:
     _started[tag] = time.time()
 
 
+def rq_job() -> Callable[[str], None]:
+    """`rq_noop` as rq must reference it: from an importable module, not `__main__`."""
+    import queue_throughput
+
+    return queue_throughput.rq_noop
+
+
 def make_dramatiq(url: str, namespace: str) -> Any:
     """A dramatiq broker on our client configuration, and its no-op actor."""
     import dramatiq
     from dramatiq.brokers.redis import RedisBroker
 
     broker = RedisBroker(client=client_for(url), namespace=namespace)
+    dramatiq.set_broker(broker)  # so nothing falls back to a default broker on db 0
 
     def dq_noop(tag: str) -> None:
         with _started_lock:
@@ -89,10 +101,18 @@ def make_dramatiq(url: str, namespace: str) -> Any:
 # --------------------------------------------------------------------------- consumer processes
 
 
+def _wait_until(cond: Callable[[], bool], budget_s: float, poll_s: float = 0.005) -> None:
+    deadline = time.perf_counter() + budget_s
+    while not cond() and time.perf_counter() < deadline:
+        time.sleep(poll_s)
+
+
 def role_main(args: argparse.Namespace) -> int:
-    """Consumer side, run in its own process: print READY, wait for GO (drain) or just consume."""
+    """Consumer side, in its own process. Prints READY once set up; a drain role then waits for a
+    line on stdin ("go") and times until `n` jobs are acknowledged or `budget_s` is spent. Prints
+    one JSON line: {"done": jobs, "elapsed_s": ...} or {"started": {tag: unix time}}."""
     logging.basicConfig(level=logging.WARNING)
-    n = args.n
+    n, budget_s = args.n, args.budget_s
     out: dict[str, Any] = {}
     if args.role.startswith("ours"):
         q = JobQueue(client_for(args.redis_url), prefix=args.prefix, **QUEUE_KW)
@@ -101,212 +121,271 @@ def role_main(args: argparse.Namespace) -> int:
         if args.role == "ours-drain":
             sys.stdin.readline()
             t0 = time.perf_counter()
+            # One process, two threads as in the engine: a claim loop feeding the ack path, so that
+            # parsing one batch overlaps Redis running the script of the other.
+            handoff: queue.Queue[list | None] = queue.Queue(maxsize=2)
+
+            def claim_loop() -> None:
+                taken = 0
+                while taken < n and time.perf_counter() - t0 < budget_s:
+                    claims = q.claim("drain", count=200, block_ms=200)
+                    taken += len(claims)
+                    if claims:
+                        handoff.put(claims)
+                handoff.put(None)
+
+            threading.Thread(target=claim_loop, daemon=True).start()
             done = 0
-            while done < n:
-                claims = q.claim("drain", count=200, block_ms=1000)
-                recorded = q.ack_success_many([(c, "noop://") for c in claims])
-                done += sum(recorded)
-            out["elapsed_s"] = time.perf_counter() - t0
+            while (claims := handoff.get()) is not None:
+                done += sum(q.ack_success_many([(c, "noop://") for c in claims]))
+            out.update(done=done, elapsed_s=time.perf_counter() - t0)
         else:
-            done = 0
-            while done < n:
-                claims = q.claim("latency", count=10, block_ms=1000)
+            t0 = time.perf_counter()
+            while len(_started) < n and time.perf_counter() - t0 < budget_s:
+                claims = q.claim("latency", count=10, block_ms=200)
                 now = time.time()
                 for c in claims:
                     _started[c.job_id] = now
                     q.ack_success(c, "noop://")
-                done += len(claims)
             out["started"] = _started
     elif args.role.startswith("rq"):
+        import queue_throughput  # the module rq imports the job function from
         from rq import Queue, SimpleWorker
 
         c = client_for(args.redis_url)
-        worker = SimpleWorker([Queue(args.queue, connection=c)], connection=c, name=f"{args.queue}-worker")
+        rq_queue = Queue(args.queue, connection=c)
+        worker = SimpleWorker([rq_queue], connection=c, name=f"{args.queue}-worker")
+        started = queue_throughput._started
+
+        # rq installs signal handlers, so its unmodified worker loop runs on the main thread and a
+        # watcher thread reports and ends the process.
+        def watch(t0: float) -> None:
+            _wait_until(lambda: len(started) >= n, budget_s - (time.perf_counter() - t0))
+            if args.role == "rq-drain":
+                out.update(done=len(started), elapsed_s=time.perf_counter() - t0)
+            else:
+                out["started"] = dict(started)
+            print(json.dumps(out), flush=True)
+            os._exit(0)
+
         print("READY", flush=True)
         if args.role == "rq-drain":
             sys.stdin.readline()
-            t0 = time.perf_counter()
-            worker.work(burst=True, logging_level="WARNING")
-            out["elapsed_s"] = time.perf_counter() - t0
-        else:
-            worker.work(max_jobs=n, logging_level="WARNING")
-            out["started"] = _started
+        threading.Thread(target=watch, args=(time.perf_counter(),), daemon=True).start()
+        worker.work(burst=args.role == "rq-drain", logging_level="WARNING")
+        while True:  # burst finished first: the watcher reports
+            time.sleep(1)
     else:
         import dramatiq
 
         broker, _ = make_dramatiq(args.redis_url, args.namespace)
-        worker = dramatiq.Worker(broker)
+        worker = dramatiq.Worker(broker)  # default: 8 worker threads
         if args.role == "dramatiq-drain":
             print("READY", flush=True)
             sys.stdin.readline()
             t0 = time.perf_counter()
             worker.start()
-            broker.join("bench", interval=5)
-            out["elapsed_s"] = time.perf_counter() - t0
+            # Done = acknowledged: the broker counts queued plus unacknowledged messages.
+            _wait_until(lambda: broker.do_qsize("bench") == 0, budget_s, poll_s=0.02)
+            out.update(done=n - broker.do_qsize("bench"), elapsed_s=time.perf_counter() - t0)
         else:
             worker.start()
             print("READY", flush=True)
-            while len(_started) < n:
-                time.sleep(0.01)
+            _wait_until(lambda: len(_started) >= n, budget_s)
             out["started"] = dict(_started)
-        worker.stop()
-        out["done"] = len(_started)
     print(json.dumps(out), flush=True)
-    return 0
+    os._exit(0)  # do not wait for the peers' worker threads
 
 
-def spawn(role: str, n: int, **kw: str) -> subprocess.Popen:
-    cmd = [sys.executable, str(THIS), "--role", role, "--n", str(n)]
+def spawn(role: str, n: int, budget_s: float, **kw: str) -> subprocess.Popen:
+    cmd = [sys.executable, str(THIS), "--role", role, "--n", str(n), "--budget-s", str(budget_s)]
     for k, v in kw.items():
         cmd += [f"--{k.replace('_', '-')}", v]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline().strip()
     if line != "READY":
         proc.kill()
+        proc.wait()
         raise RuntimeError(f"{role} consumer did not start (said {line!r})")
     return proc
 
 
-def finish(proc: subprocess.Popen, timeout_s: float = 120.0) -> dict[str, Any]:
-    out, _ = proc.communicate(timeout=timeout_s)
+def finish(proc: subprocess.Popen, timeout_s: float) -> dict[str, Any]:
+    try:
+        out, _ = proc.communicate(timeout=timeout_s)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     if proc.returncode != 0:
         raise RuntimeError(f"consumer exited with {proc.returncode}")
     return json.loads(out.strip().splitlines()[-1])
 
 
-def drain_rate(role: str, n: int, **kw: str) -> float:
-    proc = spawn(role, n, **kw)
-    try:
-        proc.stdin.write("GO\n")
-        proc.stdin.flush()
-        return n / finish(proc)["elapsed_s"]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+def drain_rate(role: str, n: int, budget_s: float, **kw: str) -> float:
+    """Jobs acknowledged per second by one consumer process (n jobs, or as many as fit the budget)."""
+    proc = spawn(role, n, budget_s, **kw)
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    got = finish(proc, budget_s + 30)
+    return got["done"] / got["elapsed_s"]
 
 
-def latency_ms(role: str, n: int, submit_one: Callable[[int], str], **kw: str) -> tuple[float, float]:
-    """Submit n jobs 2 ms apart to a waiting consumer; (p50, p99) of submit-to-start in ms."""
-    proc = spawn(role, n, **kw)
+def latency_ms(role: str, n: int, gap_s: float, submit_one: Callable[[int], str], **kw: str) -> tuple[float, float]:
+    """Submit n jobs `gap_s` apart to a waiting consumer; (p50, p99) of submit-to-start in ms."""
+    budget_s = n * gap_s + 20
+    proc = spawn(role, n, budget_s, **kw)
     try:
         time.sleep(0.5)  # let the consumer reach its blocking wait
         submitted: dict[str, float] = {}
         for i in range(n):
             t = time.time()
             submitted[submit_one(i)] = t
-            time.sleep(0.002)
-        started = finish(proc)["started"]
+            time.sleep(gap_s)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    lat = [(started[k] - t) * 1000 for k, t in submitted.items()]
+        started = finish(proc, budget_s + 30)["started"]
+    # A job that never started within the budget counts as the budget (it is not dropped).
+    lat = [(started.get(k, t + budget_s) - t) * 1000 for k, t in submitted.items()]
     return statistics.median(lat), percentile(lat, 0.99)
+
+
+def rate(n: int, budget_s: float, chunk: int, step: Callable[[int, int], object]) -> float:
+    """Items per second of `step(start, stop)` over [0, n) in chunks, stopping early when the
+    time budget is spent (the rate counts only the items done)."""
+    t0 = time.perf_counter()
+    done = 0
+    while done < n and time.perf_counter() - t0 < budget_s:
+        k = min(chunk, n - done)
+        step(done, done + k)
+        done += k
+    return done / (time.perf_counter() - t0)
 
 
 # --------------------------------------------------------------------------- the three systems
 
 
-def bench_ours(url: str, run: str, a: argparse.Namespace) -> dict[str, float]:
-    c = client_for(url)
-    res: dict[str, float] = {}
-    q = JobQueue(c, prefix=f"bench:{run}:submit:", **QUEUE_KW)
-    specs = [noop_spec(i) for i in range(a.n_single)]
-    t0 = time.perf_counter()
-    for spec in specs:
-        q.submit(spec)
-    res["submit_per_s"] = a.n_single / (time.perf_counter() - t0)
-    specs = [noop_spec(i) for i in range(a.n_bulk)]
-    t0 = time.perf_counter()
-    q.submit_batch(specs, chunk_size=1000)
-    res["bulk_submit_per_s"] = a.n_bulk / (time.perf_counter() - t0)
-    cleanup(c, f"bench:{run}:submit:*")
+class Ours:
+    """Our queue: `JobQueue` on the shared client configuration, keys under `bench:{run}:`."""
 
-    drain_prefix = f"bench:{run}:drain:"
-    JobQueue(c, prefix=drain_prefix, **QUEUE_KW).submit_batch([noop_spec(i) for i in range(a.n_drain)])
-    res["drain_per_s"] = drain_rate("ours-drain", a.n_drain, redis_url=url, prefix=drain_prefix)
-    cleanup(c, f"bench:{run}:drain:*")
+    key = ""
 
-    lat_prefix = f"bench:{run}:lat:"
-    lq = JobQueue(c, prefix=lat_prefix, **QUEUE_KW)
-    lq.ensure_groups()
-    res["p50_ms"], res["p99_ms"] = latency_ms(
-        "ours-latency", a.n_latency, lambda i: lq.submit(noop_spec(i)).job_id, redis_url=url, prefix=lat_prefix
-    )
-    c.close()
-    return res
+    def __init__(self, url: str, run: str, a: argparse.Namespace) -> None:
+        self.url, self.run, self.a = url, run, a
+        self.c = client_for(url)
+        self.specs = [noop_spec(i) for i in range(max(a.n_single, a.n_bulk, a.n_drain, a.n_latency))]
+
+    def _queue(self, phase: str) -> JobQueue:
+        return JobQueue(self.c, prefix=f"bench:{self.run}:{phase}:", **QUEUE_KW)
+
+    def submit(self) -> float:
+        q = self._queue("single")
+        return rate(self.a.n_single, self.a.budget_s, 1, lambda i, _: q.submit(self.specs[i]))
+
+    def bulk_submit(self) -> float:
+        q = self._queue("bulk")
+        return rate(self.a.n_bulk, self.a.budget_s, 1000, lambda i, j: q.submit_batch(self.specs[i:j], chunk_size=1000))
+
+    def drain(self, round_: int) -> float:
+        phase = f"drain{round_}"
+        self._queue(phase).submit_batch(self.specs[: self.a.n_drain], chunk_size=1000)
+        prefix = f"bench:{self.run}:{phase}:"
+        return drain_rate("ours-drain", self.a.n_drain, self.a.budget_s, redis_url=self.url, prefix=prefix)
+
+    def latency(self) -> tuple[float, float]:
+        q = self._queue("lat")
+        q.ensure_groups()
+        prefix = f"bench:{self.run}:lat:"
+        submit_one = lambda i: q.submit(self.specs[i]).job_id  # noqa: E731
+        return latency_ms("ours-latency", self.a.n_latency, self.a.latency_gap_ms / 1000, submit_one,
+                          redis_url=self.url, prefix=prefix)  # fmt: skip
 
 
-def bench_rq(url: str, run: str, a: argparse.Namespace) -> dict[str, float]:
-    from rq import Queue
+class Rq:
+    """rq: `Queue` / `SimpleWorker` on the same client configuration; names contain `bench-{run}`."""
 
-    c = client_for(url)
-    res: dict[str, float] = {}
-    q = Queue(f"bench-{run}-submit", connection=c)
-    t0 = time.perf_counter()
-    for i in range(a.n_single):
-        q.enqueue(rq_noop, str(i), job_id=f"bench-{run}-s{i}")
-    res["rq_submit_per_s"] = a.n_single / (time.perf_counter() - t0)
-    datas = [Queue.prepare_data(rq_noop, (str(i),), job_id=f"bench-{run}-b{i}") for i in range(a.n_bulk)]
-    t0 = time.perf_counter()
-    for start in range(0, a.n_bulk, 1000):
-        with c.pipeline() as pipe:
-            q.enqueue_many(datas[start : start + 1000], pipeline=pipe)
+    key = "rq_"
+
+    def __init__(self, url: str, run: str, a: argparse.Namespace) -> None:
+        from rq import Queue
+
+        self.Queue, self.url, self.run, self.a = Queue, url, run, a
+        self.c = client_for(url)
+        self.job = rq_job()
+
+    def _enqueue_many(self, q: Any, items: list) -> None:
+        with self.c.pipeline() as pipe:
+            q.enqueue_many(items, pipeline=pipe)
             pipe.execute()
-    res["rq_bulk_submit_per_s"] = a.n_bulk / (time.perf_counter() - t0)
 
-    dq = Queue(f"bench-{run}-drain", connection=c)
-    datas = [Queue.prepare_data(rq_noop, (str(i),), job_id=f"bench-{run}-d{i}") for i in range(a.n_drain)]
-    for start in range(0, a.n_drain, 1000):
-        with c.pipeline() as pipe:
-            dq.enqueue_many(datas[start : start + 1000], pipeline=pipe)
-            pipe.execute()
-    res["rq_drain_per_s"] = drain_rate("rq-drain", a.n_drain, redis_url=url, queue=dq.name)
+    def submit(self) -> float:
+        q, run = self.Queue(f"bench-{self.run}-single", connection=self.c), self.run
+        return rate(
+            self.a.n_single, self.a.budget_s, 1, lambda i, _: q.enqueue(self.job, f"s{i}", job_id=f"bench-{run}-s{i}")
+        )
 
-    lq = Queue(f"bench-{run}-lat", connection=c)
+    def bulk_submit(self) -> float:
+        q, run = self.Queue(f"bench-{self.run}-bulk", connection=self.c), self.run
+        datas = [
+            self.Queue.prepare_data(self.job, (f"b{i}",), job_id=f"bench-{run}-b{i}") for i in range(self.a.n_bulk)
+        ]
+        return rate(self.a.n_bulk, self.a.budget_s, 1000, lambda i, j: self._enqueue_many(q, datas[i:j]))
 
-    def submit_one(i: int) -> str:
-        tag = f"bench-{run}-l{i}"
-        lq.enqueue(rq_noop, tag, job_id=tag)
-        return tag
+    def drain(self, round_: int) -> float:
+        q, run, n = self.Queue(f"bench-{self.run}-drain{round_}", connection=self.c), self.run, self.a.n_drain
+        datas = [self.Queue.prepare_data(self.job, (f"d{i}",), job_id=f"bench-{run}-d{round_}-{i}") for i in range(n)]
+        for start in range(0, n, 1000):
+            self._enqueue_many(q, datas[start : start + 1000])
+        return drain_rate("rq-drain", n, self.a.budget_s, redis_url=self.url, queue=q.name)
 
-    res["rq_p50_ms"], res["rq_p99_ms"] = latency_ms("rq-latency", a.n_latency, submit_one, redis_url=url, queue=lq.name)
-    c.close()
-    return res
+    def latency(self) -> tuple[float, float]:
+        q, run = self.Queue(f"bench-{self.run}-lat", connection=self.c), self.run
+
+        def submit_one(i: int) -> str:
+            tag = f"bench-{run}-l{i}"
+            q.enqueue(self.job, tag, job_id=tag)
+            return tag
+
+        return latency_ms("rq-latency", self.a.n_latency, self.a.latency_gap_ms / 1000, submit_one,
+                          redis_url=self.url, queue=q.name)  # fmt: skip
 
 
-def bench_dramatiq(url: str, run: str, a: argparse.Namespace) -> dict[str, float]:
-    import dramatiq
+class Dramatiq:
+    """dramatiq: `RedisBroker(client=...)` on the same client configuration, namespace `bench-{run}-*`."""
 
-    res: dict[str, float] = {}
-    _, actor = make_dramatiq(url, f"bench-{run}-submit")
-    t0 = time.perf_counter()
-    for i in range(a.n_single):
-        actor.send(str(i))
-    res["dramatiq_submit_per_s"] = a.n_single / (time.perf_counter() - t0)
-    messages = [actor.message(str(i)) for i in range(a.n_bulk)]
-    t0 = time.perf_counter()
-    dramatiq.group(messages).run()
-    res["dramatiq_bulk_submit_per_s"] = a.n_bulk / (time.perf_counter() - t0)
+    key = "dramatiq_"
 
-    ns = f"bench-{run}-drain"
-    _, actor = make_dramatiq(url, ns)
-    dramatiq.group([actor.message(str(i)) for i in range(a.n_drain)]).run()
-    res["dramatiq_drain_per_s"] = drain_rate("dramatiq-drain", a.n_drain, redis_url=url, namespace=ns)
+    def __init__(self, url: str, run: str, a: argparse.Namespace) -> None:
+        import dramatiq
 
-    ns = f"bench-{run}-lat"
-    _, actor = make_dramatiq(url, ns)
+        self.dramatiq, self.url, self.run, self.a = dramatiq, url, run, a
 
-    def submit_one(i: int) -> str:
-        tag = f"l{i}"
-        actor.send(tag)
-        return tag
+    def submit(self) -> float:
+        _, actor = make_dramatiq(self.url, f"bench-{self.run}-single")
+        return rate(self.a.n_single, self.a.budget_s, 1, lambda i, _: actor.send(str(i)))
 
-    res["dramatiq_p50_ms"], res["dramatiq_p99_ms"] = latency_ms(
-        "dramatiq-latency", a.n_latency, submit_one, redis_url=url, namespace=ns
-    )
-    return res
+    def bulk_submit(self) -> float:
+        broker, actor = make_dramatiq(self.url, f"bench-{self.run}-bulk")
+        messages = [actor.message(str(i)) for i in range(self.a.n_bulk)]
+        group = self.dramatiq.group
+        return rate(self.a.n_bulk, self.a.budget_s, 1000, lambda i, j: group(messages[i:j], broker=broker).run())
+
+    def drain(self, round_: int) -> float:
+        ns = f"bench-{self.run}-drain{round_}"
+        broker, actor = make_dramatiq(self.url, ns)
+        self.dramatiq.group([actor.message(str(i)) for i in range(self.a.n_drain)], broker=broker).run()
+        return drain_rate("dramatiq-drain", self.a.n_drain, self.a.budget_s, redis_url=self.url, namespace=ns)
+
+    def latency(self) -> tuple[float, float]:
+        ns = f"bench-{self.run}-lat"
+        _, actor = make_dramatiq(self.url, ns)
+
+        def submit_one(i: int) -> str:
+            tag = f"l{i}"
+            actor.send(tag)
+            return tag
+
+        return latency_ms("dramatiq-latency", self.a.n_latency, self.a.latency_gap_ms / 1000, submit_one,
+                          redis_url=self.url, namespace=ns)  # fmt: skip
 
 
 def cleanup(c: redis.Redis, pattern: str) -> int:
@@ -320,6 +399,8 @@ def cleanup_run(url: str, run: str) -> None:
     c = client_for(url)
     for pattern in (f"bench:{run}:*", f"*bench-{run}*"):
         cleanup(c, pattern)
+    # rq's maintenance lock (it expires on its own within minutes; only the bench uses rq here).
+    c.delete("rq:clean_groups")
     for registry in ("rq:workers", "rq:queues"):  # rq's global sets: drop only our members
         members = [m for m in c.smembers(registry) if f"bench-{run}".encode() in m]
         if members:
@@ -333,7 +414,9 @@ def main() -> int:
     ap.add_argument("--n-single", type=int, default=2000)
     ap.add_argument("--n-bulk", type=int, default=20000)
     ap.add_argument("--n-drain", type=int, default=5000)
-    ap.add_argument("--n-latency", type=int, default=300)
+    ap.add_argument("--n-latency", type=int, default=200)
+    ap.add_argument("--latency-gap-ms", type=float, default=10.0)
+    ap.add_argument("--budget-s", type=float, default=8.0, help="time cap per throughput phase (keeps the run bounded)")
     ap.add_argument("--role", help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--prefix", help=argparse.SUPPRESS)
@@ -347,12 +430,21 @@ def main() -> int:
     t_start = time.perf_counter()
     figures: dict[str, float] = {}
     try:
-        for name, fn in (("ours", bench_ours), ("rq", bench_rq), ("dramatiq", bench_dramatiq)):
-            t0 = time.perf_counter()
-            got = fn(args.redis_url, run, args)
-            figures.update(got)
-            shown = ", ".join(f"{k} {v:,.1f}" for k, v in got.items())
-            print(f"{name:9s} ({time.perf_counter() - t0:5.1f} s): {shown}", flush=True)
+        systems = [cls(args.redis_url, run, args) for cls in (Ours, Rq, Dramatiq)]
+        # Phase by phase across the three systems, so that compared figures are taken close together
+        # in time (other load on the machine drifts). Drain, the most load-sensitive, is best of two.
+        for phase in ("submit", "bulk_submit", "drain", "latency"):
+            t0, before = time.perf_counter(), set(figures)
+            for system in systems:
+                k = system.key
+                if phase == "latency":
+                    figures[f"{k}p50_ms"], figures[f"{k}p99_ms"] = system.latency()
+                elif phase == "drain":
+                    figures[f"{k}drain_per_s"] = max(system.drain(r) for r in (1, 2))
+                else:
+                    figures[f"{k}{phase}_per_s"] = getattr(system, phase)()
+            shown = ", ".join(f"{k} {v:,.1f}" for k, v in figures.items() if k not in before)
+            print(f"{phase:12s} ({time.perf_counter() - t0:5.1f} s): {shown}", flush=True)
     finally:
         cleanup_run(args.redis_url, run)
     peer_drain = max(figures["rq_drain_per_s"], figures["dramatiq_drain_per_s"])

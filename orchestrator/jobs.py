@@ -25,7 +25,16 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from orchestrator.errors import InvalidJobSpec
 
@@ -201,6 +210,46 @@ def _task_inputs(task: TaskName, op: EditOp | None) -> tuple[frozenset[str], fro
     return required, optional
 
 
+def _present(value: Any) -> bool:
+    return value is not None and not (isinstance(value, str) and not value.strip())
+
+
+def _task_input_problems(values: Mapping[str, Any]) -> list[InitErrorDetails]:
+    """Per-field errors for inputs the task needs but lacks, or gets but does not use.
+
+    `values` is a validated spec's fields, or the raw input when other fields failed (then an
+    unknown task or op simply skips the checks that depend on it)."""
+    try:
+        task = TaskName(values.get("task"))
+    except ValueError:
+        return []
+    try:
+        op = EditOp(values["op"]) if values.get("op") is not None else None
+    except ValueError:
+        op = EditOp.ADD  # an invalid op is reported on its own; check the rest as a plain edit
+    required, optional = _task_inputs(task, op)
+    problems: list[InitErrorDetails] = []
+    for name in _TASK_FIELDS:
+        value = values.get(name)
+        if not _present(value):
+            if name in required:
+                message = f"required for task {task.value!r}"
+                problems.append(_problem(name, message, None))
+        elif name not in required and name not in optional:
+            takes = ", ".join(sorted(required | optional))
+            problems.append(_problem(name, f"not used by task {task.value!r} (it takes: {takes})", value))
+    if task is TaskName.UNDERSTAND and values.get("reasoning") is True:
+        message = "a reasoning step applies to generation tasks, not to 'understand'"
+        problems.append(_problem("reasoning", message, True))
+    return problems
+
+
+def _problem(field: str, message: str, value: Any) -> InitErrorDetails:
+    # The message goes in as a context value so that braces in it are never read as placeholders.
+    error = PydanticCustomError("task_input", "{message}", {"message": message})
+    return InitErrorDetails(type=error, loc=(field,), input=value)
+
+
 # --------------------------------------------------------------------------- the spec
 
 
@@ -231,20 +280,17 @@ class JobSpec(BaseModel):
         allow_inf_nan=False,
     )
 
-    # The task first: the per-field checks below read it from the already-validated data.
     task: TaskName
-    op: EditOp | None = Field(default=None, validate_default=True)
+    op: EditOp | None = None
 
-    prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS, validate_default=True)
-    source_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS, validate_default=True)
-    transcript: str | None = Field(default=None, max_length=MAX_TRANSCRIPT_CHARS, validate_default=True)
-    voice_prompt_text: str | None = Field(
-        default=None, max_length=MAX_VOICE_PROMPT_TEXT_CHARS, validate_default=True
-    )
-    input_audio_uri: str | None = Field(default=None, max_length=MAX_URI_CHARS, validate_default=True)
-    voice_prompt_uri: str | None = Field(default=None, max_length=MAX_URI_CHARS, validate_default=True)
-    video_uri: str | None = Field(default=None, max_length=MAX_URI_CHARS, validate_default=True)
-    sync_feature_uri: str | None = Field(default=None, max_length=MAX_URI_CHARS, validate_default=True)
+    prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
+    source_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
+    transcript: str | None = Field(default=None, max_length=MAX_TRANSCRIPT_CHARS)
+    voice_prompt_text: str | None = Field(default=None, max_length=MAX_VOICE_PROMPT_TEXT_CHARS)
+    input_audio_uri: str | None = Field(default=None, max_length=MAX_URI_CHARS)
+    voice_prompt_uri: str | None = Field(default=None, max_length=MAX_URI_CHARS)
+    video_uri: str | None = Field(default=None, max_length=MAX_URI_CHARS)
+    sync_feature_uri: str | None = Field(default=None, max_length=MAX_URI_CHARS)
 
     duration_s: float = Field(default=DEFAULT_DURATION_S, gt=0.0, le=MAX_DURATION_S, strict=True)
     steps: int = Field(default=DEFAULT_STEPS, ge=MIN_STEPS, le=MAX_STEPS, strict=True)
@@ -296,9 +342,7 @@ class JobSpec(BaseModel):
         # A one-letter "scheme" is a Windows drive letter, i.e. a local path.
         scheme = match.group(1).lower() if match and len(match.group(1)) > 1 else ""
         if scheme and scheme not in _URI_SCHEMES:
-            raise ValueError(
-                f"scheme {scheme!r} is not supported: use s3://bucket/key, file:///path or a local path"
-            )
+            raise ValueError(f"scheme {scheme!r} is not supported: use s3://bucket/key, file:///path or a local path")
         if scheme == "s3":
             bucket, _, key = value[len("s3://") :].partition("/")
             if not value.lower().startswith("s3://") or not bucket or not key:
@@ -306,22 +350,6 @@ class JobSpec(BaseModel):
         path = value.split("://", 1)[-1]
         if ".." in re.split(r"[/\\]", path):
             raise ValueError("must not contain '..' path segments")
-        return value
-
-    @field_validator(*_TASK_FIELDS)
-    @classmethod
-    def _check_task_inputs(cls, value: Any, info: ValidationInfo) -> Any:
-        task = info.data.get("task")
-        if task is None:  # the task itself is invalid; that error is reported on its own
-            return value
-        required, optional = _task_inputs(task, info.data.get("op"))
-        name = info.field_name
-        if value is None:
-            if name in required:
-                raise ValueError(f"required for task {task.value!r}")
-        elif name not in required and name not in optional:
-            takes = ", ".join(sorted(required | optional))
-            raise ValueError(f"not used by task {task.value!r} (it takes: {takes})")
         return value
 
     @field_validator("tenant")
@@ -341,12 +369,34 @@ class JobSpec(BaseModel):
             raise ValueError("must not contain control characters")
         return value
 
-    @field_validator("reasoning")
+    @model_validator(mode="wrap")
     @classmethod
-    def _check_reasoning(cls, value: bool, info: ValidationInfo) -> bool:
-        if value and info.data.get("task") is TaskName.UNDERSTAND:
-            raise ValueError("a reasoning step applies to generation tasks, not to 'understand'")
-        return value
+    def _check_task_inputs(cls, data: Any, handler: ModelWrapValidatorHandler[JobSpec]) -> JobSpec:
+        # Which inputs a task needs depends on the task (and the edit op), so it is checked on the
+        # whole spec, but each problem is still reported against its own field, together with any
+        # field-level errors.
+        try:
+            spec = handler(data)
+        except ValidationError as exc:
+            field_errors = exc.errors()
+            if not isinstance(data, Mapping):
+                raise
+            failed = {err["loc"][0] for err in field_errors if err["loc"]}
+            problems = [p for p in _task_input_problems(data) if p["loc"][0] not in failed]
+            if not problems:
+                raise
+            details = [
+                InitErrorDetails(type=e["type"], loc=e["loc"], input=e["input"], ctx=e.get("ctx", {}))
+                for e in field_errors
+            ]
+            # Report in the order the fields are declared, as pydantic does.
+            order = {name: i for i, name in enumerate(cls.model_fields)}
+            details = sorted(details + problems, key=lambda d: order.get(str(d["loc"][0]) if d["loc"] else "", -1))
+            raise ValidationError.from_exception_data(cls.__name__, details) from None
+        problems = _task_input_problems(spec.__dict__)
+        if problems:
+            raise ValidationError.from_exception_data(cls.__name__, problems)
+        return spec
 
     # ----------------------------------------------------------------------- helpers
 

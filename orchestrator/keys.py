@@ -53,7 +53,12 @@ class RedisKeys:
     # ----------------------------------------------------------------------- queue structure
 
     def stream(self, priority: Priority | str) -> str:
-        return f"{self.prefix}q:{Priority(priority).value}"
+        return self.stream_base + Priority(priority).value
+
+    @property
+    def stream_base(self) -> str:
+        """`stream_base + priority` is the stream of that priority."""
+        return f"{self.prefix}q:"
 
     def delayed(self, priority: Priority | str) -> str:
         return f"{self.prefix}delayed:{Priority(priority).value}"

@@ -24,20 +24,28 @@ Public API (stable; used by the engine, the CLI and the HTTP API)::
 
     q = JobQueue(redis_client_or_url, prefix=..., lease_s=..., max_attempts=..., backoff_base_s=...,
                  backoff_max_s=..., retention_s=..., consumer_group="engine")
+    q = JobQueue.from_settings(settings)
     q.submit(spec) -> JobRecord                       # idempotent on spec.idempotency_key
     q.submit_batch(specs, batch_id=None, chunk_size=500) -> (batch_id, [job_id, ...])
-    q.get(job_id) -> JobRecord | None
+    q.get(job_id) -> JobRecord | None;  q.get_many(job_ids) -> [JobRecord | None, ...]
     q.batch_status(batch_id, offset=0, limit=100) -> BatchStatus | None
     q.claim(consumer, count=1, block_ms=0) -> [Claim, ...]
-    q.renew(claim) -> bool                             # False: lease lost, stop working
+    q.renew(claim) -> bool;  q.renew_many(claims) -> [bool, ...]   # False: lease lost, stop working
     q.set_stage(claim, stage, timings=None)            # raises LeaseLost
     q.ack_success(claim, result_uri, extra=None, timings=None)   # raises LeaseLost
+    q.ack_success_many([(claim, result_uri[, extra]), ...]) -> [bool, ...]
     q.fail(claim, error, retryable=..., delay_s=None) -> JobStatus  # raises LeaseLost
     q.ack_cancelled(claim)                             # raises LeaseLost
     q.cancel(job_id) -> JobStatus                      # raises JobNotFound
     q.is_cancel_requested(job_id) -> bool
-    q.queue_depths() -> {priority: queued + delayed}
-    q.dead_letters(count=100) -> [dict, ...]
+    q.queue_depths() -> {priority: queued + delayed};  q.running_count() -> int
+    q.dead_letters(count=100, after="-") -> [dict, ...]
+    q.retry_delay_s(attempt) -> float
+
+The engine renews every `lease_s / 3` (e.g. `renew_many` from a heartbeat thread), checks
+`is_cancel_requested` between stages, writes the result to storage *before* `ack_success`
+(a crash in between replays the job, which rewrites the same key with the same bytes), and maps
+exceptions with `orchestrator.errors.outcome_of`.
 """
 
 from __future__ import annotations
@@ -171,9 +179,7 @@ class JobQueue:
         self.backoff_base_s = _check_positive("backoff_base_s", backoff_base_s)
         self.backoff_max_s = _check_positive("backoff_max_s", backoff_max_s)
         if self.backoff_base_s > self.backoff_max_s:
-            raise ValueError(
-                f"backoff_base_s ({backoff_base_s}) must not exceed backoff_max_s ({backoff_max_s})"
-            )
+            raise ValueError(f"backoff_base_s ({backoff_base_s}) must not exceed backoff_max_s ({backoff_max_s})")
         if not isinstance(retention_s, int) or isinstance(retention_s, bool) or retention_s < 1:
             raise ValueError(f"retention_s {retention_s!r} is invalid: expected an integer >= 1 (seconds)")
         self.retention_s = retention_s
@@ -187,9 +193,7 @@ class JobQueue:
             weights[Priority(name)] = weight
         self.priority_weights = weights
         if not isinstance(dead_letter_maxlen, int) or dead_letter_maxlen < 1:
-            raise ValueError(
-                f"dead_letter_maxlen {dead_letter_maxlen!r} is invalid: expected an integer >= 1"
-            )
+            raise ValueError(f"dead_letter_maxlen {dead_letter_maxlen!r} is invalid: expected an integer >= 1")
 
         self.keys = RedisKeys(prefix)
         if isinstance(redis_client_or_url, str):
@@ -213,7 +217,6 @@ class JobQueue:
             str(self.retention_s),
             self.consumer_group,
         ]
-        self._stream_base = self.keys.stream(Priority.HIGH)[: -len(Priority.HIGH.value)]
         n = len(PRIORITIES)
         self._claim_keys = (
             [self.keys.stream(p) for p in PRIORITIES]
@@ -272,7 +275,8 @@ class JobQueue:
         submitted_at, rows = self._submit_chunk(spec.batch_id or "", spec.tenant, [(job_id, spec)])
         found_id, created = rows[0]
         if created:
-            return JobRecord(
+            # Built from values validated above, so no second validation pass.
+            return JobRecord.model_construct(
                 job_id=job_id,
                 status=JobStatus.QUEUED,
                 tenant=spec.tenant,
@@ -302,13 +306,9 @@ class JobQueue:
         Returns `(batch_id, job_ids)` in input order (existing ids where items already existed).
         """
         if not isinstance(chunk_size, int) or not 1 <= chunk_size <= MAX_CHUNK_SIZE:
-            raise ValueError(
-                f"chunk_size {chunk_size!r} is invalid: expected an integer in [1, {MAX_CHUNK_SIZE}]"
-            )
+            raise ValueError(f"chunk_size {chunk_size!r} is invalid: expected an integer in [1, {MAX_CHUNK_SIZE}]")
         batch_id = (
-            new_batch_id()
-            if batch_id is None
-            else validate_id(batch_id, "batch_id", max_chars=MAX_BATCH_ID_CHARS)
+            new_batch_id() if batch_id is None else validate_id(batch_id, "batch_id", max_chars=MAX_BATCH_ID_CHARS)
         )
         parsed: list[JobSpec] = []
         errors: list[tuple[str, str]] = []
@@ -319,9 +319,7 @@ class JobQueue:
                 errors.extend((f"specs[{i}]" + (f".{f}" if f else ""), m) for f, m in exc.errors)
                 continue
             if spec.batch_id is not None and spec.batch_id != batch_id:
-                errors.append(
-                    (f"specs[{i}].batch_id", f"{spec.batch_id!r} differs from the batch id {batch_id!r}")
-                )
+                errors.append((f"specs[{i}].batch_id", f"{spec.batch_id!r} differs from the batch id {batch_id!r}"))
             parsed.append(spec)
         if errors:
             raise InvalidJobSpec(errors, what="batch")
@@ -333,10 +331,7 @@ class JobQueue:
         tenant = parsed[0].tenant
         job_ids: list[str] = []
         for start in range(0, len(parsed), chunk_size):
-            chunk = [
-                (batch_job_id(batch_id, start + k), s)
-                for k, s in enumerate(parsed[start : start + chunk_size])
-            ]
+            chunk = [(batch_job_id(batch_id, start + k), s) for k, s in enumerate(parsed[start : start + chunk_size])]
             _, rows = self._submit_chunk(batch_id, tenant, chunk)
             job_ids.extend(jid for jid, _ in rows)
         return batch_id, job_ids
@@ -344,7 +339,7 @@ class JobQueue:
     def _submit_chunk(
         self, batch_id: str, tenant: str, jobs: Sequence[tuple[str, JobSpec]]
     ) -> tuple[float, list[tuple[str, bool]]]:
-        args = [*self._common, self._stream_base, batch_id, tenant, str(len(jobs))]
+        args = [*self._common, self.keys.stream_base, batch_id, tenant, str(len(jobs))]
         idem = self.keys.idempotency
         for job_id, spec in jobs:
             args += (
@@ -463,9 +458,7 @@ class JobQueue:
         they are never returned, and they never stop the caller.
         """
         if not isinstance(consumer, str) or not 1 <= len(consumer) <= MAX_CONSUMER_CHARS:
-            raise ValueError(
-                f"consumer {consumer!r} is invalid: expected a name of 1-{MAX_CONSUMER_CHARS} characters"
-            )
+            raise ValueError(f"consumer {consumer!r} is invalid: expected a name of 1-{MAX_CONSUMER_CHARS} characters")
         if not isinstance(count, int) or not 1 <= count <= MAX_CLAIM_COUNT:
             raise ValueError(f"count {count!r} is invalid: expected an integer in [1, {MAX_CLAIM_COUNT}]")
         if not isinstance(block_ms, int) or block_ms < 0:
@@ -479,9 +472,9 @@ class JobQueue:
             if reclaim:
                 self._next_reclaim_at = now + self._reclaim_interval_s
             reply = self._run_claim(consumer, count, reclaim)
-            skipped, next_due_ms, server_ms, last_ids = int(reply[0]), int(reply[1]), int(reply[2]), reply[3]
-            rows = reply[4:]
-            claims = self._accept(rows, consumer)
+            skipped, next_due_ms, server_ms = int(reply[0]), int(reply[1]), int(reply[2])
+            started_at, last_ids, rows = float(_s(reply[3])), reply[4], reply[5:]
+            claims = self._accept(rows, consumer, started_at)
             if claims:
                 return claims
             if rows or skipped:
@@ -518,36 +511,34 @@ class JobQueue:
             self.ensure_groups()  # a stream (or the group) was deleted under us: recreate and retry
             return self._claim(keys=self._claim_keys, args=args)
 
-    def _accept(self, rows: Sequence[Sequence[Any]], consumer: str) -> list[Claim]:
+    def _accept(self, rows: Sequence[bytes | str], consumer: str, started_at: float) -> list[Claim]:
         claims: list[Claim] = []
         for row in rows:
-            job_id, entry_id, priority, attempt, spec_raw, seed, submitted_at, batch, tenant, started = (
-                _s(v) for v in row
-            )
+            # Fields joined by the unit separator, the spec JSON last (see scripts.CLAIM).
+            idx, job_id, entry_id, attempt, seed, submitted_at, batch, spec_raw = _s(row).split("\x1f", 7)
+            priority = PRIORITIES[int(idx) - 1]
             try:
                 spec = parse_spec_json(spec_raw)
             except InvalidJobSpec as exc:
                 # A record written by something other than `submit` (or an older schema): fail this
                 # job with the reason and keep going.
                 log.warning("job %s has an invalid spec: %s", job_id, exc)
-                self._run_fail(
-                    job_id, entry_id, Priority(priority), attempt, str(exc), retryable=False, delay_s=0.0
-                )
+                self._run_fail(job_id, entry_id, priority, attempt, str(exc), retryable=False, delay_s=0.0)
                 continue
             claims.append(
                 Claim(
                     job_id=job_id,
                     entry_id=entry_id,
-                    priority=Priority(priority),
+                    priority=priority,
                     token=attempt,
                     attempt=int(attempt),
                     consumer=consumer,
                     spec=spec,
                     seed=int(seed),
-                    tenant=tenant,
+                    tenant=spec.tenant,
                     batch_id=batch or None,
                     submitted_at=float(submitted_at),
-                    started_at=float(started),
+                    started_at=started_at,
                 )
             )
         return claims
@@ -586,61 +577,45 @@ class JobQueue:
     ) -> None:
         """Mark the job succeeded with its result URI (write the result first; this is the commit
         point). `extra` (JSON-serializable) is kept on the record. Raises `LeaseLost`."""
-        if not isinstance(result_uri, str) or not result_uri:
-            raise ValueError(f"result_uri {result_uri!r} is invalid: expected a non-empty string")
-        args = self._success_args(claim, result_uri, extra, timings)
-        if not int(self._complete(keys=[self.keys.stream(claim.priority)], args=args)):
+        if not self._complete_many(JobStatus.SUCCEEDED, [(claim, result_uri, extra, timings)])[0]:
             raise LeaseLost(claim.job_id, "acknowledge")
 
     def ack_success_many(
         self, acks: Sequence[tuple[Claim, str] | tuple[Claim, str, Mapping[str, Any] | None]]
     ) -> list[bool]:
         """`ack_success` for many jobs in one round trip: `acks` holds `(claim, result_uri)` or
-        `(claim, result_uri, extra)`. Each job is still its own atomic, lease-checked script; the
-        result is True where recorded, False where the lease was lost (nothing changed for it)."""
-        pipe = self._r.pipeline(transaction=False)
-        for ack in acks:
-            claim, result_uri = ack[0], ack[1]
-            extra = ack[2] if len(ack) > 2 else None
-            if not isinstance(result_uri, str) or not result_uri:
-                raise ValueError(f"result_uri {result_uri!r} is invalid: expected a non-empty string")
-            args = self._success_args(claim, result_uri, extra, None)
-            self._complete(keys=[self.keys.stream(claim.priority)], args=args, client=pipe)
-        return [bool(int(r)) for r in pipe.execute()] if acks else []
-
-    def _success_args(
-        self,
-        claim: Claim,
-        result_uri: str,
-        extra: Mapping[str, Any] | None,
-        timings: Mapping[str, float] | None,
-    ) -> list[str]:
-        extra_json = json.dumps(dict(extra), separators=(",", ":"), default=str) if extra else "{}"
-        return [
-            *self._common,
-            claim.job_id,
-            claim.entry_id,
-            claim.token,
-            JobStatus.SUCCEEDED.value,
-            result_uri,
-            extra_json,
-            _timings_json(timings),
-        ]
+        `(claim, result_uri, extra)`. Each job is checked and recorded on its own (a lost lease
+        affects only that job); the result is True where recorded, False where the lease was lost."""
+        return self._complete_many(
+            JobStatus.SUCCEEDED, [(a[0], a[1], a[2] if len(a) > 2 else None, None) for a in acks]
+        )
 
     def ack_cancelled(self, claim: Claim) -> None:
         """End a running job as cancelled (the engine saw `is_cancel_requested`). Raises `LeaseLost`."""
-        args = [
-            *self._common,
-            claim.job_id,
-            claim.entry_id,
-            claim.token,
-            JobStatus.CANCELLED.value,
-            "",
-            "",
-            "",
-        ]
-        if not int(self._complete(keys=[self.keys.stream(claim.priority)], args=args)):
+        if not self._complete_many(JobStatus.CANCELLED, [(claim, "", None, None)])[0]:
             raise LeaseLost(claim.job_id, "cancel")
+
+    def _complete_many(
+        self,
+        status: JobStatus,
+        items: Sequence[tuple[Claim, str, Mapping[str, Any] | None, Mapping[str, float] | None]],
+    ) -> list[bool]:
+        if not items:
+            return []
+        args = [*self._common, self.keys.stream_base, status.value, str(len(items))]
+        for claim, result_uri, extra, timings in items:
+            if status is JobStatus.SUCCEEDED and (not isinstance(result_uri, str) or not result_uri):
+                raise ValueError(f"result_uri {result_uri!r} is invalid: expected a non-empty string")
+            args += (
+                claim.job_id,
+                claim.entry_id,
+                claim.token,
+                claim.priority.value,
+                result_uri,
+                json.dumps(dict(extra), separators=(",", ":"), default=str) if extra else "{}",
+                _timings_json(timings),
+            )
+        return [bool(int(r)) for r in self._complete(keys=[], args=args)]
 
     def fail(
         self,
@@ -714,7 +689,7 @@ class JobQueue:
         runs; for a running job a cancel is requested and `running` is returned: its engine sees
         `is_cancel_requested` between stages and calls `ack_cancelled`. A finished job is left as it
         is and its status returned. Raises `JobNotFound` for an unknown (or expired) job."""
-        args = [*self._common, job_id, self._stream_base, self.keys.delayed_base]
+        args = [*self._common, job_id, self.keys.stream_base, self.keys.delayed_base]
         reply = _s(self._cancel(keys=[], args=args))
         if not reply:
             raise JobNotFound(job_id)

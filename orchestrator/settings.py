@@ -61,27 +61,19 @@ class Settings(BaseSettings):
     )
     s3_public_endpoint_url: str | None = Field(None, validation_alias=_env("s3_public_endpoint_url"))
     s3_bucket: str | None = Field(None, validation_alias=_env("s3_bucket", "S3_BUCKET"))
-    s3_region: str = Field(
-        "us-east-1", validation_alias=_env("s3_region", "AWS_REGION", "AWS_DEFAULT_REGION")
-    )
-    s3_access_key_id: SecretStr | None = Field(
-        None, validation_alias=_env("s3_access_key_id", "AWS_ACCESS_KEY_ID")
-    )
+    s3_region: str = Field("us-east-1", validation_alias=_env("s3_region", "AWS_REGION", "AWS_DEFAULT_REGION"))
+    s3_access_key_id: SecretStr | None = Field(None, validation_alias=_env("s3_access_key_id", "AWS_ACCESS_KEY_ID"))
     s3_secret_access_key: SecretStr | None = Field(
         None, validation_alias=_env("s3_secret_access_key", "AWS_SECRET_ACCESS_KEY")
     )
-    s3_session_token: SecretStr | None = Field(
-        None, validation_alias=_env("s3_session_token", "AWS_SESSION_TOKEN")
-    )
+    s3_session_token: SecretStr | None = Field(None, validation_alias=_env("s3_session_token", "AWS_SESSION_TOKEN"))
     s3_prefix: str = Field("", validation_alias=_env("s3_prefix"))
     s3_addressing_style: Literal["auto", "path", "virtual"] = Field(
         "auto", validation_alias=_env("s3_addressing_style")
     )
     # Extra S3 locations tenants may read inputs from: "bucket", "s3://bucket/prefix/", "{tenant}"
     # allowed. From the environment as a comma-separated list.
-    allowed_input_s3: Annotated[tuple[str, ...], NoDecode] = Field(
-        (), validation_alias=_env("allowed_input_s3")
-    )
+    allowed_input_s3: Annotated[tuple[str, ...], NoDecode] = Field((), validation_alias=_env("allowed_input_s3"))
 
     # ----------------------------------------------------------------------- local folders (embedded mode)
     output_root: Path | None = Field(None, validation_alias=_env("output_root"))

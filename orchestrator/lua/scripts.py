@@ -42,13 +42,23 @@ local function retire(stream, eid)
 end
 
 -- Move a job from `prev` to the final `status`: batch counters, failure list, dead-letter entry,
--- expiry of the record and of its idempotency key.
-local function finish(job_id, prev, status, err, now_s)
+-- expiry of the record and of its idempotency key. `f` = {batch, idem, attempts, tenant} when the
+-- caller already read them (nil: read here); `sets` = more field/value pairs written with it.
+local function finish(job_id, prev, status, err, now_s, f, sets)
   local jk = JOB .. job_id
-  local f = redis.call('HMGET', jk, 'batch', 'idem', 'attempts', 'tenant')
-  redis.call('HSET', jk, 'status', status, 'finished_at', now_s)
-  if err then redis.call('HSET', jk, 'error', err) end
-  redis.call('HDEL', jk, 'lease', 'retry_at')
+  f = f or redis.call('HMGET', jk, 'batch', 'idem', 'attempts', 'tenant')
+  local hset = {'HSET', jk, 'status', status, 'finished_at', now_s}
+  if err then
+    hset[#hset + 1] = 'error'
+    hset[#hset + 1] = err
+  end
+  for _, v in ipairs(sets or {}) do hset[#hset + 1] = v end
+  redis.call(unpack(hset))
+  if status == 'succeeded' then
+    redis.call('HDEL', jk, 'lease', 'retry_at', 'error')  -- a success clears earlier attempts' error
+  else
+    redis.call('HDEL', jk, 'lease', 'retry_at')
+  end
   redis.call('EXPIRE', jk, RETENTION)
   if f[2] and f[2] ~= '' then redis.call('EXPIRE', f[2], RETENTION) end
   if status == 'dead' then
@@ -61,11 +71,9 @@ local function finish(job_id, prev, status, err, now_s)
     redis.call('HINCRBY', bk, prev, -1)
     redis.call('HINCRBY', bk, status, 1)
     if status == 'failed' or status == 'dead' then redis.call('RPUSH', FAILS .. batch, job_id) end
-    local c = redis.call('HMGET', bk, 'total', 'succeeded', 'failed', 'cancelled', 'dead')
-    local done = 0
-    for i = 2, 5 do done = done + tonumber(c[i] or '0') end
-    if done >= tonumber(c[1] or '0') then
-      -- The batch is complete: it expires with its records (a later submit into it PERSISTs it).
+    -- 'open' counts the batch's jobs not yet final: at 0 the batch is complete and expires with its
+    -- records (a later submit into the same batch PERSISTs it again).
+    if redis.call('HINCRBY', bk, 'open', -1) <= 0 then
       redis.call('EXPIRE', bk, RETENTION)
       redis.call('EXPIRE', FAILS .. batch, RETENTION)
     end
@@ -136,6 +144,7 @@ if batch ~= '' and created > 0 then
   local bk = BATCH .. batch
   redis.call('HINCRBY', bk, 'total', created)
   redis.call('HINCRBY', bk, 'queued', created)
+  redis.call('HINCRBY', bk, 'open', created)
   redis.call('HSETNX', bk, 'tenant', batch_tenant)
   redis.call('HSETNX', bk, 'created_at', now_s)
   redis.call('PERSIST', bk)
@@ -148,8 +157,11 @@ return out
 # KEYS: n streams (highest priority first), n delayed sets, n XAUTOCLAIM cursors, claim-seq.
 # ARGV[8] n, ARGV[9..8+n] priority names, ARGV[9+n..8+2n] weights, then consumer, count,
 # lease_ms, max_attempts, reclaim ('1' = also take over entries idle for >= lease_ms).
-# Returns {skipped, next_due_ms (-1 = none), server_ms, {last entry id per stream}, job, job, ...}
-# with job = {job_id, entry_id, priority, attempt, spec, seed, submitted_at, batch, tenant, started_at}.
+# Returns {skipped, next_due_ms (-1 = none), server_ms, started_at, {last entry id per stream},
+# job, job, ...}. Each job is one string of fields joined by the unit separator \31 (which
+# neither ids nor JSON text contain), the spec JSON last:
+#   stream index (1-based), job_id, entry_id, attempt, seed, submitted_at, batch, spec
+# (one bulk string per job keeps the reply cheap to parse for large claims).
 # `skipped` counts entries consumed without producing a job (cancelled, stale, malformed, dead).
 # The last entry ids (only when no job was taken) let the caller block on XREAD for newer ones.
 CLAIM = (
@@ -184,9 +196,13 @@ local function take(i, eid, fields)
     drop(i, eid, 'malformed stream entry ' .. eid .. ': no "job" field', fields)
     return
   end
+  if string.find(job_id, '%c') then
+    drop(i, eid, 'malformed stream entry ' .. eid .. ': job id contains control characters', fields)
+    return
+  end
   local jk = JOB .. job_id
   local r = redis.call('HMGET', jk, 'status', 'entry', 'cancel', 'attempts', 'spec', 'seed',
-    'submitted_at', 'batch', 'tenant', 'error', 'consumer')
+    'submitted_at', 'batch', 'error', 'consumer')
   local st = r[1]
   if not st then
     drop(i, eid, 'stream entry ' .. eid .. ' names job ' .. job_id .. ', which has no record', fields)
@@ -208,9 +224,9 @@ local function take(i, eid, fields)
   if attempts > max_attempts then
     -- Only reachable by reclaiming: the holder died (or stalled past its lease) on every attempt.
     retire(KEYS[i], eid)
-    local err = 'lease of consumer ' .. (r[11] or '?') .. ' lapsed without an ack on attempt ' ..
+    local err = 'lease of consumer ' .. (r[10] or '?') .. ' lapsed without an ack on attempt ' ..
       (attempts - 1) .. ' of ' .. max_attempts
-    if r[10] and r[10] ~= '' then err = err .. '; previous error: ' .. r[10] end
+    if r[9] and r[9] ~= '' then err = err .. '; previous error: ' .. r[9] end
     finish(job_id, st, 'dead', err, now_s)
     skipped = skipped + 1
     return
@@ -221,8 +237,8 @@ local function take(i, eid, fields)
     redis.call('HINCRBY', BATCH .. r[8], 'queued', -1)
     redis.call('HINCRBY', BATCH .. r[8], 'running', 1)
   end
-  out[#out + 1] = {job_id, eid, names[i], attempts, r[5] or '', r[6] or '0', r[7] or '0',
-    r[8] or '', r[9] or '', now_s}
+  out[#out + 1] = table.concat({i, job_id, eid, attempts, r[6] or '0', r[7] or '0', r[8] or '',
+    r[5] or ''}, '\31')
 end
 
 -- 1. Retries whose backoff is over go back onto their stream.
@@ -298,7 +314,7 @@ if #out == 0 then
     if e[1] then last[i] = e[1][1] else last[i] = '0-0' end
   end
 end
-local res = {skipped, next_due, now_ms, last}
+local res = {skipped, next_due, now_ms, now_s, last}
 for _, job in ipairs(out) do res[#res + 1] = job end
 return res
 """
@@ -332,25 +348,38 @@ return 1
 """
 )
 
-# KEYS[1] the job's stream. ARGV[8] job_id, ARGV[9] entry id, ARGV[10] token,
-# ARGV[11] final status ('succeeded' or 'cancelled'), ARGV[12] result uri, ARGV[13] extra JSON,
-# ARGV[14] timings JSON to merge. Returns 1, or 0 when the lease is lost (nothing changed).
+# ARGV[8] stream_base, ARGV[9] final status ('succeeded' or 'cancelled'), ARGV[10] n, then n
+# groups of 7: job_id, entry id, token, priority, result uri, extra JSON, timings JSON to merge.
+# Each job is checked and finished on its own. Returns one 1 (recorded) or 0 (lease lost,
+# nothing changed) per job.
 COMPLETE = (
     PRELUDE
     + r"""
-if not held(ARGV[8], ARGV[9], ARGV[10]) then return 0 end
+local stream_base, status, n = ARGV[8], ARGV[9], tonumber(ARGV[10])
 local now_s = now()
-local jk = JOB .. ARGV[8]
-retire(KEYS[1], ARGV[9])
-merge_json(jk, 'timings', ARGV[14])
-if ARGV[11] == 'succeeded' then
-  redis.call('HSET', jk, 'result_uri', ARGV[12], 'extra', ARGV[13], 'stage', 'done')
-  redis.call('HDEL', jk, 'error')
-  finish(ARGV[8], 'running', 'succeeded', false, now_s)
-else
-  finish(ARGV[8], 'running', 'cancelled', 'cancelled while running', now_s)
+local res = {}
+local a = 11
+for k = 1, n do
+  local job_id, eid, token = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+  local stream, uri, extra, timings = stream_base .. ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6]
+  a = a + 7
+  local r = held(job_id, eid, token, 'batch', 'idem', 'attempts', 'tenant')
+  if r then
+    local f = {r[4], r[5], r[6], r[7]}
+    retire(stream, eid)
+    merge_json(JOB .. job_id, 'timings', timings)
+    if status == 'succeeded' then
+      local sets = {'result_uri', uri, 'extra', extra, 'stage', 'done'}
+      finish(job_id, 'running', 'succeeded', false, now_s, f, sets)
+    else
+      finish(job_id, 'running', 'cancelled', 'cancelled while running', now_s, f)
+    end
+    res[k] = 1
+  else
+    res[k] = 0
+  end
 end
-return 1
+return res
 """
 )
 
@@ -362,21 +391,21 @@ return 1
 FAIL = (
     PRELUDE
     + r"""
-local r = held(ARGV[8], ARGV[9], ARGV[10], 'attempts', 'cancel', 'batch')
+local r = held(ARGV[8], ARGV[9], ARGV[10], 'attempts', 'cancel', 'batch', 'idem', 'tenant')
 if not r then return '' end
 local now_s, now_ms = now()
 local job_id, err = ARGV[8], ARGV[11]
 local jk = JOB .. job_id
+local f = {r[6], r[7], r[4], r[8]}
 retire(KEYS[1], ARGV[9])
 merge_json(jk, 'timings', ARGV[15])
-redis.call('HSET', jk, 'error', err)
 if r[5] == '1' then
-  finish(job_id, 'running', 'cancelled', false, now_s)
+  finish(job_id, 'running', 'cancelled', err, now_s, f)
   return 'cancelled'
 end
 if ARGV[12] == '1' and tonumber(r[4]) < tonumber(ARGV[14]) then
   local due_ms = now_ms + tonumber(ARGV[13])
-  redis.call('HSET', jk, 'status', 'queued', 'stage', 'retry-wait',
+  redis.call('HSET', jk, 'status', 'queued', 'stage', 'retry-wait', 'error', err,
     'retry_at', string.format('%d.%03d', math.floor(due_ms / 1000), due_ms % 1000))
   redis.call('HDEL', jk, 'lease')
   redis.call('ZADD', KEYS[2], due_ms, job_id)
@@ -387,10 +416,10 @@ if ARGV[12] == '1' and tonumber(r[4]) < tonumber(ARGV[14]) then
   return 'queued'
 end
 if ARGV[12] == '1' then
-  finish(job_id, 'running', 'dead', err, now_s)
+  finish(job_id, 'running', 'dead', err, now_s, f)
   return 'dead'
 end
-finish(job_id, 'running', 'failed', err, now_s)
+finish(job_id, 'running', 'failed', err, now_s, f)
 return 'failed'
 """
 )
@@ -411,7 +440,8 @@ if r[1] == 'queued' then
   if r[3] then redis.call('XDEL', ARGV[9] .. r[2], r[3]) end
   redis.call('ZREM', ARGV[10] .. r[2], job_id)
   redis.call('HSET', jk, 'cancel', '1')
-  finish(job_id, 'queued', 'cancelled', false, now())
+  local now_s = now()
+  finish(job_id, 'queued', 'cancelled', false, now_s)
   return 'cancelled'
 end
 if r[1] == 'running' then

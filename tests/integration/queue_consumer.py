@@ -87,9 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                 pipe.incr(runs_key(args.prefix, claim.job_id))
                 pipe.set(result_key(args.prefix, claim.job_id), args.consumer)
             pipe.execute()
-        recorded = queue.ack_success_many(
-            [(c, f"test://{c.job_id}", {"consumer": args.consumer}) for c in claims]
-        )
+        recorded = queue.ack_success_many([(c, f"test://{c.job_id}", {"consumer": args.consumer}) for c in claims])
         # False = taken over after a stall; the new holder records the outcome.
         if log is not None:
             log.write("".join(c.job_id + "\n" for c, ok in zip(claims, recorded, strict=True) if ok))

@@ -21,6 +21,7 @@ import redis
 from orchestrator.errors import InvalidJobSpec, JobNotFound, LeaseLost
 from orchestrator.jobs import JobSpec, JobStatus, Priority, derive_seed
 from orchestrator.queue import JobQueue
+from orchestrator.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -182,6 +183,26 @@ def test_claim_ack_records_result_timings_and_extra(make_queue, client):
     assert not q.renew(claim)
 
 
+def test_ack_many_and_renew_many_check_each_lease(make_queue):
+    q = make_queue(lease_s=0.3)
+    bid, ids = q.submit_batch([t2a(f"p{i}") for i in range(3)])
+    claims = q.claim("a", count=3)
+    assert [c.job_id for c in claims] == ids and all(c.batch_id == bid for c in claims)
+    assert q.renew_many(claims) == [True, True, True]
+    time.sleep(0.45)  # all three lapse; b takes over only the first
+    assert q.renew_many(claims[1:]) == [True, True]
+    (taken,) = q.claim("b")
+    assert taken.job_id == ids[0]
+    assert q.ack_success_many([(c, f"s3://b/{c.job_id}.wav") for c in claims]) == [False, True, True]
+    q.ack_success(taken, "s3://b/taken.wav")
+    records = q.get_many([*ids, "missing"])
+    assert [r.result_uri for r in records[:3]] == ["s3://b/taken.wav", f"s3://b/{ids[1]}.wav", f"s3://b/{ids[2]}.wav"]
+    assert records[3] is None
+    status = q.batch_status(bid)
+    assert status is not None and status.counts[JobStatus.SUCCEEDED] == 3 and status.done
+    assert q.ack_success_many([]) == []
+
+
 def test_blocking_claim_wakes_when_a_job_arrives(make_queue):
     q = make_queue()
     assert q.claim("c1", block_ms=0) == []
@@ -317,9 +338,7 @@ def test_dead_letter_after_max_attempts_keeps_last_error(make_queue):
     )
     status = q.batch_status(bid)
     assert status is not None and status.counts[JobStatus.DEAD] == 1
-    assert [(f.job_id, f.status, f.error) for f in status.failures] == [
-        (job_id, JobStatus.DEAD, "GPU fell over (3)")
-    ]
+    assert [(f.job_id, f.status, f.error) for f in status.failures] == [(job_id, JobStatus.DEAD, "GPU fell over (3)")]
     assert q.claim("c1", block_ms=100) == []
 
 
@@ -387,11 +406,7 @@ def test_cancel_running_job_is_seen_between_stages(make_queue):
     got = q.get(job_id)
     assert got is not None and got.status is JobStatus.CANCELLED and got.cancel_requested
     status = q.batch_status(bid)
-    assert (
-        status is not None
-        and status.counts[JobStatus.CANCELLED] == 1
-        and status.counts[JobStatus.RUNNING] == 0
-    )
+    assert status is not None and status.counts[JobStatus.CANCELLED] == 1 and status.counts[JobStatus.RUNNING] == 0
     assert q.cancel(job_id) is JobStatus.CANCELLED
 
 
@@ -506,9 +521,7 @@ def test_bad_inputs_fail_per_job_and_never_stop_the_consumer(make_queue, client)
     write_foreign_job(client, q, "malformed-json", '{"task": "text_to_audio", "prompt": "rain"')
     write_foreign_job(client, q, "unknown-task", json.dumps({"task": "make_noise", "prompt": "x"}))
     write_foreign_job(client, q, "missing-fields", json.dumps({"task": "tts"}))
-    write_foreign_job(
-        client, q, "oversized-text", json.dumps({"task": "text_to_audio", "prompt": "x" * 5000})
-    )
+    write_foreign_job(client, q, "oversized-text", json.dumps({"task": "text_to_audio", "prompt": "x" * 5000}))
     write_foreign_job(client, q, "oversized-spec", json.dumps({"task": "tts", "transcript": "y" * 70_000}))
     client.xadd(stream, {"job": "never-written"})  # an entry whose record does not exist
     good = q.submit(t2a("the one good job"))
@@ -555,9 +568,14 @@ def test_works_with_a_decoding_client_and_recreates_deleted_streams(redis_url, r
         c.close()
 
 
-def test_queue_from_url_and_argument_checks(redis_url, redis_prefix):
+def test_queue_from_url_settings_and_argument_checks(redis_url, redis_prefix):
     with JobQueue(redis_url, prefix=redis_prefix) as q:
         assert q.claim("c1") == []
+    settings = Settings(redis_url=redis_url, redis_prefix=redis_prefix, lease_s=2.5, max_attempts=4)
+    with JobQueue.from_settings(settings) as q:
+        assert (q.lease_s, q.max_attempts, q.keys.prefix) == (2.5, 4, redis_prefix)
+        rec = q.submit(t2a())
+        assert [c.job_id for c in q.claim("c1")] == [rec.job_id]
     with pytest.raises(ValueError, match=r"backoff_base_s \(5\) must not exceed backoff_max_s \(1\)"):
         JobQueue(redis_url, prefix=redis_prefix, backoff_base_s=5, backoff_max_s=1)
     with pytest.raises(ValueError, match="lease_s"):

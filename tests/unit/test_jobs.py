@@ -187,9 +187,7 @@ def test_obviously_bad_uris_are_refused(uri, needle):
 
 def test_uri_that_only_looks_odd_is_left_to_storage():
     # Tenant prefixes and bucket policies are storage's decision; the schema only checks the shape.
-    spec = parse_spec(
-        {"task": "edit", "op": "add", "prompt": "x", "input_audio_uri": "s3://other-tenant/a.wav"}
-    )
+    spec = parse_spec({"task": "edit", "op": "add", "prompt": "x", "input_audio_uri": "s3://other-tenant/a.wav"})
     assert spec.input_audio_uri == "s3://other-tenant/a.wav"
     assert parse_spec({"task": "edit", "op": "add", "prompt": "x", "input_audio_uri": "C:/in/a.wav"})
 
