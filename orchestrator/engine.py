@@ -21,7 +21,6 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator import storage as storage_mod
 from orchestrator.audio_io import decode_audio, encode_audio
 from orchestrator.errors import JobCancelled, LeaseLost, Outcome, PermanentError, RetryableError, outcome_of
 from orchestrator.jobs import EditOp, JobSpec, TaskName
@@ -34,6 +33,9 @@ MODEL_RATE_HZ = 44_100
 THINKER_RATE_HZ = 16_000
 MAX_INPUT_BYTES = 256 * 1024 * 1024
 MAX_INPUT_AUDIO_S = 300.0
+
+# Stages after which a generating job still has to reach the sampler pool.
+_BEFORE_SAMPLER = frozenset({"load", "understand", "encode"})
 
 _EDIT_TASKS = {
     EditOp.ADD: "edit_add",
@@ -107,12 +109,8 @@ class _Timer:
 
 
 def _read(storage: Storage, uri: str, job: ClaimedJob, settings: EngineSettings) -> bytes:
-    try:
-        return storage.read_input(uri, tenant=job.tenant, max_bytes=settings.max_input_bytes)
-    except storage_mod.RetryableError as exc:
-        raise RetryableError(str(exc)) from exc
-    except storage_mod.PermanentError as exc:
-        raise PermanentError(str(exc)) from exc
+    # Storage raises the shared outcome classes (PermanentError / RetryableError) itself.
+    return storage.read_input(uri, tenant=job.tenant, max_bytes=settings.max_input_bytes)
 
 
 def _load_array(data: bytes, uri: str, what: str):
@@ -208,6 +206,7 @@ class Engine:
         self.metrics = metrics
         self.log = get_logger("engine")
         self._running: dict[str, ClaimedJob] = {}
+        self._stages: dict[str, str] = {}  # job id -> the stage it is in now (backlog per pool)
         self._lock = threading.Lock()
         self._stop = threading.Event()
 
@@ -219,6 +218,23 @@ class Engine:
     def in_flight(self) -> int:
         with self._lock:
             return len(self._running)
+
+    def backlog(self) -> dict[str, int]:
+        """Jobs in this engine that still need each pool but are not calling it yet.
+
+        `encoder`: jobs still loading inputs (every task asks the encoder next); `sampler`: jobs that
+        generate audio and have not reached the sampler. Work already sent to a pool is counted by
+        Serve itself (ongoing requests); this is what will arrive next, for the autoscaler.
+        """
+        with self._lock:
+            jobs = [(job, self._stages.get(job_id, "load")) for job_id, job in self._running.items()]
+        return {
+            "in_flight": len(jobs),
+            "encoder": sum(1 for _, stage in jobs if stage == "load"),
+            "sampler": sum(
+                1 for job, stage in jobs if stage in _BEFORE_SAMPLER and job.spec.generates_audio
+            ),
+        }
 
     def run(self, *, until_exhausted: bool = False) -> None:
         """Claim and run jobs until `stop()` (or, with `until_exhausted`, until the source is empty)."""
@@ -233,6 +249,9 @@ class Engine:
                     for job in self.source.claim(free, block):
                         with self._lock:
                             self._running[job.job_id] = job
+                            self._stages[job.job_id] = "load"
+                        if self.metrics is not None:
+                            self.metrics.job_claimed(job)
                         futures.add(pool.submit(self._run_job, job))
                 if futures:
                     done, futures = wait(futures, timeout=0.05, return_when=FIRST_COMPLETED)
@@ -297,6 +316,7 @@ class Engine:
         finally:
             with self._lock:
                 self._running.pop(job.job_id, None)
+                self._stages.pop(job.job_id, None)
         result.timings = timer.timings
         if self.metrics is not None:
             self.metrics.job_finished(result)
@@ -304,11 +324,24 @@ class Engine:
             self.on_done(result)
         return result
 
+    def _mark(self, job: ClaimedJob, timer: _Timer, stage: str) -> None:
+        """Record that the job entered `stage` (here, and on the source if it keeps stages)."""
+        with self._lock:
+            self._stages[job.job_id] = stage
+        set_stage = getattr(self.source, "set_stage", None)
+        if set_stage is not None:
+            set_stage(job, stage, timer.timings)
+
+    def _enter(self, job: ClaimedJob, timer: _Timer, stage: str):
+        """`_mark` the stage and time it (a context manager)."""
+        self._mark(job, timer, stage)
+        return timer.stage(stage)
+
     def _execute(self, job: ClaimedJob, timer: _Timer, log: Any) -> tuple[str, dict]:
         from model.pipeline import plan_task
 
         spec = job.spec
-        with timer.stage("load"):
+        with self._enter(job, timer, "load"):
             log.debug("loading inputs", stage="load")
             inputs = spec_to_inputs(spec, job, self.sink.storage, self.settings)
             try:
@@ -318,7 +351,7 @@ class Engine:
         text = None
         if plan.understand is not None:
             self._check_cancel(job)
-            with timer.stage("understand"):
+            with self._enter(job, timer, "understand"):
                 text = _call("understand", self.pools.understand, plan.understand)
             if plan.needs_transcript:
                 try:
@@ -329,17 +362,18 @@ class Engine:
         audio_meta: dict[str, Any] = {}
         if plan.generation is not None:
             self._check_cancel(job)
-            with timer.stage("encode"):
+            with self._enter(job, timer, "encode"):
                 features = _call("encode", self.pools.encode, plan.encode)
             gen = plan.generation
             segments: list[Any] = []
+            self._mark(job, timer, "generate")  # once, not per segment: one source write per stage
             for k in range(gen.num_segments):
                 self._check_cancel(job)
                 with timer.stage("generate"):
                     segments.append(
                         self.pools.generate(gen.request(k, features, segments[-1] if segments else None))
                     )
-            with timer.stage("encode_audio"):
+            with self._enter(job, timer, "encode_audio"):
                 audio = gen.finish(segments)  # (C, N)
                 audio_bytes = encode_audio(audio.numpy(), self.config.sample_rate, spec.output_format.value)
             audio_meta = {
@@ -362,18 +396,15 @@ class Engine:
             "notes": list(plan.notes),
             **audio_meta,
         }
-        with timer.stage("write"):
-            try:
-                loc = self.sink.write(
-                    tenant=job.tenant,
-                    job_id=job.job_id,
-                    batch_id=job.batch_id,
-                    metadata=metadata,
-                    audio_bytes=audio_bytes,
-                    ext=spec.output_format.value,
-                )
-            except storage_mod.RetryableError as exc:
-                raise RetryableError(str(exc)) from exc
+        with self._enter(job, timer, "write"):
+            loc = self.sink.write(
+                tenant=job.tenant,
+                job_id=job.job_id,
+                batch_id=job.batch_id,
+                metadata=metadata,
+                audio_bytes=audio_bytes,
+                ext=spec.output_format.value,
+            )
         uri = loc.result_uri or loc.metadata_uri
         extra = {"text": text, "metadata_uri": loc.metadata_uri, **audio_meta}
         return uri, {k: v for k, v in extra.items() if v is not None}

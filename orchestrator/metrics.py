@@ -1,47 +1,75 @@
-"""Prometheus metrics of the engine, on their own registry, served by `start_http_server`."""
+"""Prometheus metrics of the engine, on their own registry, served on `/metrics` by `serve(port)`.
+
+- `audio_omni_queue_depth{priority}`: jobs waiting in Redis (queued + delayed retries);
+- `audio_omni_jobs_total{status}`: finished attempts by outcome (succeeded, failed, retry,
+  cancelled, abandoned);
+- `audio_omni_stage_seconds{stage}`: stage durations (load, understand, encode, generate, ...);
+- `audio_omni_sampler_batch_size`: requests per sampling loop, from the sampler replicas' counters;
+- `audio_omni_redeliveries_total`: jobs claimed again after an earlier attempt (retry or takeover);
+- `audio_omni_jobs_in_flight`: jobs running in this process.
+"""
 
 from __future__ import annotations
+
+import threading
+from collections.abc import Hashable, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 STAGE_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 class EngineMetrics:
-    """Queue depth per priority, jobs by outcome, stage durations, sampler batch sizes, redeliveries."""
+    """Queue depth per priority, jobs by status, stage durations, sampler batch sizes, redeliveries."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.queue_depth = Gauge(
-            "audio_omni_queue_depth", "Jobs waiting, by priority", ["priority"], registry=r
-        )
-        self.jobs = Counter(
-            "audio_omni_jobs_total", "Finished job attempts by outcome", ["outcome"], registry=r
-        )
+        self.queue_depth = Gauge("audio_omni_queue_depth", "Jobs waiting, by priority", ["priority"], registry=r)
+        self.jobs = Counter("audio_omni_jobs", "Finished job attempts by status", ["status"], registry=r)
         self.stage_s = Histogram(
             "audio_omni_stage_seconds", "Stage duration", ["stage"], buckets=STAGE_BUCKETS_S, registry=r
         )
         self.sampler_batch = Histogram(
-            "audio_omni_sampler_batch_size",
-            "Requests per sampling loop",
-            buckets=(1, 2, 4, 8, 16, 32, 64),
-            registry=r,
+            "audio_omni_sampler_batch_size", "Requests per sampling loop", buckets=BATCH_SIZE_BUCKETS, registry=r
         )
         self.redeliveries = Counter(
-            "audio_omni_redeliveries_total", "Jobs claimed again after an attempt", registry=r
+            "audio_omni_redeliveries", "Jobs claimed again after an earlier attempt", registry=r
         )
-        self.in_flight = Gauge("audio_omni_jobs_in_flight", "Jobs running in this engine", registry=r)
+        self.in_flight = Gauge("audio_omni_jobs_in_flight", "Jobs running in this process", registry=r)
+        self._lock = threading.Lock()
+        # Last cumulative histogram seen per sampler replica, so repeated polls observe only the new loops.
+        self._seen_batches: dict[Hashable, dict[int, int]] = {}
 
-    def job_finished(self, result) -> None:
-        self.jobs.labels(outcome=result.outcome).inc()
+    def job_claimed(self, job: Any) -> None:
+        """A job was claimed; an attempt after the first is a redelivery."""
+        self.in_flight.inc()
+        if getattr(job, "attempt", 1) > 1:
+            self.redeliveries.inc()
+
+    def job_finished(self, result: Any) -> None:
+        """Count the attempt by its outcome and observe its stage durations (seconds)."""
+        self.in_flight.dec()
+        self.jobs.labels(status=result.outcome).inc()
         for stage, seconds in result.timings.items():
             self.stage_s.labels(stage=stage).observe(seconds)
 
-    def observe_batch_sizes(self, histogram: dict[int, int]) -> None:
-        for size, count in histogram.items():
-            for _ in range(int(count)):
-                self.sampler_batch.observe(int(size))
+    def set_queue_depths(self, depths: Mapping[str, int]) -> None:
+        for priority, depth in depths.items():
+            self.queue_depth.labels(priority=priority).set(depth)
+
+    def observe_batch_sizes(self, histogram: Mapping[int, int], *, replica: Hashable = None) -> None:
+        """Observe sampling loops from a replica's cumulative `{batch size: loops}` counters; only the
+        loops added since this replica's previous report are observed."""
+        with self._lock:
+            seen = self._seen_batches.setdefault(replica, {})
+            for size, count in histogram.items():
+                size, count = int(size), int(count)
+                for _ in range(max(0, count - seen.get(size, 0))):
+                    self.sampler_batch.observe(size)
+                seen[size] = max(count, seen.get(size, 0))
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> None:
         """Expose `/metrics` on `addr:port` (a daemon thread)."""

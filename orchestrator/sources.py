@@ -2,7 +2,8 @@
 
 A source hands out `ClaimedJob`s and records their outcome. The engine calls `claim`, `renew`
 while a job runs, `is_cancel_requested` between stages, and exactly one of `ack_success` / `fail`
-/ `cancel` per claim. The Redis queue adapter lives beside it (`RedisJobSource`).
+/ `cancel` per claim. `RedisSource` adapts the Redis Streams queue (`orchestrator.queue.JobQueue`)
+to the same seam.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from orchestrator.errors import InvalidJobSpec, PermanentError
+from orchestrator.errors import InvalidJobSpec, LeaseLost, PermanentError
 from orchestrator.jobs import JobSpec, JobStatus, batch_job_id, parse_spec
+
+if TYPE_CHECKING:
+    from orchestrator.queue import JobQueue
 
 URI_FIELDS = ("input_audio_uri", "voice_prompt_uri", "video_uri", "sync_feature_uri")
 
@@ -56,22 +60,7 @@ class Outcome:
 
 
 class JobSource(Protocol):
-    def _resolve_paths(self, data: dict) -> None:
-        """Relative local input paths are relative to the manifest's folder, not the cwd."""
-        for name in URI_FIELDS:
-            value = data.get(name)
-            if isinstance(value, str) and value and "://" not in value and not Path(value).is_absolute():
-                data[name] = str((self.path.parent / value).resolve())
-
-    def local_inputs(self) -> list[Path]:
-        """The local input files the manifest's valid jobs refer to."""
-        paths = []
-        for job in self._queue:
-            for name in URI_FIELDS:
-                value = getattr(job.spec, name)
-                if value and "://" not in value:
-                    paths.append(Path(value))
-        return paths
+    """What the engine needs from wherever jobs come from."""
 
     def claim(self, max_jobs: int, block_s: float) -> list[ClaimedJob]: ...
     def renew(self, job: ClaimedJob) -> None: ...
@@ -196,3 +185,66 @@ class ManifestSource:
         """True once every line has an outcome (the engine may stop)."""
         with self._lock:
             return not self._queue and not self._delayed and self._running == 0
+
+
+class RedisSource:
+    """Jobs from the Redis Streams queue (`JobQueue`), claimed under a lease by one consumer.
+
+    Several engines may share one queue: each uses its own `consumer` name and the consumer group
+    hands every job to one of them; a job whose engine died is taken over once its lease lapses.
+    `ClaimedJob.token` carries the queue's `Claim`; every outcome is checked against its lease token
+    inside the queue, so an engine that lost a job can record nothing (`LeaseLost`).
+    """
+
+    def __init__(self, queue: JobQueue, consumer: str) -> None:
+        if not isinstance(consumer, str) or not 1 <= len(consumer) <= 200:
+            raise ValueError(f"consumer {consumer!r} is invalid: expected a name of 1-200 characters")
+        self.queue = queue
+        self.consumer = consumer
+
+    def claim(self, max_jobs: int, block_s: float) -> list[ClaimedJob]:
+        if max_jobs < 1:
+            raise ValueError(f"max_jobs must be >= 1, got {max_jobs}")
+        claims = self.queue.claim(self.consumer, count=max_jobs, block_ms=max(0, int(block_s * 1000)))
+        # The queue derives the seed exactly as `JobSpec.effective_seed`, so `ClaimedJob.seed` agrees.
+        return [ClaimedJob(c.job_id, _with_batch(c.spec, c.batch_id), attempt=c.attempt, token=c) for c in claims]
+
+    def renew(self, job: ClaimedJob) -> None:
+        if not self.queue.renew(job.token):
+            raise LeaseLost(job.job_id, "renew")
+
+    def is_cancel_requested(self, job: ClaimedJob) -> bool:
+        return self.queue.is_cancel_requested(job.job_id)
+
+    def set_stage(self, job: ClaimedJob, stage: str, timings: dict) -> None:
+        """Show the job's current stage (and the stage timings so far) on its record."""
+        self.queue.set_stage(job.token, stage, timings=timings)
+
+    def ack_success(self, job: ClaimedJob, *, result_uri: str | None, timings: dict, extra: dict) -> None:
+        if not result_uri:
+            raise ValueError(f"job {job.job_id}: ack_success needs a result URI, got {result_uri!r}")
+        self.queue.ack_success(job.token, result_uri, extra, timings=timings)
+
+    def fail(self, job: ClaimedJob, error: BaseException, *, retry: bool, timings: dict) -> None:
+        # A retryable error may name its own delay (e.g. storage asked to back off).
+        delay_s = getattr(error, "retry_after_s", None) if retry else None
+        self.queue.fail(job.token, str(error), retryable=retry, delay_s=delay_s, timings=timings)
+
+    def cancel(self, job: ClaimedJob) -> None:
+        self.queue.ack_cancelled(job.token)
+
+    def pending(self) -> int:
+        """Jobs waiting in the queue (all priorities, delayed retries included)."""
+        return sum(self.queue.queue_depths().values())
+
+    def exhausted(self) -> bool:
+        """True when nothing waits and no consumer holds a job (the queue is drained)."""
+        return self.pending() == 0 and self.queue.running_count() == 0
+
+
+def _with_batch(spec: JobSpec, batch_id: str | None) -> JobSpec:
+    """The spec with the batch the queue filed the job under (a batch submit keeps it on the record),
+    so results land under the batch's folder."""
+    if batch_id is None or spec.batch_id == batch_id:
+        return spec
+    return spec.model_copy(update={"batch_id": batch_id})

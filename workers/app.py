@@ -71,6 +71,23 @@ def build_apps(settings: WorkerSettings) -> dict[str, Any]:
     return apps
 
 
+def app_builder(args: dict[str, Any]) -> Any:
+    """Serve application builder for a cluster's Serve config (`import_path: workers.app:app_builder`).
+
+    `args = {"pool": "encoder" | "sampler", "env": {"AUDIO_OMNI_...": ...}}`: the settings travel in
+    the config itself, so changing one (e.g. the weights path) changes the config and Serve rolls the
+    replicas.
+    """
+    pool = args.get("pool")
+    if pool not in (ENCODER, SAMPLER):
+        raise ValueError(f"app_builder: pool must be {ENCODER!r} or {SAMPLER!r}, got {pool!r}")
+    env = args.get("env") or {}
+    if not isinstance(env, dict):
+        raise ValueError(f"app_builder: env must be a mapping of AUDIO_OMNI_* variables, got {type(env).__name__}")
+    settings = WorkerSettings.from_env(env)
+    return build_apps(settings)[f"{settings.app_name}-{pool}"]
+
+
 def deploy(settings: WorkerSettings) -> ServePools:
     """Start (or update) both pools on the connected Ray cluster and return a client for them."""
     from ray import serve
@@ -114,8 +131,25 @@ class ServePools:
         return self._sampler.generate.remote(request).result(timeout_s=self.timeout_s)
 
     def sampler_stats(self) -> dict[int, int]:
-        """Sampling-loop batch sizes summed over replicas reachable now ({size: loops})."""
-        return self._sampler.stats.remote().result(timeout_s=60)["batch_sizes"]
+        """Sampling-loop batch sizes summed over the replicas reached now ({size: loops})."""
+        total: dict[int, int] = {}
+        for hist in self.sampler_replica_stats().values():
+            for size, loops in hist.items():
+                total[int(size)] = total.get(int(size), 0) + int(loops)
+        return total
+
+    def sampler_replica_stats(self, probes: int = 8) -> dict[Any, dict[int, int]]:
+        """Cumulative batch-size counters per sampler replica ({replica: {size: loops}}).
+
+        A handle call reaches one replica, so `probes` concurrent calls are spread over the replicas
+        by Serve's router; a replica is told apart by its `replica_id` (or its model load time).
+        """
+        responses = [self._sampler.stats.remote() for _ in range(probes)]
+        out: dict[Any, dict[int, int]] = {}
+        for response in responses:
+            stats = response.result(timeout_s=60)
+            out[stats.get("replica_id", stats["load_s"])] = {int(k): int(v) for k, v in stats["batch_sizes"].items()}
+        return out
 
 
 class InProcessPools:

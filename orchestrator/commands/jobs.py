@@ -1,0 +1,266 @@
+"""`audio-omni submit | status | cancel | results`: the client side of service mode.
+
+- `submit SPEC`: SPEC is a JSON object (inline, or a `.json` file) for one job, or a `.jsonl` file
+  (one spec per line) submitted as one batch. Prints `{"job_id": ...}` or `{"batch_id": ..., "jobs": n}`.
+- `status ID [--watch]`: a job's record, or a batch's counts by status and its failures; with
+  `--watch` a batch shows a live progress bar until every job has finished.
+- `cancel JOB_ID`: cancel a queued job now, or a running one at its next stage.
+- `results ID [--out DIR] [--urls]`: list a job's or batch's results; `--out` downloads each result
+  and its metadata JSON, `--urls` prints presigned links.
+
+Connections come from the environment (`REDIS_URL`, `S3_BUCKET`, ...) or the flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+WATCH_EVERY_S = 1.0
+MAX_BATCH_LIST = 100_000
+
+
+def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    conn = parser.add_argument_group("connections (default: environment)")
+    conn.add_argument("--redis-url", default=None, help="Redis URL (REDIS_URL / AUDIO_OMNI_REDIS_URL)")
+    conn.add_argument("--redis-prefix", default=None, help="key prefix of the deployment")
+    if name == "submit":
+        parser.add_argument("spec", help="a JSON object, a .json file, or a .jsonl file (one batch)")
+        parser.add_argument("--batch-id", default=None, help="batch id (default: random); re-submitting is idempotent")
+        parser.add_argument("--tenant", default=None, help="set this tenant on every spec that names none")
+    elif name == "status":
+        parser.add_argument("id", help="a job id or a batch id")
+        parser.add_argument("--watch", action="store_true", help="a batch: live progress until it is done")
+        parser.add_argument("--json", action="store_true", help="print the record as JSON")
+    elif name == "cancel":
+        parser.add_argument("job_id", help="the job to cancel")
+    elif name == "results":
+        parser.add_argument("id", help="a job id or a batch id")
+        parser.add_argument("--out", type=Path, default=None, help="download results and metadata into this folder")
+        parser.add_argument("--urls", action="store_true", help="print presigned download URLs")
+        conn.add_argument("--s3-bucket", default=None, help="result bucket (S3_BUCKET)")
+        conn.add_argument("--s3-endpoint-url", default=None, help="S3-compatible endpoint (S3_ENDPOINT_URL)")
+    else:  # pragma: no cover - the CLI registry names only the four above
+        raise ValueError(f"unknown jobs command {name!r}; known: submit, status, cancel, results")
+
+
+def run(args: argparse.Namespace) -> int:
+    from orchestrator.errors import InvalidJobSpec, JobNotFound
+    from orchestrator.queue import JobQueue
+    from orchestrator.settings import Settings
+
+    try:
+        settings = Settings.from_env(
+            redis_url=args.redis_url,
+            redis_prefix=args.redis_prefix,
+            s3_bucket=getattr(args, "s3_bucket", None),
+            s3_endpoint_url=getattr(args, "s3_endpoint_url", None),
+        )
+    except ValueError as exc:
+        print(f"audio-omni {args.command}: {exc}", file=sys.stderr)
+        return 2
+    commands = {"submit": _submit, "status": _status, "cancel": _cancel, "results": _results}
+    with JobQueue.from_settings(settings) as queue:
+        try:
+            return commands[args.command](args, queue, settings)
+        except (InvalidJobSpec, JobNotFound, ValueError, OSError) as exc:
+            print(f"audio-omni {args.command}: {exc}", file=sys.stderr)
+            return 1
+
+
+# --------------------------------------------------------------------------- submit
+
+
+def _read_specs(text_or_path: str) -> tuple[list[dict[str, Any]], bool]:
+    """(specs, is_batch): a .jsonl file is a batch; a .json file or inline JSON is one job."""
+    path = Path(text_or_path)
+    if not text_or_path.lstrip().startswith("{") and path.is_file():
+        raw = path.read_text(encoding="utf-8")
+        if path.suffix == ".jsonl":
+            specs = []
+            for line_no, line in enumerate(raw.splitlines(), start=1):
+                if line.strip() and not line.lstrip().startswith("#"):
+                    specs.append(_parse_object(line, f"{path}:{line_no}"))
+            if not specs:
+                raise ValueError(f"{path} holds no job specs")
+            return specs, True
+        return [_parse_object(raw, str(path))], False
+    if not text_or_path.lstrip().startswith("{"):
+        raise ValueError(f"{text_or_path!r} is neither a JSON object nor an existing .json/.jsonl file")
+    return [_parse_object(text_or_path, "the spec")], False
+
+
+def _parse_object(text: str, where: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{where} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{where} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _submit(args: argparse.Namespace, queue: Any, settings: Any) -> int:
+    specs, is_batch = _read_specs(args.spec)
+    if args.tenant:
+        for spec in specs:
+            spec.setdefault("tenant", args.tenant)
+    if is_batch:
+        batch_id, job_ids = queue.submit_batch(specs, batch_id=args.batch_id)
+        print(json.dumps({"batch_id": batch_id, "jobs": len(job_ids)}))
+    else:
+        if args.batch_id:
+            specs[0]["batch_id"] = args.batch_id
+        record = queue.submit(specs[0])
+        print(json.dumps({"job_id": record.job_id, "status": record.status.value}))
+    return 0
+
+
+# --------------------------------------------------------------------------- status
+
+
+def _job_view(record: Any) -> dict[str, Any]:
+    view = {
+        "job_id": record.job_id,
+        "status": record.status.value,
+        "stage": record.stage,
+        "attempts": record.attempts,
+        "task": record.spec.task.value if record.spec else None,
+        "tenant": record.tenant,
+        "batch_id": record.batch_id,
+        "error": record.error,
+        "result_uri": record.result_uri,
+        "timings_s": record.timings or None,
+        "text": record.extra.get("text"),
+    }
+    return {k: v for k, v in view.items() if v is not None}
+
+
+def _batch_view(batch: Any) -> dict[str, Any]:
+    return {
+        "batch_id": batch.batch_id,
+        "total": batch.total,
+        "finished": batch.finished,
+        "counts": {s.value: n for s, n in batch.counts.items() if n},
+        "failures": [f.model_dump(mode="json") for f in batch.failures],
+        "failures_total": batch.failures_total,
+    }
+
+
+def _status(args: argparse.Namespace, queue: Any, settings: Any) -> int:
+    from orchestrator.errors import JobNotFound
+
+    record = queue.get(args.id)
+    if record is not None:
+        view = _job_view(record)
+        if args.json:
+            print(json.dumps(view, indent=2))
+        else:
+            for key, value in view.items():
+                print(f"{key:>10}: {value}")
+        return 0
+    batch = queue.batch_status(args.id)
+    if batch is None:
+        raise JobNotFound(args.id)
+    if args.watch:
+        batch = _watch(queue, batch)
+    if args.json:
+        print(json.dumps(_batch_view(batch), indent=2))
+    else:
+        counts = ", ".join(f"{s.value} {n}" for s, n in batch.counts.items() if n)
+        print(f"batch {batch.batch_id}: {batch.finished}/{batch.total} finished ({counts})")
+        for failure in batch.failures:
+            print(f"  {failure.job_id}  {failure.status.value if failure.status else '?'}  {failure.error}")
+        if batch.next_offset is not None:
+            print(f"  ... {batch.failures_total - len(batch.failures)} more failures")
+    return 0
+
+
+def _watch(queue: Any, batch: Any) -> Any:
+    """A live progress bar over the batch until every job has finished; returns the last status."""
+    from tqdm import tqdm
+
+    with tqdm(total=batch.total, unit="job", file=sys.stderr, desc=batch.batch_id[:16]) as bar:
+        while True:
+            bar.update(batch.finished - bar.n)
+            bar.set_postfix({s.value: n for s, n in batch.counts.items() if n}, refresh=True)
+            if batch.done:
+                return batch
+            time.sleep(WATCH_EVERY_S)
+            batch = queue.batch_status(batch.batch_id) or batch
+
+
+# --------------------------------------------------------------------------- cancel
+
+
+def _cancel(args: argparse.Namespace, queue: Any, settings: Any) -> int:
+    status = queue.cancel(args.job_id)
+    note = " (cancel requested; it stops at its next stage)" if status.value == "running" else ""
+    print(f"{args.job_id}: {status.value}{note}")
+    return 0
+
+
+# --------------------------------------------------------------------------- results
+
+
+def _records(queue: Any, id_: str) -> list[Any]:
+    from orchestrator.errors import JobNotFound
+    from orchestrator.jobs import batch_job_id
+
+    record = queue.get(id_)
+    if record is not None:
+        return [record]
+    batch = queue.batch_status(id_)
+    if batch is None:
+        raise JobNotFound(id_)
+    if batch.total > MAX_BATCH_LIST:
+        raise ValueError(f"batch {id_} has {batch.total} jobs; listing is limited to {MAX_BATCH_LIST}")
+    ids = [batch_job_id(id_, i) for i in range(batch.total)]
+    out = []
+    for start in range(0, len(ids), 500):
+        out.extend(r for r in queue.get_many(ids[start : start + 500]) if r is not None)
+    return out
+
+
+def _key_of(uri: str, storage: Any) -> str:
+    prefix = f"s3://{storage.bucket}/"
+    if not uri.startswith(prefix):
+        raise ValueError(f"result {uri} is not in the configured bucket {storage.bucket!r}")
+    return uri[len(prefix) :]
+
+
+def _results(args: argparse.Namespace, queue: Any, settings: Any) -> int:
+    records = _records(queue, args.id)
+    storage = None
+    if args.out is not None or args.urls:
+        from orchestrator.storage import storage_from_settings
+
+        storage = storage_from_settings(**settings.storage_kwargs(embedded=False))
+        if args.out is not None:
+            args.out.mkdir(parents=True, exist_ok=True)
+    missing = 0
+    for record in records:
+        if record.status.value != "succeeded" or not record.result_uri:
+            missing += 1
+            print(f"{record.job_id}  {record.status.value}  {record.error or ''}".rstrip())
+            continue
+        uris = [record.result_uri]
+        meta_uri = record.extra.get("metadata_uri")
+        if meta_uri and meta_uri != record.result_uri:
+            uris.append(meta_uri)
+        line = f"{record.job_id}  succeeded  {'  '.join(uris)}"
+        if storage is not None:
+            keys = [_key_of(u, storage) for u in uris]
+            if args.urls:
+                line += "  " + "  ".join(storage.url(k) for k in keys)
+            if args.out is not None:
+                for key in keys:
+                    (args.out / key.rsplit("/", 1)[-1]).write_bytes(storage.get(key))
+        print(line)
+    if args.out is not None:
+        print(f"downloaded {len(records) - missing} result(s) into {args.out}", file=sys.stderr)
+    return 0 if missing == 0 else 1

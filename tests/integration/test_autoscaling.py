@@ -1,0 +1,96 @@
+"""Backlog-driven autoscaling on the local Ray: with a Redis backlog the sampler pool grows from its
+minimum (1) to its maximum (2), and shrinks back once the queue is empty; no job fails or runs twice."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+N_JOBS = 32
+
+
+def test_waiting_work_sums_live_reports_and_skips_stale_ones():
+    from workers.autoscaling import backlog_report, waiting_work
+
+    now = 1000.0
+    raw = {
+        b"a": backlog_report(10, 3, 2, now_s=now - 1),
+        b"b": backlog_report(7, 1, 4, now_s=now - 0.5),  # the freshest queue depth wins
+        b"dead": backlog_report(500, 50, 50, now_s=now - 60),
+        b"junk": b"not json",
+    }
+    assert waiting_work(raw, "sampler", now_s=now) == 7 + 2 + 4
+    assert waiting_work(raw, "encoder", now_s=now) == 7 + 3 + 1
+    assert waiting_work({}, "sampler", now_s=now) == 0
+    with pytest.raises(ValueError, match="pool must be one of"):
+        waiting_work(raw, "vae", now_s=now)
+    with pytest.raises(ValueError, match="queued must be >= 0"):
+        backlog_report(-1, 0, 0)
+
+
+def _running_replicas(app: str, deployment: str) -> int:
+    from ray import serve
+
+    status = serve.status().applications.get(app)
+    if status is None or deployment not in status.deployments:
+        return 0
+    return int(status.deployments[deployment].replica_states.get("RUNNING", 0))
+
+
+def test_sampler_scales_with_the_backlog(ray_cluster, redis_url, redis_prefix, s3_endpoint, s3_bucket):
+    from orchestrator.commands.serve import Service, ServiceOptions
+    from orchestrator.queue import JobQueue
+    from orchestrator.settings import Settings
+    from workers.settings import PoolSettings, WorkerSettings
+
+    settings = Settings(
+        redis_url=redis_url,
+        redis_prefix=redis_prefix,
+        s3_bucket=s3_bucket,
+        s3_endpoint_url=s3_endpoint,
+        s3_addressing_style="path",
+        lease_s=60.0,
+    )
+    pool = {"num_cpus": 0.5, "max_batch_size": 4, "batch_wait_timeout_s": 0.2}
+    workers = WorkerSettings(
+        app_name=f"t-scale-{uuid.uuid4().hex[:6]}",
+        understand_max_new_tokens=4,
+        encoder=PoolSettings(**pool),
+        sampler=PoolSettings(**pool, min_replicas=1, max_replicas=2, upscale_delay_s=1.0, downscale_delay_s=3.0),
+        backlog_jobs_per_replica=4.0,
+    )
+    queue = JobQueue(redis_url, prefix=redis_prefix)
+    specs = [{"task": "text_to_audio", "prompt": f"s{i}", "duration_s": 1.0, "steps": 2} for i in range(N_JOBS)]
+    batch_id, job_ids = queue.submit_batch(specs)
+
+    service = Service(settings, workers, ServiceOptions(max_in_flight=8))
+    app, deployment = f"{workers.app_name}-sampler", "SamplerDeployment"
+    seen: list[int] = []
+    try:
+        service.start()
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not queue.batch_status(batch_id).done:
+            seen.append(_running_replicas(app, deployment))
+            time.sleep(0.5)
+        assert queue.batch_status(batch_id).done, queue.batch_status(batch_id).counts
+        # The queue is empty now: the pool shrinks back to its minimum after the downscale delay.
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and _running_replicas(app, deployment) != 1:
+            time.sleep(0.5)
+        final = _running_replicas(app, deployment)
+    finally:
+        service.stop()
+        service.wait(timeout_s=120)
+        service.close()
+
+    assert max(seen) == 2, f"the sampler never grew to 2 replicas: {seen}"
+    assert 1 in seen[: seen.index(2)], f"the pool did not start at its minimum: {seen}"
+    assert final == 1
+    records = queue.get_many(job_ids)
+    assert [r.status.value for r in records] == ["succeeded"] * N_JOBS
+    assert all(r.attempts == 1 for r in records), [r.attempts for r in records]  # nothing ran twice
+    queue.close()
