@@ -27,12 +27,13 @@ def main() -> None:
     import ray
 
     from orchestrator.dataset.synth import SynthSettings, run_synth
+    from workers.local_ray import init_ray
 
     spec = importlib.util.spec_from_file_location("make_sounds", REPO / "examples" / "sounds" / "make_sounds.py")
     make_sounds = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(make_sounds)
     workers = [int(w) for w in args.workers.split(",")]
-    ray.init(num_cpus=max(workers), include_dashboard=False, log_to_driver=False)
+    init_ray(num_cpus=max(workers))
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         make_sounds.generate(Path(tmp) / "src", per_class=4, backgrounds_per_kind=2, seed=0)

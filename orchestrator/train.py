@@ -306,12 +306,12 @@ def run_training(settings: TrainSettings, *, in_process: bool = False) -> dict[s
             raise ValueError(f"in-process training runs one worker, got num_workers={settings.num_workers}")
         train_loop(config)
         return {"history": config["history"], "out": settings.out}
-    import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False)
+    from workers.local_ray import init_ray
+
+    init_ray()
     storage_path = os.environ.get("AUDIO_OMNI_RAY_TRAIN_DIR", os.path.join(os.path.expanduser("~"), "ray_results"))
     trainer = TorchTrainer(
         train_loop,

@@ -145,7 +145,14 @@ def ray_cluster():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+        # Loopback only: a local test cluster never needs the machine's external address.
+        ray.init(
+            num_cpus=4,
+            include_dashboard=False,
+            log_to_driver=False,
+            ignore_reinit_error=True,
+            _node_ip_address="127.0.0.1",
+        )
     yield ray
     try:
         from ray import serve

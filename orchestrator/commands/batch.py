@@ -30,9 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     model = parser.add_argument_group("model")
     model.add_argument("--preset", default="tiny", help="model preset (tiny, full); default tiny")
     model.add_argument("--config", default=None, help="a model_config.json (overrides --preset)")
-    model.add_argument(
-        "--weights", default=None, help="checkpoint (model.ckpt, safetensors or converted folder)"
-    )
+    model.add_argument("--weights", default=None, help="checkpoint (model.ckpt, safetensors or converted folder)")
     model.add_argument("--device", default="cpu", help="cpu or cuda")
     run = parser.add_argument_group("run")
     run.add_argument("--max-in-flight", type=int, default=8, help="jobs running at once (default 8)")
@@ -81,9 +79,7 @@ def _prepare_demo_inputs(source) -> None:
     script = source.path.parent / "make_inputs.py"
     if missing and script.exists():
         print(f"generating demo inputs with {script}", file=sys.stderr)
-        subprocess.run(
-            [sys.executable, str(script), str(source.path.parent)], check=True, stdout=subprocess.DEVNULL
-        )
+        subprocess.run([sys.executable, str(script), str(source.path.parent)], check=True, stdout=subprocess.DEVNULL)
 
 
 def _summary(source, results: dict, out: Path) -> str:
@@ -104,9 +100,7 @@ def _summary(source, results: dict, out: Path) -> str:
             detail = (o.error or "")[:100]
         rows.append((job_id.rsplit("-", 1)[-1], task, o.status.value, seconds, detail))
     widths = [max(len(str(r[i])) for r in rows) for i in range(4)]
-    lines = [
-        "  ".join(str(c).ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4] for r in rows
-    ]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4] for r in rows]
     lines.insert(1, "-" * min(120, len(lines[0]) + 20))
     return "\n".join(lines)
 
@@ -138,15 +132,10 @@ def run(args: argparse.Namespace) -> int:
     import ray
 
     from workers.app import deploy, shutdown
+    from workers.local_ray import init_ray
 
     started = time.monotonic()
-    ray.init(
-        num_cpus=args.num_cpus,
-        include_dashboard=False,
-        log_to_driver=False,
-        ignore_reinit_error=True,
-        configure_logging=False,
-    )
+    init_ray(num_cpus=args.num_cpus)
     try:
         pools = deploy(settings)
         from tqdm import tqdm

@@ -130,6 +130,7 @@ def run_precompute(
     from tqdm import tqdm
 
     from orchestrator.dataset.synth import SynthSettings
+    from workers.local_ray import init_ray
 
     storage = open_storage(data, endpoint_url=endpoint_url)
     if not storage.exists(SETTINGS_KEY):
@@ -140,8 +141,7 @@ def run_precompute(
     if missing_shards:
         raise ValueError(f"{data} lacks shards {missing_shards[:10]}; finish `dataset synth` first")
     todo = [k for k in range(settings.num_shards) if not storage.exists(features_key(tag, k))]
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False)
+    init_ray()
     start = time.perf_counter()
     if todo:
         ds = ray.data.from_items([{"shard": k} for k in todo], override_num_blocks=len(todo))

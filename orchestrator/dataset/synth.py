@@ -324,6 +324,8 @@ def run_synth(
     import ray
     from tqdm import tqdm
 
+    from workers.local_ray import init_ray
+
     if not 1 <= num_workers <= 1024:
         raise ValueError(f"num_workers must be in [1, 1024], got {num_workers}")
     storage = open_storage(out, endpoint_url=endpoint_url)
@@ -344,8 +346,7 @@ def run_synth(
     done_before = settings.num_shards - len(todo)
     if done_before:
         log.info("resuming: %d of %d shards already stored", done_before, settings.num_shards)
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False)
+    init_ray()
     start = time.perf_counter()
     made = 0
     if todo:
