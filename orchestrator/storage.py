@@ -36,6 +36,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
 
+from orchestrator.errors import PermanentError, RetryableError
+
 __all__ = [
     "CONTENT_TYPES",
     "MIN_PART_BYTES",
@@ -113,16 +115,6 @@ _METADATA_HOSTS = frozenset(
 
 
 # --------------------------------------------------------------------------- errors
-
-
-# Stand-ins for the shared outcome classes of `orchestrator/errors.py`; once that module exists these
-# two should be imported from it instead, so the engine maps storage failures like any other.
-class PermanentError(ValueError):
-    """Retrying will not help: fail the job with this reason."""
-
-
-class RetryableError(RuntimeError):
-    """A transient fault: retry the job with backoff."""
 
 
 class StorageError(PermanentError):
