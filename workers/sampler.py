@@ -25,12 +25,14 @@ class SamplerDeployment:
         import torch
 
         from model.build import build_sampler
+        from model.precision import apply_precision
 
         self.settings = settings
         self.config = settings.load_config()
         torch.set_num_threads(max(1, int(settings.sampler.num_cpus) or 1))
         started = time.monotonic()
         self.sampler = build_sampler(self.config, weights=settings.weights, device=settings.device)
+        self.precision = apply_precision(self.sampler, settings.resolved_precision)
         self.load_s = time.monotonic() - started
         self.batch_sizes: Counter[int] = Counter()
         self.generate.set_max_batch_size(settings.sampler.max_batch_size)
@@ -46,20 +48,19 @@ class SamplerDeployment:
         for idx in groups.values():
             self.batch_sizes[len(idx)] += 1
             group = [requests[i] for i in idx]
-            if self.settings.batch_invariant:
-                # CPU/GPU kernels round differently for different batch sizes (~1e-7, enough to flip a
-                # PCM LSB); padding every loop to one fixed size makes an item's bytes independent of
-                # how many jobs it was batched with. The padding rows repeat the first request.
-                group = group + [group[0]] * (self.settings.sampler.max_batch_size - len(group))
+            # Kernels round differently for different batch sizes (~1e-7, enough to flip a PCM LSB);
+            # padding every loop to one fixed size makes an item's bytes independent of how many jobs
+            # it was batched with (`SamplerPart.generate(pad_to=...)`: padding rows are not decoded).
+            pad_to = self.settings.sampler.max_batch_size if self.settings.batch_invariant else None
             # In a thread, so the replica keeps gathering the next batch meanwhile.
-            audio = await asyncio.to_thread(self.sampler.generate, group)  # (max_batch, C, N)
+            audio = await asyncio.to_thread(self.sampler.generate, group, pad_to=pad_to)  # (len(idx), C, N)
             for i, clip in zip(idx, audio[: len(idx)], strict=True):
                 out[i] = clip.cpu()
         return out
 
     def stats(self) -> dict:
         """Batch-size histogram (sampling loops by size) of this replica and its load time."""
-        return {"batch_sizes": dict(self.batch_sizes), "load_s": self.load_s}
+        return {"batch_sizes": dict(self.batch_sizes), "load_s": self.load_s, "precision": str(self.precision)}
 
     def check_health(self) -> None:
         if self.sampler is None:

@@ -60,8 +60,13 @@ class WorkerSettings:
     config_path: str | None = None  # a model_config.json; overrides `preset`
     weights: str | None = None  # released model.ckpt / safetensors / converted folder; None = random
     device: str = "cpu"  # "cuda" on GPU replicas
+    # DiT precision: fp32 | bf16 | fp16 (autocast, the reference's style) | auto (bf16 on CUDA, else fp32).
+    # The VAE decode and the mel front end always run in float32.
+    precision: str = "auto"
     app_name: str = "audio-omni"
     understand_max_new_tokens: int = 512
+    # The longest a job may run end to end; replicas drain longer than this before they stop.
+    max_job_s: float = 600.0
     encoder: PoolSettings = PoolSettings()
     sampler: PoolSettings = PoolSettings(max_batch_size=8)
     # Pad every sampling loop to sampler.max_batch_size so a seed gives the same bytes alone or batched.
@@ -78,6 +83,22 @@ class WorkerSettings:
             )
         if self.backlog_jobs_per_replica <= 0:
             raise ValueError(f"backlog_jobs_per_replica must be > 0, got {self.backlog_jobs_per_replica}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be one of auto, fp32, bf16, fp16, got {self.precision!r}")
+        if self.max_job_s <= 0:
+            raise ValueError(f"max_job_s must be > 0, got {self.max_job_s}")
+        for name, pool in (("encoder", self.encoder), ("sampler", self.sampler)):
+            if pool.graceful_shutdown_timeout_s <= self.max_job_s:
+                raise ValueError(
+                    f"{name}.graceful_shutdown_timeout_s ({pool.graceful_shutdown_timeout_s}) must exceed "
+                    f"max_job_s ({self.max_job_s}) so scale-down drains replicas instead of killing jobs"
+                )
+
+    @property
+    def resolved_precision(self) -> str:
+        if self.precision == "auto":
+            return "bf16" if self.device.startswith("cuda") else "fp32"
+        return self.precision
 
     @property
     def uses_random_weights(self) -> bool:
