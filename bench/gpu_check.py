@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import gc
 import json
 import platform
@@ -172,17 +173,9 @@ def free_memory(device: torch.device) -> None:
 
 def build_dit(config: AudioOmniConfig, device: torch.device, seed: int) -> DiffusionTransformer:
     """Random DiT of ``config`` built directly on ``device`` (PyTorch default init: non-zero outputs)."""
-    d = config.dit
     torch.manual_seed(seed)
     with torch.device(device):
-        dit = DiffusionTransformer(
-            io_channels=d.io_channels,
-            embed_dim=d.embed_dim,
-            depth=d.depth,
-            num_heads=d.num_heads,
-            cond_token_dim=d.cond_token_dim,
-            global_cond_dim=d.global_cond_dim,
-        )
+        dit = DiffusionTransformer(**dataclasses.asdict(config.dit))
     return dit.eval().requires_grad_(False)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -41,15 +41,7 @@ class SamplerPart(nn.Module):
     def __init__(self, config: AudioOmniConfig) -> None:
         super().__init__()
         self.config = config
-        d = config.dit
-        self.dit = DiffusionTransformer(
-            io_channels=d.io_channels,
-            embed_dim=d.embed_dim,
-            depth=d.depth,
-            num_heads=d.num_heads,
-            cond_token_dim=d.cond_token_dim,
-            global_cond_dim=d.global_cond_dim,
-        )
+        self.dit = DiffusionTransformer(**asdict(config.dit))  # DiTConfig fields are its arguments
         self.omni_proj = OmniProjection(
             in_features=config.mllm.hidden_size, out_dim=config.cond_dim, pad_length=config.mllm.pad_length
         )
