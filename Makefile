@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export RAY_AUTH_MODE ?= disabled
+# the loopback S3 endpoint (moto) that `make services` starts
+S3_PORT ?= 9000
 
 .PHONY: demo test lint services services-stop install clean
 
@@ -17,8 +19,8 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
-services: ## start Redis and the S3 endpoint on loopback (no-op when already up)
-	bash infra/local/services.sh start
+services: $(STAMP) ## start Redis and the S3 endpoint on loopback (no-op when already up)
+	S3_PORT=$(S3_PORT) bash infra/local/services.sh start
 
 services-stop:
 	bash infra/local/services.sh stop
@@ -27,7 +29,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 test: $(STAMP) services lint
-	$(BIN)/python -m pytest -q
+	TEST_S3_ENDPOINT=http://127.0.0.1:$(S3_PORT) $(BIN)/python -m pytest -q
 
 demo: $(STAMP)
 	$(BIN)/python examples/make_inputs.py
