@@ -34,7 +34,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"audio-omni verify: {vectors_path} has no `case` metadata", file=sys.stderr)
         return 2
     case = json.loads(meta["case"])
-    torch.set_grad_enabled(False)
     config = load_config(args.config)
     sampler = build_sampler(config, weights=args.weights, device=args.device)
     try:
@@ -44,9 +43,10 @@ def run(args: argparse.Namespace) -> int:
         encoder = None
     failed = 0
     total = 0
-    for check in Verifier(config, sampler, encoder, vectors, case).run():
-        total += 1
-        failed += not check.ok
-        print(json.dumps(check.as_dict()), flush=True)
+    with torch.no_grad():  # scoped: this command also runs in-process (tests), never flip it globally
+        for check in Verifier(config, sampler, encoder, vectors, case).run():
+            total += 1
+            failed += not check.ok
+            print(json.dumps(check.as_dict()), flush=True)
     print(json.dumps({"checked": total, "failed": failed}))
     return 1 if failed or total == 0 else 0
