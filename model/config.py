@@ -916,7 +916,37 @@ def _tiny() -> AudioOmniConfig:
     )
 
 
-PRESETS: dict[str, Callable[[], AudioOmniConfig]] = {"full": _full, "tiny": _tiny}
+def _small() -> AudioOmniConfig:
+    """A small model meant to be trained here on generated sounds (`bench/train_small.py`).
+
+    Same clip length and hard-coded widths as `tiny`; a VAE with 16 latent channels at x2048, a
+    3-block DiT of width 128, and 64 mel prefix tokens so edits see where things happen in the
+    source. Sized so an fp16 checkpoint (with the float32 tiny thinker) stays under 20 MB: the speech
+    conditioner alone, fixed by the released layout, is 5.9 M parameters. Without weights it is
+    random, like `tiny`.
+    """
+    from dataclasses import replace  # local: this factory is its only user
+
+    tiny = _tiny()
+    vae = VAEConfig(
+        encoder_channels=32,  # tied by diffusers to 2 * latent_dim
+        decoder_channels=32,
+        c_mults=(1, 2, 2, 4),
+        strides=(4, 8, 8, 8),
+        encoder_latent_dim=32,
+        latent_dim=16,
+        downsampling_ratio=2048,
+        io_channels=2,
+    )
+    return replace(
+        tiny,
+        vae=vae,
+        mel=replace(tiny.mel, seq_len=64),
+        dit=DiTConfig(io_channels=vae.latent_dim, embed_dim=128, depth=3, num_heads=2),
+    )
+
+
+PRESETS: dict[str, Callable[[], AudioOmniConfig]] = {"full": _full, "tiny": _tiny, "small": _small}
 
 
 def get_preset(name: str) -> AudioOmniConfig:
