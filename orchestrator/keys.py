@@ -117,6 +117,23 @@ class RedisKeys:
     def api_key(self, key_sha256_hex: str) -> str:
         return f"{self.prefix}apikey:{key_sha256_hex}"
 
+    @property
+    def tenants(self) -> str:
+        """Set of every tenant id."""
+        return f"{self.prefix}tenants"
+
+    def tenant_api_keys(self, tenant_id: str) -> str:
+        """Set of the key digests of one tenant (to list and revoke them)."""
+        return f"{self.prefix}tenant-keys:{tenant_id}"
+
+    def tenant_rate(self, tenant_id: str) -> str:
+        """GCRA state of one tenant's submissions-per-minute limit."""
+        return f"{self.prefix}tenant-rate:{tenant_id}"
+
+    def tenant_in_flight(self, tenant_id: str) -> str:
+        """Sorted set of one tenant's unfinished job ids (in-flight quota)."""
+        return f"{self.prefix}tenant-inflight:{tenant_id}"
+
     # ----------------------------------------------------------------------- ops
 
     @property

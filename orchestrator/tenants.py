@@ -1,7 +1,6 @@
 """Tenants of the HTTP API: API keys, per-tenant limits, rate limiting and the in-flight quota.
 
-State in Redis (under the deployment prefix `P`; the first two keys come from `RedisKeys`, the
-others are built in `TenantKeys` below and belong in `orchestrator/keys.py`)::
+State in Redis (under the deployment prefix `P`; every key is built by `orchestrator.keys.RedisKeys`)::
 
     P tenant:{tenant_id}          hash: the tenant record (limits, allowed input locations)
     P apikey:{sha256 hex}         hash: tenant id, key id, creation time of one API key
@@ -53,7 +52,6 @@ __all__ = [
     "RateLimited",
     "Tenant",
     "TenantExists",
-    "TenantKeys",
     "TenantLimits",
     "TenantNotFound",
     "TenantStore",
@@ -127,44 +125,6 @@ class QuotaExceeded(OrchestratorError):
 
 
 # --------------------------------------------------------------------------- keys
-
-
-@dataclass(frozen=True)
-class TenantKeys:
-    """Redis keys of tenant state. Built from the same prefix as `RedisKeys`; to be merged into
-    `orchestrator/keys.py`, which already defines `tenant` and `api_key`."""
-
-    prefix: str = DEFAULT_PREFIX
-
-    def __post_init__(self) -> None:
-        RedisKeys(self.prefix)  # validates the prefix
-
-    @property
-    def base(self) -> RedisKeys:
-        return RedisKeys(self.prefix)
-
-    def tenant(self, tenant_id: str) -> str:
-        return self.base.tenant(tenant_id)
-
-    def api_key(self, key_sha256_hex: str) -> str:
-        return self.base.api_key(key_sha256_hex)
-
-    @property
-    def tenants(self) -> str:
-        return f"{self.prefix}tenants"
-
-    def tenant_api_keys(self, tenant_id: str) -> str:
-        return f"{self.prefix}tenant-keys:{tenant_id}"
-
-    def rate(self, tenant_id: str) -> str:
-        return f"{self.prefix}tenant-rate:{tenant_id}"
-
-    def in_flight(self, tenant_id: str) -> str:
-        return f"{self.prefix}tenant-inflight:{tenant_id}"
-
-    @property
-    def job_base(self) -> str:
-        return self.base.job_base
 
 
 # --------------------------------------------------------------------------- records
@@ -299,7 +259,7 @@ class TenantStore:
     """
 
     def __init__(self, redis_client_or_url: redis.Redis | str, *, prefix: str = DEFAULT_PREFIX) -> None:
-        self.keys = TenantKeys(prefix)
+        self.keys = RedisKeys(prefix)
         if isinstance(redis_client_or_url, str):
             self._r = redis.Redis.from_url(redis_client_or_url)
             self._owns_client = True
@@ -447,7 +407,7 @@ class TenantStore:
             raise ValueError("admit needs at least one job id")
         limits = tenant.limits
         reply = self._admit(
-            keys=[self.keys.rate(tenant.tenant_id), self.keys.in_flight(tenant.tenant_id)],
+            keys=[self.keys.tenant_rate(tenant.tenant_id), self.keys.tenant_in_flight(tenant.tenant_id)],
             args=[
                 self.keys.job_base,
                 str(limits.submissions_per_minute),
@@ -469,11 +429,11 @@ class TenantStore:
         re-submit returned an existing job instead)."""
         ids = list(job_ids)
         for start in range(0, len(ids), 1000):
-            self._r.zrem(self.keys.in_flight(tenant_id), *ids[start : start + 1000])
+            self._r.zrem(self.keys.tenant_in_flight(tenant_id), *ids[start : start + 1000])
 
     def in_flight(self, tenant_id: str) -> int:
         """Reserved (not yet pruned) jobs of the tenant: an upper bound of its unfinished jobs."""
-        return int(self._r.zcard(self.keys.in_flight(tenant_id)))
+        return int(self._r.zcard(self.keys.tenant_in_flight(tenant_id)))
 
 
 def retry_after_header(seconds: float) -> str:
