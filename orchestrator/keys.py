@@ -16,6 +16,10 @@ Layout under prefix `P` (default `aomni:`)::
     P idem:{tenant}:{key}     idempotency key -> job id
     P tenant:{tenant_id}      hash: tenant record (quotas, allowed inputs)
     P apikey:{sha256 hex}     API key hash -> tenant id
+    P tenants                 set of tenant ids
+    P tenant-keys:{tenant}    set of the key digests of a tenant
+    P tenant-rate:{tenant}    GCRA state of the tenant's submissions-per-minute limit
+    P tenant-inflight:{tenant} sorted set: unfinished job ids of the tenant (in-flight quota)
 
 For Redis Cluster, give a prefix with a hash tag (e.g. `{aomni}:`): the queue's scripts touch
 keys they discover at run time, which must all live in one slot.

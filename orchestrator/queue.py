@@ -80,6 +80,7 @@ from orchestrator.jobs import (
 )
 from orchestrator.keys import DEFAULT_PREFIX, RedisKeys
 from orchestrator.lua import scripts
+from orchestrator.redis_conn import redis_client
 
 if TYPE_CHECKING:
     from orchestrator.settings import Settings
@@ -196,12 +197,7 @@ class JobQueue:
             raise ValueError(f"dead_letter_maxlen {dead_letter_maxlen!r} is invalid: expected an integer >= 1")
 
         self.keys = RedisKeys(prefix)
-        if isinstance(redis_client_or_url, str):
-            self._r = redis.Redis.from_url(redis_client_or_url)
-            self._owns_client = True
-        else:
-            self._r = redis_client_or_url
-            self._owns_client = False
+        self._r, self._owns_client = redis_client(redis_client_or_url)
 
         self._lease_ms = max(1, round(self.lease_s * 1000))
         # Lapsed leases are looked for at least four times per lease (bounded to [50 ms, 5 s]).

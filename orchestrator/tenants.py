@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from orchestrator.errors import OrchestratorError
 from orchestrator.jobs import FINAL_STATUSES, MAX_DURATION_S, MAX_STEPS, validate_id
 from orchestrator.keys import DEFAULT_PREFIX, RedisKeys
+from orchestrator.redis_conn import redis_client
 from orchestrator.storage import InputPolicy
 
 if TYPE_CHECKING:
@@ -260,12 +261,7 @@ class TenantStore:
 
     def __init__(self, redis_client_or_url: redis.Redis | str, *, prefix: str = DEFAULT_PREFIX) -> None:
         self.keys = RedisKeys(prefix)
-        if isinstance(redis_client_or_url, str):
-            self._r = redis.Redis.from_url(redis_client_or_url)
-            self._owns_client = True
-        else:
-            self._r = redis_client_or_url
-            self._owns_client = False
+        self._r, self._owns_client = redis_client(redis_client_or_url)
         self._admit = self._r.register_script(_admit_script())
 
     @classmethod
