@@ -25,7 +25,7 @@ def _autoscaling_config(pool: PoolSettings, settings: WorkerSettings, which: str
         "target_ongoing_requests": pool.target_ongoing_requests,
         "upscale_delay_s": pool.upscale_delay_s,
         "downscale_delay_s": pool.downscale_delay_s,
-        "look_back_period_s": 5.0,
+        "look_back_period_s": pool.look_back_period_s,
     }
     if pool.initial_replicas is not None:
         config["initial_replicas"] = pool.initial_replicas

@@ -28,6 +28,8 @@ class PoolSettings:
     max_ongoing_requests: int = 32
     upscale_delay_s: float = 2.0
     downscale_delay_s: float = 10.0
+    # Window Serve averages ongoing requests over; must exceed Serve's 10 s metrics interval.
+    look_back_period_s: float = 15.0
     # Scale-down waits this long for a replica's requests to finish: longer than the longest job.
     graceful_shutdown_timeout_s: float = 900.0
     health_check_period_s: float = 10.0
