@@ -315,13 +315,13 @@ class AudioOmniPipeline:
         gen = [i for i, p in enumerate(plans) if p.generation is not None]
         if not gen:
             return outputs
-        features = self.encoder.encode([plans[i].encode for i in gen])
+        features = dict(zip(gen, self.encoder.encode([plans[i].encode for i in gen]), strict=True))
         # 4. sample segment by segment; items at the same segment index share one batch
         segs: dict[int, list[torch.Tensor]] = {i: [] for i in gen}
         for k in range(max(plans[i].generation.num_segments for i in gen)):
             live = [i for i in gen if k < plans[i].generation.num_segments]
             reqs = [
-                plans[i].generation.request(k, features[gen.index(i)], segs[i][-1] if segs[i] else None) for i in live
+                plans[i].generation.request(k, features[i], segs[i][-1] if segs[i] else None) for i in live
             ]
             for key in sorted({r.batch_key for r in reqs}):
                 idx = [j for j, r in enumerate(reqs) if r.batch_key == key]

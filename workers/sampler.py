@@ -54,7 +54,7 @@ class SamplerDeployment:
             pad_to = self.settings.sampler.max_batch_size if self.settings.batch_invariant else None
             # In a thread, so the replica keeps gathering the next batch meanwhile.
             audio = await asyncio.to_thread(self.sampler.generate, group, pad_to=pad_to)  # (len(idx), C, N)
-            for i, clip in zip(idx, audio[: len(idx)], strict=True):
+            for i, clip in zip(idx, audio, strict=True):
                 out[i] = clip.cpu()
         return out
 
