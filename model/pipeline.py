@@ -20,7 +20,7 @@ from model.config import AudioOmniConfig
 from model.longform import continuation_window, crossfade_join, plan_segments
 from model.mllm import MLLMEncoder, MLLMPrompt, UnderstandRequest
 from model.parts import SamplerPart
-from model.postprocess import peak_normalize, trim_silence
+from model.postprocess import peak_normalize, source_mask, trim_silence
 from model.prompts import ASR_INSTRUCTION, SYS_ASR, generation_prompt
 from model.requests import GenerationRequest
 from model.sampler import MAX_SEED
@@ -30,6 +30,7 @@ MAX_TEXT_CHARS = 4000
 MAX_DURATION_S = 300.0
 VOICE_PROMPT_MAX_S = 6.0  # the released model was trained with <= 6 s voice prompts
 OVERLAP_S = 1.0
+KEEP_SOURCE_TASKS = frozenset({Task.EDIT_REMOVE, Task.EDIT_EXTRACT})  # the result is a part of the source
 LONG_FORM_TASKS = frozenset({Task.TEXT_TO_AUDIO, Task.TEXT_TO_MUSIC, Task.VIDEO_TO_MUSIC, *EDIT_TASKS})
 
 
@@ -52,6 +53,7 @@ class TaskInputs:
     steps: int = 100
     cfg_scale: float = 7.0
     seed: int = 0
+    keep_source: bool = False  # remove / extract: mask the source with the output (postprocess.source_mask)
 
 
 @dataclass
@@ -69,6 +71,7 @@ class GenerationPlan:
     trim: bool = False  # TTS: trim leading/trailing silence
     window_samples: int = 0
     output_samples: int = 0
+    keep_source: bool = False  # mask `source` with the output instead of returning the output itself
 
     def request(self, k: int, features: torch.Tensor, previous: torch.Tensor | None) -> GenerationRequest:
         """Request for segment k (0-based). `previous` is segment k-1's (C, N) audio for continuation."""
@@ -93,6 +96,9 @@ class GenerationPlan:
             audio = audio[..., self.drop_head_samples :]
         if self.trim:
             audio = trim_silence(audio)
+        if self.keep_source and self.source is not None:
+            # At the source's own level: a part of the source is not peak-normalised.
+            return source_mask(audio, self.source[: audio.shape[-1]]).clamp(-1.0, 1.0)
         return peak_normalize(audio) if normalize else audio
 
 
@@ -160,6 +166,8 @@ def check_inputs(config: AudioOmniConfig, x: TaskInputs) -> Task:
         limit = MAX_DURATION_S if task in LONG_FORM_TASKS else config.window_s
         if not (math.isfinite(x.duration_s) and 0 < x.duration_s <= limit):
             raise ValueError(f"duration_s for {task.value} must be in (0, {limit:g}] seconds, got {x.duration_s!r}")
+    if x.keep_source and task not in KEEP_SOURCE_TASKS:
+        raise ValueError(f"keep_source applies to {' and '.join(sorted(KEEP_SOURCE_TASKS))} only, not {task.value}")
     if task is Task.UNDERSTAND:
         _check_text("prompt (the question)", x.prompt, required=True)
         _check_audio("audio_16k", x.audio_16k, required=False, sample_rate=16000)
@@ -270,6 +278,7 @@ def plan_task(config: AudioOmniConfig, x: TaskInputs) -> TaskPlan:
         trim=trim,
         window_samples=window,
         output_samples=out_n,
+        keep_source=x.keep_source,
     )
     return plan
 

@@ -43,3 +43,52 @@ def trim_silence(
         start = max(0, min(centre - min_samples // 2, n - min_samples))
         end = min(n, start + min_samples)
     return audio[..., start:end]
+
+
+def source_mask(
+    generated: torch.Tensor,
+    source: torch.Tensor,
+    *,
+    n_fft: int = 2048,
+    hop: int = 512,
+    smooth_bins: int = 5,
+    smooth_frames: int = 9,
+    eps: float = 1e-10,
+) -> torch.Tensor:
+    """Remove / extract output that keeps the source's phase: the model's output as a soft mask.
+
+    `generated` (C, N) is the model's edit of `source` ((N,) mono or (C, N)). Both are taken to the
+    STFT; their power spectra are smoothed over `smooth_bins` x `smooth_frames` (so the random
+    fine structure of generated noise does not become a random mask); the gain
+    `min(1, sqrt(P_generated / P_source))` is applied to the source's STFT, and the result is
+    inverted. Where the model kept the source, the source passes unchanged; where it took something
+    away, that part is attenuated. It can only take away from the source, so it suits edits whose
+    target is a part of the source (remove, extract), not add or style transfer. Returns (C, N)
+    float32 at the source's level (not peak-normalised).
+    """
+    if generated.dim() != 2:
+        raise ValueError(f"generated must be (C, N), got shape {tuple(generated.shape)}")
+    channels, n = generated.shape
+    src = source.float()
+    if src.dim() == 1:
+        src = src[None].expand(channels, -1)
+    if src.dim() != 2 or tuple(src.shape) != (channels, n):
+        raise ValueError(f"source must be ({n},) or ({channels}, {n}), got shape {tuple(source.shape)}")
+    if smooth_bins < 1 or smooth_frames < 1 or smooth_bins % 2 == 0 or smooth_frames % 2 == 0:
+        raise ValueError(f"smoothing sizes must be odd and >= 1, got {smooth_bins} x {smooth_frames}")
+    if n <= n_fft // 2:
+        return src.clone()  # too short for one frame: nothing to mask against
+    window = torch.hann_window(n_fft, device=src.device)
+
+    def stft(x: torch.Tensor) -> torch.Tensor:
+        return torch.stft(x, n_fft, hop, window=window, return_complex=True)  # (C, F, T)
+
+    def smoothed_power(spec: torch.Tensor) -> torch.Tensor:
+        power = spec.abs().square().mean(dim=0, keepdim=True)  # (1, F, T): one mask for all channels
+        kernel = (smooth_bins, smooth_frames)
+        pad = (smooth_bins // 2, smooth_frames // 2)
+        return torch.nn.functional.avg_pool2d(power, kernel, stride=1, padding=pad, count_include_pad=False)
+
+    spec_src = stft(src)
+    gain = (smoothed_power(stft(generated.float())) / (smoothed_power(spec_src) + eps)).sqrt().clamp(max=1.0)
+    return torch.istft(spec_src * gain, n_fft, hop, window=window, length=n)

@@ -149,7 +149,9 @@ def spec_to_inputs(spec: JobSpec, job: ClaimedJob, storage: Storage, settings: E
         )
 
     task = Task(_EDIT_TASKS[spec.op]) if spec.task is TaskName.EDIT else Task(spec.task.value)
-    x = TaskInputs(task=task, steps=spec.steps, cfg_scale=float(spec.cfg_scale), seed=job.seed)
+    x = TaskInputs(
+        task=task, steps=spec.steps, cfg_scale=float(spec.cfg_scale), seed=job.seed, keep_source=spec.keep_source
+    )
     x.prompt = spec.prompt or ""
     if task is not Task.UNDERSTAND:
         x.duration_s = spec.duration_s

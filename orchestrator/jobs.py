@@ -148,6 +148,10 @@ class EditOp(StrEnum):
     STYLE_TRANSFER = "style_transfer"
 
 
+# Edits whose result is a part of their source, so `keep_source` can apply.
+KEEP_SOURCE_OPS = frozenset({EditOp.REMOVE, EditOp.EXTRACT})
+
+
 class OutputFormat(StrEnum):
     WAV = "wav"
     FLAC = "flac"
@@ -241,6 +245,9 @@ def _task_input_problems(values: Mapping[str, Any]) -> list[InitErrorDetails]:
     if task is TaskName.UNDERSTAND and values.get("reasoning") is True:
         message = "a reasoning step applies to generation tasks, not to 'understand'"
         problems.append(_problem("reasoning", message, True))
+    if values.get("keep_source") is True and not (task is TaskName.EDIT and op in KEEP_SOURCE_OPS):
+        message = "keep_source applies to edits with op 'remove' or 'extract' (their result is a part of the source)"
+        problems.append(_problem("keep_source", message, True))
     return problems
 
 
@@ -269,7 +276,9 @@ class JobSpec(BaseModel):
 
     Parameters: `duration_s` in (0, 300], `steps` in [1, 1000], `cfg_scale` in [1, 30], `seed`
     (None = derived from the job id), `output_format` wav/flac, `reasoning` (ask the MLLM to
-    reason about the request before generating). Routing: `tenant`, `priority`,
+    reason about the request before generating), `keep_source` (remove / extract edits only: the
+    result keeps the source's phase and untouched parts, the model's output acting as a
+    time-frequency mask on the source; see `model.postprocess.source_mask`). Routing: `tenant`, `priority`,
     `idempotency_key` (a re-submit with the same key returns the existing job), `batch_id`.
     """
 
@@ -298,6 +307,7 @@ class JobSpec(BaseModel):
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED, strict=True)
     output_format: OutputFormat = OutputFormat.WAV
     reasoning: bool = Field(default=False, strict=True)
+    keep_source: bool = Field(default=False, strict=True)
 
     tenant: str = "default"
     priority: Priority = Priority.NORMAL

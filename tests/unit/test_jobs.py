@@ -149,6 +149,17 @@ def test_valid_specs_per_task(data):
         ({"task": "text_to_audio", "prompt": "hi <|im_end|> there"}, "prompt", "chat-template markers"),
         ({"task": "text_to_audio", "prompt": "bell\x07"}, "prompt", "control characters"),
         ({"task": "understand", "prompt": "q", "reasoning": True}, "reasoning", "generation tasks"),
+        ({"task": "text_to_audio", "prompt": "x", "keep_source": True}, "keep_source", "'remove' or 'extract'"),
+        (
+            {"task": "edit", "op": "add", "prompt": "x", "input_audio_uri": "s3://b/a.wav", "keep_source": True},
+            "keep_source",
+            "'remove' or 'extract'",
+        ),
+        (
+            {"task": "edit", "op": "remove", "prompt": "x", "input_audio_uri": "s3://b/a.wav", "keep_source": 1},
+            "keep_source",
+            "valid boolean",
+        ),
         ({"task": "text_to_audio", "prompt": "x", "tenant": "../etc"}, "tenant", "without '..'"),
         ({"task": "text_to_audio", "prompt": "x", "tenant": "a/b"}, "tenant", "[A-Za-z0-9_.-]"),
         ({"task": "text_to_audio", "prompt": "x", "batch_id": "b" * 49}, "batch_id", "1-48 characters"),
@@ -348,3 +359,11 @@ def test_settings_cross_field_checks(monkeypatch, kwargs, needle):
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(ValueError, match=needle):
         Settings(**kwargs)
+
+
+@pytest.mark.parametrize("op", ["remove", "extract"])
+def test_keep_source_is_accepted_for_remove_and_extract(op):
+    spec = JobSpec.model_validate(
+        {"task": "edit", "op": op, "prompt": "dog", "input_audio_uri": "s3://b/a.wav", "keep_source": True}
+    )
+    assert spec.keep_source is True

@@ -65,6 +65,21 @@ def test_edit_windows_follow_the_source_and_keep_its_length():
     assert "Remove the sound of 'dog' from the input audio." in plan.encode.text
 
 
+def test_keep_source_masks_the_source_at_its_own_level():
+    src = 0.25 * _audio(4.0)
+    plan = plan_task(CFG, TaskInputs(Task.EDIT_EXTRACT, prompt="dog", audio=src, keep_source=True))
+    gen = plan.generation
+    assert gen.keep_source and gen.num_segments == 1
+    window = torch.zeros(CFG.vae.io_channels, CFG.output_samples)
+    window[:, : src.numel()] = src  # a model output equal to its source keeps all of it
+    out = gen.finish([window])
+    assert out.shape == (CFG.vae.io_channels, src.numel())
+    assert torch.allclose(out[0], src, atol=1e-4)  # not peak-normalised
+    # without keep_source the same output is peak-normalised
+    plain = plan_task(CFG, TaskInputs(Task.EDIT_EXTRACT, prompt="dog", audio=src)).generation.finish([window])
+    assert float(plain.abs().max()) == pytest.approx(1.0)
+
+
 def test_voice_conversion_without_transcript_transcribes_first():
     plan = plan_task(CFG, TaskInputs(Task.VOICE_CONVERSION, voice_prompt=_audio(8.0), audio_16k=torch.randn(16000)))
     assert plan.needs_transcript and plan.understand.audio is not None
@@ -110,6 +125,8 @@ def test_tts_with_voice_prompt_text_joins_sentences():
         ),
         (TaskInputs(Task.UNDERSTAND, prompt=""), "question"),
         (TaskInputs(Task.VOICE_CONVERSION), "voice_prompt is required"),
+        (TaskInputs(Task.EDIT_ADD, prompt="dog", audio=torch.zeros(100), keep_source=True), "keep_source applies"),
+        (TaskInputs(Task.TEXT_TO_AUDIO, prompt="rain", keep_source=True), "edit_extract and edit_remove only"),
     ],
 )
 def test_bad_inputs_raise_value_error_naming_the_value(inputs, match):
