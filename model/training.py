@@ -119,6 +119,9 @@ class TrainExample:
     mllm_features: Tensor  # (L, hidden) thinker states of the instruction, precomputed
     audio_window: Tensor | None = None  # (window_samples,) mono source audio; None = silence (T2A)
     transcript: str | None = None
+    # (n_mels, frames) log-mel of the source, precomputed with `part.mel.log_mel`; used instead of
+    # `audio_window` when given (the spectrogram is fixed, so a trainer can compute it once per clip)
+    source_mel: Tensor | None = None
 
 
 def condition_batch(part: SamplerPart, examples: Sequence[TrainExample]) -> Conditioning:
@@ -129,22 +132,37 @@ def condition_batch(part: SamplerPart, examples: Sequence[TrainExample]) -> Cond
     if not examples:
         raise ValueError("condition_batch needs at least one example")
     device = part.device
-    window = part.config.mel.window_samples
     outputs: dict[str, tuple[Tensor, Tensor]] = {}
     outputs[OMNI_ID] = part.omni_proj([e.mllm_features.to(device) for e in examples])
     ids, is_none = part.speech.speech_token_ids([e.transcript for e in examples], part.vocab)
     outputs[SPEECH_ID] = part.speech(ids, is_none)
-    wavs = []
-    for i, e in enumerate(examples):
-        if e.audio_window is None:
-            wavs.append(torch.zeros(window, device=device))
-        elif tuple(e.audio_window.shape) != (window,):
-            raise ValueError(f"examples[{i}].audio_window must be ({window},), got {tuple(e.audio_window.shape)}")
-        else:
-            wavs.append(e.audio_window.to(device=device, dtype=torch.float32))
-    outputs[MEL_ID] = part.mel(torch.stack(wavs))  # (B, N) -> (B, S_mel, D)
+    outputs[MEL_ID] = part.mel.from_log_mel(_source_log_mels(part, examples))  # (B, S_mel, D)
     outputs[SYNC_ID] = part.sync(part.sync.null_features(len(examples)))
     return part.assemble(outputs)
+
+
+@torch.no_grad()
+def _source_log_mels(part: SamplerPart, examples: Sequence[TrainExample]) -> Tensor:
+    """(B, n_mels, frames) log-mel of every example's source: cached, computed from its window, or silence."""
+    device, window = part.device, part.config.mel.window_samples
+    mels: list[Tensor | None] = [None if e.source_mel is None else e.source_mel.to(device) for e in examples]
+    todo = [i for i, m in enumerate(mels) if m is None]
+    for i in todo:
+        w = examples[i].audio_window
+        if w is not None and tuple(w.shape) != (window,):
+            raise ValueError(f"examples[{i}].audio_window must be ({window},), got {tuple(w.shape)}")
+        if w is not None and not bool(torch.isfinite(w).all()):
+            raise ValueError(f"examples[{i}].audio_window contains NaN or Inf samples")
+    if todo:
+        wavs = [
+            torch.zeros(window, device=device)
+            if examples[i].audio_window is None
+            else examples[i].audio_window.to(device=device, dtype=torch.float32)
+            for i in todo
+        ]
+        for i, m in zip(todo, part.mel.log_mel(torch.stack(wavs)), strict=True):
+            mels[i] = m
+    return torch.stack(mels)
 
 
 @torch.no_grad()

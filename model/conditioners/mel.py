@@ -186,14 +186,19 @@ class MelConditioner(nn.Module):
             )
         if not bool(torch.isfinite(wav).all()):
             raise ValueError("wav contains NaN or Inf samples")
-        batch = wav.shape[0]
         mel = self.log_mel(wav)  # (B, M, T)
         if mask_spans is not None:
             mel = self._apply_mask_spans(mel, mask_spans)
+        return self.from_log_mel(mel)
+
+    def from_log_mel(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens and mask from a precomputed (B, n_mels, num_frames) `log_mel` (training caches it)."""
+        if mel.dim() != 3 or tuple(mel.shape[1:]) != (self.n_mels, self.num_frames):
+            raise ValueError(f"log-mel must be (B, {self.n_mels}, {self.num_frames}), got {tuple(mel.shape)}")
         dtype = self.proj_features.weight.dtype
         x = self.proj_sequence_features(mel.to(dtype))  # (B, M, S)
         x = rms_norm(self.proj_features(x.transpose(1, 2)))  # (B, S, D)
-        return x, torch.ones(batch, self.seq_len, device=wav.device)
+        return x, torch.ones(mel.shape[0], self.seq_len, device=mel.device)
 
     def _apply_mask_spans(self, mel: torch.Tensor, spans: Sequence[tuple[int, int] | None]) -> torch.Tensor:
         if len(spans) != mel.shape[0]:

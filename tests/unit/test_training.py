@@ -14,6 +14,7 @@ from model.training import (
     FlowTrainer,
     TrainExample,
     TrainHyper,
+    condition_batch,
     draw_step,
     drop_context,
     interpolate,
@@ -125,3 +126,31 @@ def test_resume_takes_the_same_next_steps(config):
     for (name, a), b in zip(straight.part.named_parameters(), resumed.part.parameters(), strict=True):
         assert torch.equal(a, b), name
     assert all(torch.equal(straight.ema.shadow[k], resumed.ema.shadow[k]) for k in straight.ema.shadow)
+
+
+def test_a_cached_source_log_mel_conditions_exactly_like_its_waveform(config):
+    part = build_sampler(config, seed=0)
+    _, examples = _batch(config)
+    cached = [
+        TrainExample(
+            mllm_features=e.mllm_features,
+            source_mel=None if e.audio_window is None else part.mel.log_mel(e.audio_window[None])[0],
+        )
+        for e in examples
+    ]
+    with torch.no_grad():
+        want, got = condition_batch(part, examples), condition_batch(part, cached)
+    for name in ("cross", "cross_mask", "prefix"):
+        assert torch.equal(getattr(want, name), getattr(got, name)), name
+
+
+def test_bad_source_windows_are_refused(config):
+    part = build_sampler(config, seed=0)
+    feats = torch.zeros(3, config.mllm.hidden_size)
+    with pytest.raises(ValueError, match="audio_window must be"):
+        condition_batch(part, [TrainExample(mllm_features=feats, audio_window=torch.zeros(10))])
+    nan = torch.full((config.mel.window_samples,), float("nan"))
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        condition_batch(part, [TrainExample(mllm_features=feats, audio_window=nan)])
+    with pytest.raises(ValueError, match="log-mel must be"):
+        condition_batch(part, [TrainExample(mllm_features=feats, source_mel=torch.zeros(3, 4))])
