@@ -43,6 +43,9 @@ BUILTIN_MLLM_HIDDEN_SIZE: dict[str, int] = {"builtin:tiny": 64}
 
 MLLM_PATH_ENV = "QWEN_OMNI_MODEL_PATH"
 PACKAGED_VOCAB = Path(__file__).resolve().parent / "data" / "vocab.txt"
+# Presets whose trained weights ship in this package (sampler + thinker, released key names) once
+# they exist; see docs/model.md, "The embedded small model".
+PACKAGED_WEIGHTS: dict[str, Path] = {"small": Path(__file__).resolve().parent / "data" / "small" / "model.safetensors"}
 RELEASED_VOCAB_PATH = "./audio_omni/data/vocab.txt"  # cwd-relative path written in the released file
 
 
@@ -958,6 +961,12 @@ def get_preset(name: str) -> AudioOmniConfig:
             f"unknown model preset {name!r}; known presets: {', '.join(sorted(PRESETS))}"
         ) from None
     return factory()
+
+
+def packaged_weights(preset: str) -> Path | None:
+    """The weights file a preset ships with, or None when it has none or the file is absent."""
+    path = PACKAGED_WEIGHTS.get(preset)
+    return path if path is not None and path.is_file() else None
 
 
 def load_config(preset_or_path: str | os.PathLike[str]) -> AudioOmniConfig:

@@ -168,8 +168,8 @@ class InProcessPools:
 
         config = settings.load_config()
         return cls(
-            build_encoder(config, weights=settings.weights, device=settings.device),
-            build_sampler(config, weights=settings.weights, device=settings.device),
+            build_encoder(config, weights=settings.resolved_weights, device=settings.device),
+            build_sampler(config, weights=settings.resolved_weights, device=settings.device),
         )
 
     def encode(self, prompt: Any) -> Any:

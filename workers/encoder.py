@@ -33,7 +33,7 @@ class EncoderDeployment:
         self.config = settings.load_config()
         torch.set_num_threads(max(1, int(settings.encoder.num_cpus) or 1))
         started = time.monotonic()
-        self.encoder = build_encoder(self.config, weights=settings.weights, device=settings.device)
+        self.encoder = build_encoder(self.config, weights=settings.resolved_weights, device=settings.device)
         self.load_s = time.monotonic() - started
         self.batch_sizes: Counter[int] = Counter()
         # The thinker keeps per-call state on the module (rope deltas, caches): one call at a time.

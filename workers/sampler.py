@@ -31,7 +31,7 @@ class SamplerDeployment:
         self.config = settings.load_config()
         torch.set_num_threads(max(1, int(settings.sampler.num_cpus) or 1))
         started = time.monotonic()
-        self.sampler = build_sampler(self.config, weights=settings.weights, device=settings.device)
+        self.sampler = build_sampler(self.config, weights=settings.resolved_weights, device=settings.device)
         self.precision = apply_precision(self.sampler, settings.resolved_precision)
         self.load_s = time.monotonic() - started
         self.batch_sizes: Counter[int] = Counter()

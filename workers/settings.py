@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "AUDIO_OMNI_"
@@ -60,7 +61,9 @@ class WorkerSettings:
 
     preset: str = "tiny"
     config_path: str | None = None  # a model_config.json; overrides `preset`
-    weights: str | None = None  # released model.ckpt / safetensors / converted folder; None = random
+    # released model.ckpt / safetensors / converted folder; None = the preset's packaged weights
+    # where the package ships them (model.config.PACKAGED_WEIGHTS), else random
+    weights: str | None = None
     device: str = "cpu"  # "cuda" on GPU replicas
     # DiT precision: fp32 | bf16 | fp16 (autocast, the reference's style) | auto (bf16 on CUDA, else fp32).
     # The VAE decode and the mel front end always run in float32.
@@ -103,8 +106,24 @@ class WorkerSettings:
         return self.precision
 
     @property
+    def resolved_weights(self) -> str | None:
+        """`weights`, else the preset's packaged weights (none for a config file), else None (random)."""
+        if self.weights is not None or self.config_path is not None:
+            return self.weights
+        from model.config import packaged_weights  # deferred like load_config
+
+        path = packaged_weights(self.preset)
+        return None if path is None else str(path)
+
+    @property
     def uses_random_weights(self) -> bool:
-        return self.weights is None
+        return self.resolved_weights is None
+
+    @property
+    def model_version(self) -> str:
+        """A label for results: the weights file's name, or `<preset>-random`."""
+        weights = self.resolved_weights
+        return Path(weights).name if weights else f"{self.config_path or self.preset}-random"
 
     def load_config(self):
         """The model config (import deferred: model/ pulls in torch)."""

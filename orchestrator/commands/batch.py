@@ -14,13 +14,20 @@ import sys
 import time
 from pathlib import Path
 
-RANDOM_WEIGHTS_NOTICE = (
-    "NOTE: the '{preset}' preset runs with RANDOM weights: the audio is noise and text answers are "
-    "gibberish. It exists to exercise the whole system on a CPU.\n"
+RELEASED_MODEL_HINT = (
     "      To run the released model: download the Audio-Omni checkpoint (model.ckpt) and "
     "Qwen/Qwen2.5-Omni-3B, set QWEN_OMNI_MODEL_PATH to the Qwen folder, then on a GPU machine:\n"
     "      audio-omni batch MANIFEST.jsonl --out DIR --preset full \\\n"
     "          --weights /path/to/model.ckpt --device cuda"
+)
+RANDOM_WEIGHTS_NOTICE = (
+    "NOTE: the '{preset}' preset runs with RANDOM weights: the audio is noise and text answers are "
+    "gibberish. It exists to exercise the whole system on a CPU.\n" + RELEASED_MODEL_HINT
+)
+SMALL_MODEL_NOTICE = (
+    "NOTE: the packaged 'small' model ({size_mb:.1f} MB) is trained on generated sounds only (tone, chord, "
+    "clicks, noise burst, siren over noise and hum backgrounds; docs/model.md).\n"
+    "      Its thinker is a tiny random one, so text answers are gibberish.\n" + RELEASED_MODEL_HINT
 )
 
 
@@ -28,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("manifest", type=Path, help="JSONL file, one job spec per line")
     parser.add_argument("--out", type=Path, required=True, help="folder to write results into")
     model = parser.add_argument_group("model")
-    model.add_argument("--preset", default="tiny", help="model preset (tiny, full); default tiny")
+    model.add_argument("--preset", default="tiny", help="model preset (tiny, small, full); default tiny")
     model.add_argument("--config", default=None, help="a model_config.json (overrides --preset)")
     model.add_argument("--weights", default=None, help="checkpoint (model.ckpt, safetensors or converted folder)")
     model.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -50,14 +57,15 @@ def _worker_settings(args: argparse.Namespace):
     from workers.settings import PoolSettings, WorkerSettings
 
     gpu = 0.5 if args.device.startswith("cuda") else 0.0
+    tiny_thinker = args.config is None and args.preset in ("tiny", "small")
     return WorkerSettings(
         preset=args.preset,
         config_path=args.config,
         weights=args.weights,
         device=args.device,
         app_name="audio-omni-batch",
-        # Random weights answer noise; do not spend minutes generating 512 tokens of it.
-        understand_max_new_tokens=32 if args.weights is None else 512,
+        # A random (tiny) thinker answers noise; do not spend minutes generating 512 tokens of it.
+        understand_max_new_tokens=32 if tiny_thinker else 512,
         encoder=PoolSettings(
             num_cpus=0.5,
             num_gpus=gpu,
@@ -120,14 +128,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
     settings = _worker_settings(args)
     config = settings.load_config()
-    if settings.uses_random_weights:
-        print(RANDOM_WEIGHTS_NOTICE.format(preset=args.config or args.preset), file=sys.stderr)
+    print(_model_notice(settings, args), file=sys.stderr)
     source = ManifestSource(args.manifest, max_attempts=args.max_attempts)
     source.specs = {j.job_id: _task_label(j.spec) for j in source._queue}
     _prepare_demo_inputs(source)
     input_root = (args.input_root or args.manifest.parent).resolve()
     storage = LocalStorage(args.out, policy=InputPolicy(embedded=True, input_root=input_root))
-    version = Path(args.weights).name if args.weights else f"{args.config or args.preset}-random"
+    version = settings.model_version
 
     import ray
 
@@ -172,6 +179,16 @@ def run(args: argparse.Namespace) -> int:
     if settings.uses_random_weights:
         print("(random weights: the audio is noise; see the note at the top for the released checkpoint)")
     return 0 if ok == source.total else 1
+
+
+def _model_notice(settings, args: argparse.Namespace) -> str:
+    """What the user is running: random weights, the embedded small model, or their checkpoint."""
+    weights = settings.resolved_weights
+    if weights is None:
+        return RANDOM_WEIGHTS_NOTICE.format(preset=args.config or args.preset)
+    if args.weights is None and args.config is None and args.preset == "small":
+        return SMALL_MODEL_NOTICE.format(size_mb=Path(weights).stat().st_size / 1e6)
+    return f"model: {args.config or args.preset} with weights {weights}"
 
 
 def _task_label(spec) -> str:

@@ -91,9 +91,7 @@ class Service:
         ws = self.worker_settings
         self.pools = deploy(ws) if self.options.deploy else ServePools.connect(ws.app_name)
         config = ws.load_config()
-        version = self.options.model_version or (
-            os.path.basename(ws.weights) if ws.weights else f"{ws.config_path or ws.preset}-random"
-        )
+        version = self.options.model_version or ws.model_version
         engine_settings = EngineSettings(
             max_in_flight=self.options.max_in_flight,
             renew_every_s=self.settings.effective_renew_interval_s,
@@ -191,7 +189,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     conn.add_argument("--ray-address", default=None, help="Ray cluster to join (default: start a local one)")
     conn.add_argument("--num-cpus", type=float, default=None, help="CPUs of a local Ray (default: all)")
     model = parser.add_argument_group("model")
-    model.add_argument("--preset", default=None, help="model preset (tiny, full); default tiny")
+    model.add_argument("--preset", default=None, help="model preset (tiny, small, full); default tiny")
     model.add_argument("--config", default=None, help="a model_config.json (overrides --preset)")
     model.add_argument("--weights", default=None, help="checkpoint (model.ckpt, safetensors or converted folder)")
     model.add_argument("--device", default=None, help="cpu or cuda")
