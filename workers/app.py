@@ -94,7 +94,7 @@ def deploy(settings: WorkerSettings) -> ServePools:
 
     for name, app in build_apps(settings).items():
         serve.run(app, name=name, route_prefix=None, blocking=False)
-    return ServePools.connect(settings.app_name)
+    return ServePools.connect(settings.app_name, timeout_s=settings.max_job_s)
 
 
 def shutdown(settings: WorkerSettings) -> None:
@@ -106,15 +106,21 @@ def shutdown(settings: WorkerSettings) -> None:
 
 
 class ServePools:
-    """Blocking calls into the deployed pools; safe to use from many threads."""
+    """Blocking calls into the deployed pools; safe to use from many threads.
 
-    def __init__(self, encoder: Any, sampler: Any, *, timeout_s: float = 3600.0) -> None:
+    One call waits at most `timeout_s` (default: a job's whole budget, `WorkerSettings.max_job_s`,
+    which replicas outlast when they drain); a call past it raises, and the engine retries the job.
+    """
+
+    def __init__(self, encoder: Any, sampler: Any, *, timeout_s: float = WorkerSettings.max_job_s) -> None:
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         self._encoder = encoder
         self._sampler = sampler
         self.timeout_s = timeout_s
 
     @classmethod
-    def connect(cls, app_name: str, *, timeout_s: float = 3600.0) -> ServePools:
+    def connect(cls, app_name: str, *, timeout_s: float = WorkerSettings.max_job_s) -> ServePools:
         from ray import serve
 
         encoder = serve.get_deployment_handle(EncoderDeployment.__name__, app_name=f"{app_name}-{ENCODER}")

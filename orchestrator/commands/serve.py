@@ -86,10 +86,11 @@ class Service:
         from orchestrator.queue import JobQueue
         from orchestrator.sinks import ResultSink
         from orchestrator.sources import RedisSource
+        from orchestrator.tenants import TenantStore
         from workers.app import ServePools, deploy
 
         ws = self.worker_settings
-        self.pools = deploy(ws) if self.options.deploy else ServePools.connect(ws.app_name)
+        self.pools = deploy(ws) if self.options.deploy else ServePools.connect(ws.app_name, timeout_s=ws.max_job_s)
         config = ws.load_config()
         version = self.options.model_version or ws.model_version
         engine_settings = EngineSettings(
@@ -99,11 +100,23 @@ class Service:
             max_input_audio_s=self.options.max_input_audio_s,
         )
         sink = ResultSink(self.storage)
+        # A tenant's own input buckets (checked by the API at submit) are allowed again when read.
+        tenants = TenantStore.from_settings(self.settings, client=self.redis)
         for i in range(self.options.engines):
             # One queue object per loop (its reclaim timer is per consumer); the connection pool is shared.
             queue = JobQueue.from_settings(self.settings, client=self.redis)
             source = RedisSource(queue, consumer=f"{self.options.consumer}-{i}")
-            self.engines.append(Engine(source, sink, self.pools, config, engine_settings, metrics=self.metrics))
+            self.engines.append(
+                Engine(
+                    source,
+                    sink,
+                    self.pools,
+                    config,
+                    engine_settings,
+                    metrics=self.metrics,
+                    tenant_policy=tenants.input_policy,
+                )
+            )
         self._queue = JobQueue.from_settings(self.settings, client=self.redis)
         if self.options.metrics_port is not None:
             self.metrics.serve(self.options.metrics_port, addr=self.options.metrics_addr)

@@ -51,3 +51,38 @@ def test_explicit_weights_and_config_files_never_take_packaged_weights(packaged,
 def test_the_packaged_path_lies_in_the_package():
     path = model_config.PACKAGED_WEIGHTS["small"]
     assert path.parent.parent == Path(model_config.__file__).resolve().parent / "data"
+
+
+class _Handle:
+    """Stands in for a Serve deployment handle: records the timeout each call waits with."""
+
+    def __init__(self) -> None:
+        self.timeouts: list[float] = []
+
+    def __getattr__(self, method: str):
+        handle = self
+
+        class _Method:
+            def remote(self, arg):
+                class _Response:
+                    def result(self, timeout_s):
+                        handle.timeouts.append(timeout_s)
+                        return arg
+
+                return _Response()
+
+        return _Method()
+
+
+def test_pool_calls_wait_at_most_one_job_budget_which_drain_outlasts():
+    from workers.app import ServePools
+
+    settings = WorkerSettings()
+    encoder, sampler = _Handle(), _Handle()
+    pools = ServePools(encoder, sampler)
+    pools.encode("p"), pools.understand("q"), pools.generate("r")
+    assert encoder.timeouts == [settings.max_job_s] * 2
+    assert sampler.timeouts == [settings.max_job_s]
+    assert settings.max_job_s < settings.sampler.graceful_shutdown_timeout_s
+    with pytest.raises(ValueError, match="timeout_s must be > 0"):
+        ServePools(encoder, sampler, timeout_s=0)
