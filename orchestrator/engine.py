@@ -27,7 +27,7 @@ from orchestrator.jobs import EditOp, JobSpec, TaskName
 from orchestrator.logging import get_logger
 from orchestrator.sinks import ResultSink
 from orchestrator.sources import ClaimedJob, JobSource
-from orchestrator.storage import Storage
+from orchestrator.storage import InputPolicy, Storage
 
 MODEL_RATE_HZ = 44_100
 THINKER_RATE_HZ = 16_000
@@ -108,9 +108,13 @@ class _Timer:
 # --------------------------------------------------------------------------- inputs
 
 
-def _read(storage: Storage, uri: str, job: ClaimedJob, settings: EngineSettings) -> bytes:
+def _read(
+    storage: Storage, uri: str, job: ClaimedJob, settings: EngineSettings, tenant_policy: InputPolicy | None
+) -> bytes:
     # Storage raises the shared outcome classes (PermanentError / RetryableError) itself.
-    return storage.read_input(uri, tenant=job.tenant, max_bytes=settings.max_input_bytes)
+    return storage.read_input(
+        uri, tenant=job.tenant, max_bytes=settings.max_input_bytes, tenant_policy=tenant_policy
+    )
 
 
 def _load_array(data: bytes, uri: str, what: str):
@@ -135,15 +139,24 @@ def _load_array(data: bytes, uri: str, what: str):
     raise PermanentError(f"{what} {uri}: expected a .npy or .safetensors file")
 
 
-def spec_to_inputs(spec: JobSpec, job: ClaimedJob, storage: Storage, settings: EngineSettings):
-    """Read and decode a job's inputs into `model.pipeline.TaskInputs` (bad input: PermanentError)."""
+def spec_to_inputs(
+    spec: JobSpec,
+    job: ClaimedJob,
+    storage: Storage,
+    settings: EngineSettings,
+    tenant_policy: InputPolicy | None = None,
+):
+    """Read and decode a job's inputs into `model.pipeline.TaskInputs` (bad input: PermanentError).
+
+    `tenant_policy`: the job's tenant's own extra S3 input rules (see `Storage.read_input`).
+    """
     import torch
 
     from model.pipeline import TaskInputs
     from model.tasks import Task
 
     def audio(uri: str, rate: int, what: str):
-        data = _read(storage, uri, job, settings)
+        data = _read(storage, uri, job, settings, tenant_policy)
         return torch.from_numpy(
             decode_audio(data, sample_rate=rate, max_duration_s=settings.max_input_audio_s, what=what)
         )
@@ -167,7 +180,8 @@ def spec_to_inputs(spec: JobSpec, job: ClaimedJob, storage: Storage, settings: E
     if spec.voice_prompt_uri:
         x.voice_prompt = audio(spec.voice_prompt_uri, MODEL_RATE_HZ, "voice prompt")
     if spec.video_uri:
-        frames = _load_array(_read(storage, spec.video_uri, job, settings), spec.video_uri, "video frames")
+        data = _read(storage, spec.video_uri, job, settings, tenant_policy)
+        frames = _load_array(data, spec.video_uri, "video frames")
         if frames.dtype != torch.uint8 or frames.dim() != 4 or frames.shape[1] != 3:
             raise PermanentError(
                 f"video {spec.video_uri} must be uint8 frames (T, 3, H, W), "
@@ -176,7 +190,7 @@ def spec_to_inputs(spec: JobSpec, job: ClaimedJob, storage: Storage, settings: E
         x.video_frames = frames
     if spec.sync_feature_uri:
         feats = _load_array(
-            _read(storage, spec.sync_feature_uri, job, settings), spec.sync_feature_uri, "sync features"
+            _read(storage, spec.sync_feature_uri, job, settings, tenant_policy), spec.sync_feature_uri, "sync features"
         )
         x.sync_features = feats.float()
     return x
@@ -198,8 +212,11 @@ class Engine:
         *,
         on_done: Callable[[JobResult], None] | None = None,
         metrics: Any = None,
+        tenant_policy: Callable[[str], InputPolicy | None] | None = None,
     ) -> None:
         self.source = source
+        # tenant id -> that tenant's own extra S3 input rules (service mode: from the tenant store)
+        self.tenant_policy = tenant_policy
         self.sink = sink
         self.pools = pools
         self.config = config
@@ -345,7 +362,8 @@ class Engine:
         spec = job.spec
         with self._enter(job, timer, "load"):
             log.debug("loading inputs", stage="load")
-            inputs = spec_to_inputs(spec, job, self.sink.storage, self.settings)
+            extra = self.tenant_policy(job.tenant) if self.tenant_policy is not None else None
+            inputs = spec_to_inputs(spec, job, self.sink.storage, self.settings, extra)
             try:
                 plan = plan_task(self.config, inputs)
             except ValueError as exc:  # the model's own input checks: a bad input, not a fault

@@ -774,14 +774,23 @@ class Storage(ABC):
         self.put(meta_key, document)
         return ResultLocation(key, meta_key, self.uri(key), self.uri(meta_key), info.sha256, info.size_bytes)
 
-    def read_input(self, uri: str, *, tenant: str, max_bytes: int) -> bytes:
+    def read_input(
+        self, uri: str, *, tenant: str, max_bytes: int, tenant_policy: InputPolicy | None = None
+    ) -> bytes:
         """Read an input after checking it against the policy for `tenant`.
 
+        `tenant_policy`: the tenant's own extra S3 rules (`Tenant.input_policy`), tried when the
+        deployment's policy refuses the URI, as the API does at submit time.
         Raises `InputNotAllowed` (policy), `InputNotFound`, `InputTooLarge` (over `max_bytes`),
         `ChecksumMismatch` (recorded sha256 differs) or `StorageUnavailable` (transient).
         """
         _int_in_range("max_bytes", max_bytes, 1)
-        location = self.policy.check(uri, tenant=tenant)
+        try:
+            location = self.policy.check(uri, tenant=tenant)
+        except InputNotAllowed:
+            if tenant_policy is None or not uri.lower().startswith("s3://"):
+                raise
+            location = tenant_policy.check(uri, tenant=tenant)
         if isinstance(location, S3Location):
             return self._read_s3(location, uri, max_bytes)
         return _read_local_input(location, uri, max_bytes)

@@ -331,6 +331,13 @@ class TenantStore:
             created_at=float(fields.get("created_at") or 0.0),
         )
 
+    def input_policy(self, tenant_id: str) -> InputPolicy | None:
+        """The tenant's own extra S3 input rules, or None (unknown tenant, or no rules of its own)."""
+        tenant = self.get(tenant_id)
+        if tenant is None or not tenant.limits.allowed_input_s3:
+            return None
+        return tenant.input_policy()
+
     def list_tenants(self) -> list[Tenant]:
         """All tenants, sorted by id."""
         ids = sorted(_s(t) for t in self._r.smembers(self.keys.tenants))
