@@ -108,13 +108,16 @@ class _Timer:
 # --------------------------------------------------------------------------- inputs
 
 
+TenantPolicy = Callable[[str], InputPolicy | None]  # tenant id -> its own extra S3 input rules
+
+
 def _read(
-    storage: Storage, uri: str, job: ClaimedJob, settings: EngineSettings, tenant_policy: InputPolicy | None
+    storage: Storage, uri: str, job: ClaimedJob, settings: EngineSettings, tenant_policy: TenantPolicy | None
 ) -> bytes:
-    # Storage raises the shared outcome classes (PermanentError / RetryableError) itself.
-    return storage.read_input(
-        uri, tenant=job.tenant, max_bytes=settings.max_input_bytes, tenant_policy=tenant_policy
-    )
+    # Storage raises the shared outcome classes (PermanentError / RetryableError) itself; it looks
+    # the tenant's own rules up only if the deployment's policy refuses the URI.
+    own_rules = None if tenant_policy is None else (lambda: tenant_policy(job.tenant))
+    return storage.read_input(uri, tenant=job.tenant, max_bytes=settings.max_input_bytes, tenant_policy=own_rules)
 
 
 def _load_array(data: bytes, uri: str, what: str):
@@ -144,11 +147,11 @@ def spec_to_inputs(
     job: ClaimedJob,
     storage: Storage,
     settings: EngineSettings,
-    tenant_policy: InputPolicy | None = None,
+    tenant_policy: TenantPolicy | None = None,
 ):
     """Read and decode a job's inputs into `model.pipeline.TaskInputs` (bad input: PermanentError).
 
-    `tenant_policy`: the job's tenant's own extra S3 input rules (see `Storage.read_input`).
+    `tenant_policy`: tenant id -> that tenant's own extra S3 input rules (see `Storage.read_input`).
     """
     import torch
 
@@ -212,7 +215,7 @@ class Engine:
         *,
         on_done: Callable[[JobResult], None] | None = None,
         metrics: Any = None,
-        tenant_policy: Callable[[str], InputPolicy | None] | None = None,
+        tenant_policy: TenantPolicy | None = None,
     ) -> None:
         self.source = source
         # tenant id -> that tenant's own extra S3 input rules (service mode: from the tenant store)
@@ -362,8 +365,7 @@ class Engine:
         spec = job.spec
         with self._enter(job, timer, "load"):
             log.debug("loading inputs", stage="load")
-            extra = self.tenant_policy(job.tenant) if self.tenant_policy is not None else None
-            inputs = spec_to_inputs(spec, job, self.sink.storage, self.settings, extra)
+            inputs = spec_to_inputs(spec, job, self.sink.storage, self.settings, self.tenant_policy)
             try:
                 plan = plan_task(self.config, inputs)
             except ValueError as exc:  # the model's own input checks: a bad input, not a fault

@@ -30,7 +30,7 @@ import re
 import stat
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
@@ -775,12 +775,18 @@ class Storage(ABC):
         return ResultLocation(key, meta_key, self.uri(key), self.uri(meta_key), info.sha256, info.size_bytes)
 
     def read_input(
-        self, uri: str, *, tenant: str, max_bytes: int, tenant_policy: InputPolicy | None = None
+        self,
+        uri: str,
+        *,
+        tenant: str,
+        max_bytes: int,
+        tenant_policy: Callable[[], InputPolicy | None] | None = None,
     ) -> bytes:
         """Read an input after checking it against the policy for `tenant`.
 
-        `tenant_policy`: the tenant's own extra S3 rules (`Tenant.input_policy`), tried when the
-        deployment's policy refuses the URI, as the API does at submit time.
+        `tenant_policy`: returns the tenant's own extra S3 rules (`Tenant.input_policy`) or None;
+        called only when the deployment's policy refuses an s3:// URI, as the API does at submit
+        time, so inputs the deployment allows cost no lookup.
         Raises `InputNotAllowed` (policy), `InputNotFound`, `InputTooLarge` (over `max_bytes`),
         `ChecksumMismatch` (recorded sha256 differs) or `StorageUnavailable` (transient).
         """
@@ -788,9 +794,10 @@ class Storage(ABC):
         try:
             location = self.policy.check(uri, tenant=tenant)
         except InputNotAllowed:
-            if tenant_policy is None or not uri.lower().startswith("s3://"):
+            own = tenant_policy() if tenant_policy is not None and uri.lower().startswith("s3://") else None
+            if own is None:
                 raise
-            location = tenant_policy.check(uri, tenant=tenant)
+            location = own.check(uri, tenant=tenant)
         if isinstance(location, S3Location):
             return self._read_s3(location, uri, max_bytes)
         return _read_local_input(location, uri, max_bytes)

@@ -61,7 +61,7 @@ def test_a_tenants_own_input_bucket_is_read_for_it_and_nobody_else(
         return ClaimedJob("j-" + tenant, spec)
 
     b = job("tenant-b", "tenant-b/in.wav")
-    x = spec_to_inputs(b.spec, b, storage, settings, tenants.input_policy(b.tenant))
+    x = spec_to_inputs(b.spec, b, storage, settings, tenants.input_policy)
     assert x.audio.shape == (RATE,) and float(x.audio.abs().max()) > 0.09
     # Without the tenant's rules (the old behaviour) the deployment policy alone refuses it.
     with pytest.raises(InputNotAllowed):
@@ -69,9 +69,19 @@ def test_a_tenants_own_input_bucket_is_read_for_it_and_nobody_else(
     # Tenant B's rule names its own folder only; tenant A has no rule for that bucket at all.
     other = job("tenant-b", "tenant-a/in.wav")
     with pytest.raises(InputNotAllowed):
-        spec_to_inputs(other.spec, other, storage, settings, tenants.input_policy(other.tenant))
+        spec_to_inputs(other.spec, other, storage, settings, tenants.input_policy)
     a = job("tenant-a", "tenant-a/in.wav")
     assert tenants.input_policy("tenant-a") is None and tenants.input_policy("nobody") is None
     with pytest.raises(InputNotAllowed):
-        spec_to_inputs(a.spec, a, storage, settings, tenants.input_policy(a.tenant))
+        spec_to_inputs(a.spec, a, storage, settings, tenants.input_policy)
+    # Inputs the deployment's own policy allows never cost a tenant lookup.
+    storage_open = S3Storage(s3_bucket, client=client, policy=InputPolicy([f"s3://{own_bucket}/"]))
+    looked_up: list[str] = []
+
+    def counting(tenant_id: str):
+        looked_up.append(tenant_id)
+        return tenants.input_policy(tenant_id)
+
+    spec_to_inputs(a.spec, a, storage_open, settings, counting)
+    assert looked_up == []
     tenants.close()
