@@ -146,20 +146,18 @@ def _source_log_mels(part: SamplerPart, examples: Sequence[TrainExample]) -> Ten
     """(B, n_mels, frames) log-mel of every example's source: cached, computed from its window, or silence."""
     device, window = part.device, part.config.mel.window_samples
     mels: list[Tensor | None] = [None if e.source_mel is None else e.source_mel.to(device) for e in examples]
-    todo = [i for i, m in enumerate(mels) if m is None]
-    for i in todo:
-        w = examples[i].audio_window
+    todo, wavs = [], []  # examples without a cached log-mel, and their windows (silence for None)
+    for i, e in enumerate(examples):
+        if mels[i] is not None:
+            continue
+        w = e.audio_window
         if w is not None and tuple(w.shape) != (window,):
             raise ValueError(f"examples[{i}].audio_window must be ({window},), got {tuple(w.shape)}")
         if w is not None and not bool(torch.isfinite(w).all()):
             raise ValueError(f"examples[{i}].audio_window contains NaN or Inf samples")
+        todo.append(i)
+        wavs.append(torch.zeros(window, device=device) if w is None else w.to(device=device, dtype=torch.float32))
     if todo:
-        wavs = [
-            torch.zeros(window, device=device)
-            if examples[i].audio_window is None
-            else examples[i].audio_window.to(device=device, dtype=torch.float32)
-            for i in todo
-        ]
         for i, m in zip(todo, part.mel.log_mel(torch.stack(wavs)), strict=True):
             mels[i] = m
     return torch.stack(mels)
