@@ -395,12 +395,18 @@ def phase_vae(args) -> dict:
     return {k: v for k, v in summary.items() if k != "history"}
 
 
+def read_state(out: Path) -> dict:
+    """The part's state as `save_state` wrote it (fp16, internal key names), both files merged."""
+    from safetensors.torch import load_file
+
+    return {**load_file(str(out / "state_main.safetensors")), **load_file(str(out / "state_speech.safetensors"))}
+
+
 def load_state(part, out: Path) -> None:
     """Load the fp16 state files written by `save_state` into `part` (strict, cast to its dtype)."""
     import torch
-    from safetensors.torch import load_file
 
-    state = {**load_file(str(out / "state_main.safetensors")), **load_file(str(out / "state_speech.safetensors"))}
+    state = read_state(out)
     dtype = next(part.parameters()).dtype
     with torch.no_grad():
         part.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()})
@@ -460,10 +466,7 @@ def phase_export(work: Path, dst: Path, run_dir: Path) -> dict:
     from model.parts import SamplerPart
 
     cfg = get_preset(PRESET)
-    state = {
-        **load_file(str(run_dir / "state_main.safetensors")),
-        **load_file(str(run_dir / "state_speech.safetensors")),
-    }
+    state = read_state(run_dir)
     with torch.device("meta"):
         stages = len(SamplerPart(cfg).vae.encoder.block)
     sd = {internal_to_released(k, vae_num_stages=stages): v for k, v in state.items()}
