@@ -27,9 +27,11 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from model.melcodec import CODEC_KEYS
 from model.vae import (
     diffusers_tensor_to_released,
     diffusers_to_released,
+    num_stages,
     released_tensor_to_diffusers,
     released_to_diffusers,
 )
@@ -94,7 +96,7 @@ def released_to_internal(key: str) -> str:
     """Released checkpoint name -> name in our encoder/sampler module."""
     released, internal, _ = _match_released(key)
     rest = key[len(released) :]
-    if internal == _VAE_INTERNAL:
+    if internal == _VAE_INTERNAL and rest not in CODEC_KEYS:
         rest = released_to_diffusers(rest)
     return internal + rest
 
@@ -102,12 +104,13 @@ def released_to_internal(key: str) -> str:
 def internal_to_released(key: str, *, vae_num_stages: int | None = None) -> str:
     """Name in our module -> released checkpoint name.
 
-    VAE keys need `vae_num_stages` (the closing Snake/conv indices depend on it).
+    Oobleck VAE keys need `vae_num_stages` (the closing Snake/conv indices depend on it); the mel
+    codec's keys keep their names.
     """
     for released, internal, _ in PREFIX_MAP:
         if key.startswith(internal):
             rest = key[len(internal) :]
-            if internal == _VAE_INTERNAL:
+            if internal == _VAE_INTERNAL and rest not in CODEC_KEYS:
                 if vae_num_stages is None:
                     raise ValueError(f"internal_to_released({key!r}) needs vae_num_stages for a VAE key")
                 rest = diffusers_to_released(rest, num_stages=vae_num_stages)
@@ -254,7 +257,7 @@ def load_into(
     """
     part = _check_part(part)
     target = module.state_dict()
-    vae_stages = len(module.vae.encoder.block) if part == "sampler" and hasattr(module, "vae") else None
+    vae_stages = num_stages(module.vae) if part == "sampler" and hasattr(module, "vae") else None
 
     mapped: dict[str, torch.Tensor] = {}
     unexpected: list[str] = []
@@ -399,7 +402,7 @@ def released_layout(module: torch.nn.Module) -> list[tuple[str, tuple[int, ...],
 
     Works on a module built on the meta device, so the full model's layout costs no memory.
     """
-    vae_stages = len(module.vae.encoder.block) if hasattr(module, "vae") else None
+    vae_stages = num_stages(module.vae) if hasattr(module, "vae") else None
     params = {name for name, _ in module.named_parameters()}
     rows = []
     for ikey, tensor in module.state_dict(keep_vars=True).items():

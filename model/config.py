@@ -141,6 +141,44 @@ class VAEConfig:
 
 
 @dataclass(frozen=True)
+class MelCodecConfig:
+    """Fixed log-mel codec in place of the Oobleck VAE (`model.melcodec`; the `small` preset only).
+
+    A latent frame is the normalised log power of `n_mels` mel bands (0 to `f_max` Hz) averaged over
+    `hop / stft_hop` STFT frames; decoding rebuilds magnitudes and their phase by Griffin-Lim
+    (`griffin_lim_iters` iterations). Not part of the released schema: written as
+    `pretransform.type = "mel_codec"`.
+    """
+
+    hop: int
+    n_fft: int
+    stft_hop: int
+    n_mels: int
+    f_max: float
+    log_floor: float
+    griffin_lim_iters: int
+    io_channels: int
+
+    def __post_init__(self) -> None:
+        for name in ("hop", "n_fft", "stft_hop", "n_mels", "griffin_lim_iters", "io_channels"):
+            _positive(f"mel_codec.{name}", getattr(self, name))
+        if self.hop % self.stft_hop:
+            raise ValueError(f"mel_codec.hop = {self.hop} must be a multiple of stft_hop = {self.stft_hop}")
+        if self.stft_hop > self.n_fft:
+            raise ValueError(f"mel_codec.stft_hop = {self.stft_hop} must be at most n_fft = {self.n_fft}")
+        if not self.f_max > 0 or not self.log_floor > 0:
+            raise ValueError(f"mel_codec.f_max and log_floor must be > 0, got {self.f_max}, {self.log_floor}")
+
+    @property
+    def latent_dim(self) -> int:
+        return self.n_mels
+
+    @property
+    def downsampling_ratio(self) -> int:
+        return self.hop
+
+
+@dataclass(frozen=True)
 class MLLMConfig:
     """Frozen Qwen2.5-Omni thinker (`omni_prompt` conditioner).
 
@@ -224,6 +262,11 @@ class MelConfig:
         return round(MEL_WINDOW_S * self.sample_rate)
 
     @property
+    def output_band_hz(self) -> float | None:
+        """Highest frequency the decoder can produce, where it is below Nyquist (the mel codec)."""
+        return self.vae.f_max if isinstance(self.vae, MelCodecConfig) else None
+
+    @property
     def window_s(self) -> float:
         return MEL_WINDOW_S
 
@@ -271,7 +314,7 @@ class AudioOmniConfig:
     cond_dim: int
     high_level_cond_ids: tuple[str, ...]
     low_level_cond_ids: tuple[str, ...]
-    vae: VAEConfig
+    vae: VAEConfig | MelCodecConfig
     mllm: MLLMConfig
     sync: SyncConfig
     speech: SpeechConfig
@@ -320,6 +363,11 @@ class AudioOmniConfig:
     def output_samples(self) -> int:
         """Samples per channel of one decoded generation."""
         return self.latent_length * self.vae.downsampling_ratio
+
+    @property
+    def output_band_hz(self) -> float | None:
+        """Highest frequency the decoder can produce, where it is below Nyquist (the mel codec)."""
+        return self.vae.f_max if isinstance(self.vae, MelCodecConfig) else None
 
     @property
     def window_s(self) -> float:
@@ -385,23 +433,7 @@ class AudioOmniConfig:
         """The released schema. Paths under `relative_to` are written relative to it; the packaged
         vocabulary is written as the released cwd-relative path."""
         v = self.vae
-        enc = {
-            "in_channels": v.io_channels,
-            "channels": v.encoder_channels,
-            "c_mults": list(v.c_mults),
-            "strides": list(v.strides),
-            "latent_dim": v.encoder_latent_dim,
-            "use_snake": True,
-        }
-        dec = {
-            "out_channels": v.io_channels,
-            "channels": v.decoder_channels,
-            "c_mults": list(v.c_mults),
-            "strides": list(v.strides),
-            "latent_dim": v.latent_dim,
-            "use_snake": True,
-            "final_tanh": False,
-        }
+        pretransform = _mel_codec_dict(v) if isinstance(v, MelCodecConfig) else _oobleck_dict(v)
         sync_cfg: dict[str, Any] = {"sync_seq_dim": self.sync.seq_in}
         if self.sync.seq_out != SYNC_DEFAULT_OUTPUT_DIM:  # the released file leaves the default out
             sync_cfg["sync_output_dim"] = self.sync.seq_out
@@ -419,18 +451,7 @@ class AudioOmniConfig:
             "video_fps": self.video_fps,
             "audio_channels": v.io_channels,
             "model": {
-                "pretransform": {
-                    "type": "autoencoder",
-                    "iterate_batch": True,
-                    "config": {
-                        "encoder": {"type": "oobleck", "requires_grad": False, "config": enc},
-                        "decoder": {"type": "oobleck", "config": dec},
-                        "bottleneck": {"type": "vae"},
-                        "latent_dim": v.latent_dim,
-                        "downsampling_ratio": v.downsampling_ratio,
-                        "io_channels": v.io_channels,
-                    },
-                },
+                "pretransform": pretransform,
                 "conditioning": {
                     "configs": [
                         {
@@ -500,8 +521,57 @@ class AudioOmniConfig:
 # --------------------------------------------------------------------------- section parsers
 
 
-def _parse_vae(pre: Mapping[str, Any]) -> VAEConfig:
+def _oobleck_dict(v: VAEConfig) -> dict[str, Any]:
+    enc = {
+        "in_channels": v.io_channels,
+        "channels": v.encoder_channels,
+        "c_mults": list(v.c_mults),
+        "strides": list(v.strides),
+        "latent_dim": v.encoder_latent_dim,
+        "use_snake": True,
+    }
+    dec = {
+        "out_channels": v.io_channels,
+        "channels": v.decoder_channels,
+        "c_mults": list(v.c_mults),
+        "strides": list(v.strides),
+        "latent_dim": v.latent_dim,
+        "use_snake": True,
+        "final_tanh": False,
+    }
+    return {
+        "type": "autoencoder",
+        "iterate_batch": True,
+        "config": {
+            "encoder": {"type": "oobleck", "requires_grad": False, "config": enc},
+            "decoder": {"type": "oobleck", "config": dec},
+            "bottleneck": {"type": "vae"},
+            "latent_dim": v.latent_dim,
+            "downsampling_ratio": v.downsampling_ratio,
+            "io_channels": v.io_channels,
+        },
+    }
+
+
+_MEL_CODEC_FIELDS = ("hop", "n_fft", "stft_hop", "n_mels", "f_max", "log_floor", "griffin_lim_iters", "io_channels")
+
+
+def _mel_codec_dict(v: MelCodecConfig) -> dict[str, Any]:
+    return {"type": "mel_codec", "config": {k: getattr(v, k) for k in _MEL_CODEC_FIELDS}}
+
+
+def _parse_mel_codec(pre: Mapping[str, Any]) -> MelCodecConfig:
     where = "model.pretransform"
+    _check_keys(pre, {"type", "config"}, where)
+    cfg = _take(pre, "config", where)
+    _check_keys(cfg, set(_MEL_CODEC_FIELDS), f"{where}.config")
+    return MelCodecConfig(**{k: _take(cfg, k, f"{where}.config") for k in _MEL_CODEC_FIELDS})
+
+
+def _parse_vae(pre: Mapping[str, Any]) -> VAEConfig | MelCodecConfig:
+    where = "model.pretransform"
+    if pre.get("type") == "mel_codec":
+        return _parse_mel_codec(pre)
     _check_keys(
         pre, {"type", "iterate_batch", "config", "scale", "model_half", "chunked", "enable_grad"}, where
     )
@@ -920,32 +990,34 @@ def _tiny() -> AudioOmniConfig:
 
 
 def _small() -> AudioOmniConfig:
-    """A small model meant to be trained here on generated sounds (`bench/train_small.py`).
+    """A small model trained here on generated sounds (`bench/train_small.py`, docs/model.md).
 
-    Same clip length and hard-coded widths as `tiny`; a VAE with 16 latent channels at x2048, a
-    3-block DiT of width 128, and 64 mel prefix tokens so edits see where things happen in the
-    source. Sized so an fp16 checkpoint (with the float32 tiny thinker) stays under 20 MB: the speech
-    conditioner alone, fixed by the released layout, is 5.9 M parameters. Without weights it is
-    random, like `tiny`.
+    Same clip length, thinker and hard-coded widths as `tiny`; the Oobleck VAE is replaced by the
+    fixed log-mel codec (`model.melcodec`: 64 bands up to 11.025 kHz, 216 frames, Griffin-Lim
+    decoding), because a waveform VAE does not train from scratch on a CPU in the time this model
+    gets. A 3-block DiT of width 128 and 64 mel prefix tokens so edits see where things happen in
+    the source. The fp16 checkpoint (with the float32 tiny thinker) stays under 20 MB: the speech
+    conditioner alone, fixed by the released layout, is 5.9 M parameters. Without weights the DiT
+    is random, like `tiny`.
     """
     from dataclasses import replace  # local: this factory is its only user
 
     tiny = _tiny()
-    vae = VAEConfig(
-        encoder_channels=32,  # tied by diffusers to 2 * latent_dim
-        decoder_channels=32,
-        c_mults=(1, 2, 2, 4),
-        strides=(4, 8, 8, 8),
-        encoder_latent_dim=32,
-        latent_dim=16,
-        downsampling_ratio=2048,
+    codec = MelCodecConfig(
+        hop=2048,
+        n_fft=2048,
+        stft_hop=512,
+        n_mels=64,
+        f_max=11025.0,
+        log_floor=1e-4,
+        griffin_lim_iters=32,
         io_channels=2,
     )
     return replace(
         tiny,
-        vae=vae,
+        vae=codec,
         mel=replace(tiny.mel, seq_len=64),
-        dit=DiTConfig(io_channels=vae.latent_dim, embed_dim=128, depth=3, num_heads=2),
+        dit=DiTConfig(io_channels=codec.latent_dim, embed_dim=128, depth=3, num_heads=2),
     )
 
 

@@ -26,7 +26,10 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderOobleck
 
-from model.config import VAEConfig
+from model.config import MelCodecConfig, VAEConfig
+from model.melcodec import MelCodec
+
+Codec = AutoencoderOobleck | MelCodec  # what `SamplerPart.vae` holds
 
 RELEASED_PREFIX = "pretransform.model."
 STD_FLOOR = 1e-4  # std = softplus(scale) + STD_FLOOR
@@ -44,13 +47,16 @@ _DIFFUSERS_RE = re.compile(r"^(encoder|decoder)\.(conv1|snake1|conv2|block\.(\d+
 # --------------------------------------------------------------------------- construction
 
 
-def build_vae(cfg: VAEConfig, *, sample_rate: int = 44100) -> AutoencoderOobleck:
-    """An `AutoencoderOobleck` with the layout of `cfg` (random weights, eval mode).
+def build_vae(cfg: VAEConfig | MelCodecConfig, *, sample_rate: int = 44100) -> Codec:
+    """An `AutoencoderOobleck` with the layout of `cfg` (random weights, eval mode), or the fixed
+    `MelCodec` for a `MelCodecConfig`.
 
     Build it under `torch.device("meta")` to enumerate shapes without memory.
     """
     if sample_rate < 1:
         raise ValueError(f"sample_rate must be a positive integer, got {sample_rate}")
+    if isinstance(cfg, MelCodecConfig):
+        return MelCodec(cfg, sample_rate=sample_rate).eval()
     with warnings.catch_warnings():
         # diffusers builds its convs with the deprecated `torch.nn.utils.weight_norm`; that legacy
         # layout is exactly what the released checkpoint stores, so the warning is noise here.
@@ -67,9 +73,9 @@ def build_vae(cfg: VAEConfig, *, sample_rate: int = 44100) -> AutoencoderOobleck
     return vae.eval()
 
 
-def num_stages(vae: AutoencoderOobleck) -> int:
-    """Down/up-sampling stages of a built VAE."""
-    return len(vae.encoder.block)
+def num_stages(vae: Codec) -> int | None:
+    """Down/up-sampling stages of a built VAE (None for the mel codec, whose keys need none)."""
+    return None if isinstance(vae, MelCodec) else len(vae.encoder.block)
 
 
 # --------------------------------------------------------------------------- key names
@@ -236,13 +242,16 @@ def _param(vae: AutoencoderOobleck) -> torch.Tensor:
     return p
 
 
-def decode(vae: AutoencoderOobleck, latents: torch.Tensor, *, batch_chunk: int | None = None) -> torch.Tensor:
+def decode(vae: Codec, latents: torch.Tensor, *, batch_chunk: int | None = None) -> torch.Tensor:
     """Latents (B, C, T) -> waveform (B, audio_channels, T * downsampling_ratio), float32.
 
     Runs in float32 with autocast disabled (latents are unscaled: the release's pretransform scale
     is 1.0). `batch_chunk` decodes that many items at a time to bound activation memory. Call it
     under `torch.inference_mode()` at inference.
     """
+    if isinstance(vae, MelCodec):
+        with torch.autocast(device_type=latents.device.type, enabled=False):
+            return vae.decode(latents.float())
     channels = vae.config.decoder_input_channels
     if latents.ndim != 3 or latents.shape[1] != channels:
         raise ValueError(f"latents must be (B, {channels}, T), got {tuple(latents.shape)}")
@@ -272,18 +281,22 @@ def encode_raw(vae: AutoencoderOobleck, wav: torch.Tensor) -> torch.Tensor:
         return vae.encoder(wav.to(device=p.device, dtype=torch.float32))  # (B, 2C, L)
 
 
-def encode_moments(vae: AutoencoderOobleck, wav: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_moments(vae: Codec, wav: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Waveform (B, A, N) -> (mean, std), each (B, latent_dim, N / ratio).
 
     The encoder output splits into mean (first half of the channels) and scale (second half);
-    std = softplus(scale) + 1e-4.
+    std = softplus(scale) + 1e-4. The mel codec is deterministic: std is zero.
     """
+    if isinstance(vae, MelCodec):
+        with torch.autocast(device_type=wav.device.type, enabled=False):
+            mean = vae.encode(wav.float())
+        return mean, torch.zeros_like(mean)
     mean, scale = encode_raw(vae, wav).chunk(2, dim=1)  # (B, C, L) each
     return mean, F.softplus(scale) + STD_FLOOR
 
 
 def encode_sample(
-    vae: AutoencoderOobleck,
+    vae: Codec,
     wav: torch.Tensor,
     eps: torch.Tensor | None = None,
     *,

@@ -278,12 +278,13 @@ def save_final(storage, trainer, settings: TrainSettings, *, wall_s: float, hist
     from safetensors.torch import save
 
     from model.checkpoint import internal_to_released
+    from model.vae import num_stages
 
     part = trainer.part
     # EMA values replace the live parameters; buffers (LayerNorm beta, RoPE table) come as they are.
     state = {k: v.detach().cpu() for k, v in part.state_dict().items()}
     state.update({k: v.detach().cpu() for k, v in trainer.ema.shadow.items()})
-    stages = len(part.vae.encoder.block)
+    stages = num_stages(part.vae)
     sd = {internal_to_released(k, vae_num_stages=stages): v.contiguous() for k, v in state.items()}
     storage.put(FINAL_WEIGHTS_KEY, save(sd, metadata={"part": "sampler", "step": str(trainer.step_index)}))
     summary = {

@@ -34,14 +34,18 @@ def _mel_to_hz(mel: torch.Tensor) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=8)
-def mel_filterbank(*, sample_rate: int, n_fft: int, n_mels: int) -> torch.Tensor:
-    """(n_fft//2+1, n_mels) float32 HTK triangular filters from 0 Hz to sample_rate//2, no area norm.
+def mel_filterbank(*, sample_rate: int, n_fft: int, n_mels: int, f_max: float | None = None) -> torch.Tensor:
+    """(n_fft//2+1, n_mels) float32 HTK triangular filters from 0 Hz to `f_max` (default
+    sample_rate//2), no area norm: between the first and the last centre the filters sum to 1.
 
     Cached on the CPU; callers move it to their device.
     """
     n_freqs = n_fft // 2 + 1
-    bin_freqs = torch.linspace(0, sample_rate // 2, n_freqs, dtype=torch.float64)  # (F,)
-    mel_points = torch.linspace(0.0, _hz_to_mel(float(sample_rate // 2)), n_mels + 2, dtype=torch.float64)
+    top = float(sample_rate // 2) if f_max is None else float(f_max)
+    # Explicitly on the CPU: this is cached, and a caller under `torch.device("meta")` must not
+    # leave a meta tensor in the cache.
+    bin_freqs = torch.linspace(0, sample_rate // 2, n_freqs, dtype=torch.float64, device="cpu")  # (F,)
+    mel_points = torch.linspace(0.0, _hz_to_mel(top), n_mels + 2, dtype=torch.float64, device="cpu")
     edges_hz = _mel_to_hz(mel_points)  # (M+2,) filter edges: lower, centre, upper for each filter
     widths = edges_hz[1:] - edges_hz[:-1]  # (M+1,)
     offsets = edges_hz[None, :] - bin_freqs[:, None]  # (F, M+2)

@@ -22,7 +22,7 @@ def test_small_preset_round_trips_and_matches_tiny_shapes():
     # Same clip and conditioning geometry as tiny, so the same code paths and demo inputs run.
     assert small.output_samples == tiny.output_samples
     assert small.mllm == tiny.mllm
-    assert small.vae.latent_dim == small.dit.io_channels == 16
+    assert small.vae.latent_dim == small.dit.io_channels == 64  # the mel codec's bands (model.melcodec)
     assert small.mel.seq_len == 64
 
 
