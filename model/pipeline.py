@@ -72,6 +72,8 @@ class GenerationPlan:
     window_samples: int = 0
     output_samples: int = 0
     keep_source: bool = False  # mask `source` with the output instead of returning the output itself
+    band_hz: float | None = None  # the model's output carries nothing above this (config.output_band_hz)
+    rate: int = 44100  # sample rate of `source` and the output
 
     def request(self, k: int, features: torch.Tensor, previous: torch.Tensor | None) -> GenerationRequest:
         """Request for segment k (0-based). `previous` is segment k-1's (C, N) audio for continuation."""
@@ -98,7 +100,8 @@ class GenerationPlan:
             audio = trim_silence(audio)
         if self.keep_source and self.source is not None:
             # At the source's own level: a part of the source is not peak-normalised.
-            return source_mask(audio, self.source[: audio.shape[-1]]).clamp(-1.0, 1.0)
+            masked = source_mask(audio, self.source[: audio.shape[-1]], band_hz=self.band_hz, sample_rate=self.rate)
+            return masked.clamp(-1.0, 1.0)
         return peak_normalize(audio) if normalize else audio
 
 
@@ -279,6 +282,8 @@ def plan_task(config: AudioOmniConfig, x: TaskInputs) -> TaskPlan:
         window_samples=window,
         output_samples=out_n,
         keep_source=x.keep_source,
+        band_hz=config.output_band_hz,
+        rate=sr,
     )
     return plan
 

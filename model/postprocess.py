@@ -54,6 +54,8 @@ def source_mask(
     smooth_bins: int = 5,
     smooth_frames: int = 9,
     eps: float = 1e-10,
+    band_hz: float | None = None,
+    sample_rate: int = 44100,
 ) -> torch.Tensor:
     """Remove / extract output that keeps the source's phase: the model's output as a soft mask.
 
@@ -65,6 +67,11 @@ def source_mask(
     away, that part is attenuated. It can only take away from the source, so it suits edits whose
     target is a part of the source (remove, extract), not add or style transfer. Returns (C, N)
     float32 at the source's level (not peak-normalised).
+
+    `band_hz`: the model's output carries nothing above this frequency (the `small` preset's codec).
+    There each frame takes the gain the model gave the bins just below (at 0.9 x `band_hz`, under
+    the band edge's roll-off), so what the model removes in its band goes above it too; without it
+    everything above would be removed.
     """
     if generated.dim() != 2:
         raise ValueError(f"generated must be (C, N), got shape {tuple(generated.shape)}")
@@ -91,4 +98,9 @@ def source_mask(
 
     spec_src = stft(src)
     gain = (smoothed_power(stft(generated.float())) / (smoothed_power(spec_src) + eps)).sqrt().clamp(max=1.0)
+    if band_hz is not None:
+        edge = int(0.9 * band_hz * n_fft / sample_rate)  # STFT bin
+        if not 0 < edge < gain.shape[1] - 1:
+            raise ValueError(f"band_hz = {band_hz} is outside (0, {sample_rate / 2}) Hz for this STFT")
+        gain[:, edge + 1 :] = gain[:, edge : edge + 1]  # (1, F, T): carry the edge's gain up, per frame
     return torch.istft(spec_src * gain, n_fft, hop, window=window, length=n)

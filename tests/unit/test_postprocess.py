@@ -75,3 +75,27 @@ def test_bad_shapes_are_refused(generated, source, match):
 def test_even_smoothing_is_refused():
     with pytest.raises(ValueError, match="odd"):
         source_mask(torch.zeros(1, N), torch.zeros(N), smooth_bins=4)
+
+
+def test_band_limited_output_masks_above_its_band_like_the_band_edge():
+    # A codec that keeps only 0-4.1 kHz: what the model removes below the edge goes above it too.
+    g = torch.Generator().manual_seed(3)
+    background = 0.1 * torch.randn(N, generator=g)
+    event = torch.zeros(N)
+    event[SR : 2 * SR] = 0.3 * torch.randn(SR, generator=g)  # broadband burst, 1 s to 2 s
+    mixture = background + event
+    spec = torch.fft.rfft(background)
+    spec[int(4134 * N / SR) :] = 0  # the model's remove output: the background, band-limited
+    low_background = torch.fft.irfft(spec, n=N)
+    plain = source_mask(low_background[None], mixture)[0]
+    banded = source_mask(low_background[None], mixture, band_hz=4134.0, sample_rate=SR)[0]
+    # Without the band, everything above it is taken away; with it the background's top stays ...
+    assert _si_sdr(banded, background) > _si_sdr(plain, background) + 3.0
+    assert _si_sdr(banded, background) > _si_sdr(mixture, background) + 3.0
+    # ... and the burst is attenuated above the band as well as below it.
+    # The 1-s event span has 1 Hz bins: compare what is left of the burst above 6 kHz.
+    top = torch.fft.rfft(banded[SR : 2 * SR] - background[SR : 2 * SR])[6000:]
+    top_event = torch.fft.rfft(event[SR : 2 * SR])[6000:]
+    assert float(top.abs().square().sum()) < 0.3 * float(top_event.abs().square().sum())
+    with pytest.raises(ValueError, match="band_hz"):
+        source_mask(low_background[None], mixture, band_hz=30000.0, sample_rate=SR)
