@@ -12,7 +12,9 @@ reused) and edit pairs synthesised from them with another synthesis seed (1). Re
   A generated waveform does not share the target's phase, so (a) cannot score on SI-SDR; (b) can.
 * text-to-audio: `--clips-per-class` clips per class prompt, labelled by a nearest-centroid
   classifier on log-mel statistics fitted on the held-out real samples of the same classes;
-  accuracy against chance (1 / number of classes).
+  accuracy against chance (1 / number of classes). The mel bands stop at the model's output band
+  (`config.output_band_hz`: 11.025 kHz for `small`) or 16 kHz, so the classifier compares what the
+  model can produce.
 """
 
 from __future__ import annotations
@@ -58,11 +60,13 @@ def _power(x: np.ndarray) -> np.ndarray:
     return (np.abs(np.fft.rfft(frames * np.hanning(N_FFT), axis=1)) ** 2).T  # (F, T)
 
 
-def _mel_matrix(sr: int = SR) -> np.ndarray:
+def mel_matrix(fmax: float, sr: int = SR) -> np.ndarray:
+    """(N_MELS, N_FFT // 2 + 1) triangular mel filters from 30 Hz to `fmax`."""
+
     def hz_to_mel(f):
         return 2595 * np.log10(1 + f / 700)
 
-    mels = np.linspace(hz_to_mel(30), hz_to_mel(16000), N_MELS + 2)
+    mels = np.linspace(hz_to_mel(30), hz_to_mel(fmax), N_MELS + 2)
     hz = 700 * (10 ** (mels / 2595) - 1)
     bins = np.fft.rfftfreq(N_FFT, 1 / sr)
     fb = np.zeros((N_MELS, bins.size))
@@ -72,13 +76,10 @@ def _mel_matrix(sr: int = SR) -> np.ndarray:
     return fb
 
 
-MEL = _mel_matrix()
-
-
-def logmel_stats(x: np.ndarray) -> np.ndarray:
+def logmel_stats(x: np.ndarray, mel: np.ndarray) -> np.ndarray:
     """Mean and std over the active frames (within 30 dB of the loudest) of a 40-band log-mel, plus
     the mean frame-to-frame flux: an 81-dim vector."""
-    lm = 10 * np.log10(MEL @ _power(x) + 1e-10)  # (M, T)
+    lm = 10 * np.log10(mel @ _power(x) + 1e-10)  # (M, T)
     energy = lm.max(axis=0)
     active = lm[:, energy > energy.max() - 30]
     flux = np.abs(np.diff(active, axis=1)).mean() if active.shape[1] > 1 else 0.0
@@ -132,6 +133,8 @@ def main() -> None:
     texts = sorted({prompt_of(t, c) for t in ("edit_remove", "edit_extract", "text_to_audio") for c in CLASSES})
     rows = dict(zip(texts, encoder.encode([MLLMPrompt(text=t) for t in texts]), strict=True))
     window = cfg.mel.window_samples
+    band_hz = cfg.output_band_hz
+    mel = mel_matrix(min(16000.0, band_hz or 16000.0))
 
     def generate(text: str, source: np.ndarray | None, seed: int) -> np.ndarray:
         req = GenerationRequest(
@@ -156,7 +159,7 @@ def main() -> None:
                 x, sr = sf.read(f, dtype="float32")
                 import soxr
 
-                real_feats.append(logmel_stats(soxr.resample(x, sr, SR)))
+                real_feats.append(logmel_stats(soxr.resample(x, sr, SR), mel))
                 real_labels.append(c)
     clf = NearestCentroid().fit(np.stack(real_feats), real_labels)
     real_acc = float(np.mean([a == b for a, b in zip(clf.predict(np.stack(real_feats)), real_labels, strict=True)]))
@@ -168,7 +171,7 @@ def main() -> None:
             src, tgt = clips["mixture"][i][:window], clips[target_clip][i][:window]
             raw = generate(prompt_of(task, params[i]["label"]), src, seed=100 + i)
             # keep_source: the raw output as a time-frequency mask on the source (model.postprocess)
-            masked = mono(source_mask(raw, torch.from_numpy(src)))
+            masked = mono(source_mask(raw, torch.from_numpy(src), band_hz=band_hz, sample_rate=SR))
             for kind, out in (("model", mono(raw)), ("masked", masked), ("baseline", src)):
                 m[f"lsd_{kind}"].append(lsd_db(out, tgt))
                 m[f"sisdr_{kind}"].append(si_sdr_db(out, tgt))
@@ -178,7 +181,7 @@ def main() -> None:
     for ci, c in enumerate(CLASSES):
         for k in range(args.clips_per_class):
             out = generate(prompt_of("text_to_audio", c), None, seed=1000 + 10 * ci + k)
-            gen_feats.append(logmel_stats(mono(out)))
+            gen_feats.append(logmel_stats(mono(out), mel))
             gen_labels.append(c)
     pred = clf.predict(np.stack(gen_feats))
     t2a_acc = float(np.mean([a == b for a, b in zip(pred, gen_labels, strict=True)]))

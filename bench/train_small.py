@@ -1,20 +1,20 @@
 """Train the embedded `small` model (model/data/small/) on generated sounds (`scripts/train_small.sh`).
 
-    python bench/train_small.py features --work .small_run          # thinker rows of every prompt
-    python bench/train_small.py vae --work .small_run --device cuda   # VAE (time-boxed), saved under --out
-    python bench/train_small.py dit --work .small_run --device cuda   # DiT on that VAE's latents (time-boxed)
+    python bench/train_small.py features --work .small_run                  # thinker rows of every prompt
+    python bench/train_small.py codec --work .small_run --pairs 320         # the codec's band statistics
+    python bench/train_small.py dit --work .small_run --pairs 320 --dit-s 3000   # DiT (time-boxed)
     python bench/train_small.py export --work .small_run --dst model/data/small
 
-(`train` runs `vae` then `dit`.) `features` runs the frozen built-in thinker (seed 0, float32) once
-per distinct prompt, on the machine that will serve the model, so the rows the DiT trains on are
-exactly the rows inference computes with its library versions; it also stores the thinker's
-weights, which the committed checkpoint carries. `vae` and `dit` both generate the same sounds
+(`train` runs `codec` then `dit`.) `features` runs the frozen built-in thinker (seed 0, float32)
+once per distinct prompt, on the machine that will serve the model, so the rows the DiT trains on
+are exactly the rows inference computes with its library versions; it also stores the thinker's
+weights, which the committed checkpoint carries. `codec` and `dit` both generate the same sounds
 (`examples/sounds/make_sounds.py`, classes in `CLASSES`) and edit pairs (the project's
-`orchestrator.dataset.synth.synth_pair`, seed 0). `vae` trains the Oobleck VAE on reconstruction
-of random crops and rescales its latents to unit variance; `dit` encodes every clip once, computes
-every source's log-mel once, and trains the DiT and conditioner heads with
-`model.training.FlowTrainer` on the four examples of every pair (add, remove, extract,
-text-to-audio). Each stage stops at its wall-time budget. `export` writes the EMA sampler (fp16) and
+`orchestrator.dataset.synth.synth_pair`, seed 0). `codec` fits the fixed log-mel codec's per-band
+mean and std (`model.melcodec`; nothing is trained); `dit` encodes every clip once, computes every
+source's log-mel once, and trains the DiT and conditioner heads with `model.training.FlowTrainer`
+on the four examples of every pair (add, remove, extract, text-to-audio) until its wall-time
+budget, writing an EMA snapshot every `--save-every-s`. `export` writes the EMA sampler (fp16) and
 the thinker (fp32) under released key names plus `config.json`. The last line printed by each
 phase is one JSON object.
 """
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -136,134 +135,54 @@ def make_sound_folder(folder: Path, per_class: int, seed: int) -> dict[str, int]
     return generate(folder, per_class=per_class, backgrounds_per_kind=2, seed=seed, classes=CLASSES)
 
 
-# --------------------------------------------------------------------------- VAE training
+# --------------------------------------------------------------------------- codec
 
 
-def stft_loss(y, x, ffts=(2048, 1024, 512, 256, 128), floor: float = 1e-5):
-    """Multi-resolution STFT loss: spectral convergence + L1 of log magnitudes, mean over resolutions."""
+def fit_codec(part, clips: dict[str, np.ndarray], device) -> tuple[list[float], list[float]]:
+    """Fit the mel codec's per-band mean, std and max to every training clip (latents: zero mean,
+    unit std; decoding capped at the loudest band power seen); returns the means and stds."""
     import torch
 
-    y, x = y.reshape(-1, y.shape[-1]), x.reshape(-1, x.shape[-1])  # (B*A, N)
-    total = 0.0
-    for n in ffts:
-        win = torch.hann_window(n, device=x.device)
-        sy = torch.stft(y, n, n // 4, window=win, return_complex=True).abs()  # (B*A, F, T)
-        sx = torch.stft(x, n, n // 4, window=win, return_complex=True).abs()
-        sc = torch.linalg.norm(sy - sx) / (torch.linalg.norm(sx) + 1e-7)
-        mag = (torch.log(sy + floor) - torch.log(sx + floor)).abs().mean()
-        total = total + sc + mag
-    return total / len(ffts)
-
-
-def train_vae(
-    part,
-    clips: dict[str, np.ndarray],
-    params: list[dict],
-    device,
-    budget_s: float,
-    history: list,
-    batch: int,
-    crop: int,
-    *,
-    lr: float = 3e-3,
-    l1_weight: float = 0.0,
-    log_floor: float = 1e-4,
-    mse_weight: float = 100.0,
-    stft_start: float = 0.0,
-) -> None:
-    """Reconstruction training of the Oobleck VAE on random crops, until `budget_s` of wall time.
-
-    Loss: w(t) * multi-resolution STFT (spectral convergence + log-magnitude L1 with `log_floor`) +
-    `mse_weight` * waveform MSE + `l1_weight` * waveform L1 + 1e-4 * KL of the posterior, where w ramps
-    from 0 at `stft_start` of the budget to 1 at its end (0, the default: STFT from the start).
-    Waveform MSE alone drives the decoder to silence on this data (mostly noise, whose waveform a
-    2048x latent cannot carry); the spectral term is phase-free. The first GPU run clipped the
-    gradient norm at 1.0 while it was 10-40, so its steps were tiny; the clip is 10 now. Even so, on
-    two CPU cores 3000 steps of 8 x 8192 samples (25 min) did not give a VAE that reconstructs
-    (docs/model.md, "The embedded small model"). AdamW, warm-up,
-    cosine decay, gradient norm clipped at 10.
-    """
-    import torch
-
-    from model.vae import encode_moments
-
-    vae = part.vae
-    vae.train().requires_grad_(True)
-    opt = torch.optim.AdamW(vae.parameters(), lr=lr, betas=(0.8, 0.99), weight_decay=0.0)
-    rng = np.random.default_rng(0)
-    n_pairs, n = clips["mixture"].shape
-    start, step = time.perf_counter(), 0
-    while time.perf_counter() - start < budget_s:
-        frac = (time.perf_counter() - start) / budget_s
-        for g in opt.param_groups:  # warm-up then cosine decay over the time budget
-            g["lr"] = lr * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
-        wavs = []
-        for _ in range(batch):
-            i = int(rng.integers(n_pairs))
-            which = CLIPS[int(rng.choice(3, p=[0.25, 0.45, 0.30]))]
-            if which == "event":  # crops around the event, which is silent elsewhere
-                on = params[i]["onset_samples"]
-                lo = max(0, min(n - crop, on - int(rng.integers(0, crop // 2))))
-            else:
-                lo = int(rng.integers(0, n - crop))
-            wavs.append(clips[which][i, lo : lo + crop])
-        x = torch.from_numpy(np.stack(wavs)).to(device)[:, None, :].expand(-1, 2, -1).contiguous()  # (B, 2, N)
-        mean, std = encode_moments(vae, x)  # (B, C, L)
-        z = mean + std * torch.randn_like(mean)
-        y = vae.decoder(z)  # (B, 2, N)
-        kl = (mean.pow(2) + std.pow(2) - 2 * torch.log(std) - 1).mean() * 0.5
-        spec = stft_loss(y, x, floor=log_floor)
-        l1 = (y - x).abs().mean()
-        mse = (y - x).pow(2).mean()
-        w_stft = 1.0 if stft_start <= 0 else min(1.0, max(0.0, (frac - stft_start) / (1.0 - stft_start)))
-        loss = w_stft * spec + l1_weight * l1 + mse_weight * mse + 1e-4 * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gn = torch.nn.utils.clip_grad_norm_(vae.parameters(), 10.0)
-        opt.step()
-        step += 1
-        if step % args_log_every(device) == 0:
-            rec = {
-                "vae_step": step,
-                "spec": float(spec.detach()),
-                "mse": float(mse.detach()),
-                "w_stft": round(w_stft, 3),
-                "l1": float(l1.detach()),
-                "kl": float(kl.detach()),
-                "grad": float(gn),
-                "t_s": round(time.perf_counter() - start, 1),
-            }
-            history.append(rec)
-            log(json.dumps(rec))
-    vae.eval().requires_grad_(False)
-    history.append({"vae_steps_total": step})
-
-
-def args_log_every(device) -> int:
-    return 25 if device.type == "cuda" else 50
-
-
-def normalise_latents(part, clips: dict[str, np.ndarray], device) -> float:
-    """Rescale the latent means to unit std (encoder output / s, decoder input * s): decoding is unchanged."""
-    import torch
-
-    from model.training import encode_latents
-
-    with torch.no_grad():
-        sample = torch.from_numpy(clips["mixture"][:32]).to(device)
-        s = float(encode_latents(part, sample).std())
-        enc_out, dec_in = part.vae.encoder.conv2, part.vae.decoder.conv1
-        c = part.config.vae.latent_dim
-        enc_out.weight_g[:c] /= s  # mean half of the encoder output
-        enc_out.bias[:c] /= s
-        dec_in.weight_g *= s
-    return s
+    wav = torch.from_numpy(np.concatenate([clips[c] for c in CLIPS]))  # (3P, N) mono
+    n = part.config.output_samples
+    wav = torch.nn.functional.pad(wav[:, :n], (0, max(0, n - wav.shape[-1])))
+    mean, std, _ = part.vae.fit(wav[:, None, :].expand(-1, part.config.vae.io_channels, -1).to(device))
+    return [float(v) for v in mean.cpu()], [float(v) for v in std.cpu()]
 
 
 # --------------------------------------------------------------------------- DiT training
 
 
-def train_dit(part, clips, params, rows_by_text, device, budget_s: float, history: list, batch: int) -> int:
+def init_mel_pooling(mel) -> None:
+    """Start the mel conditioner's frame-axis projection as average pooling: prefix token j is the
+    mean of the j-th of `seq_len` equal runs of log-mel frames. A random start mixes every frame into
+    every token, and the DiT then has to learn where an edit's source events are before it can use
+    them; pooling hands it time order from step 0 (training still changes the projection)."""
+    import torch
+
+    tokens, frames = mel.proj_sequence_features.weight.shape  # (S, T)
+    edges = torch.linspace(0, frames, tokens + 1).round().long()
+    weight = torch.zeros(tokens, frames)
+    for j in range(tokens):
+        weight[j, edges[j] : edges[j + 1]] = 1.0 / float(edges[j + 1] - edges[j])
+    with torch.no_grad():
+        mel.proj_sequence_features.weight.copy_(weight)
+        mel.proj_sequence_features.bias.zero_()
+
+
+def train_dit(
+    part,
+    clips,
+    params,
+    rows_by_text,
+    device,
+    budget_s: float,
+    history: list,
+    batch: int,
+    out: Path,
+    save_every_s: float,
+    lr: float,
+) -> int:
     import torch
 
     from model.training import FlowTrainer, TrainExample, TrainHyper, encode_latents
@@ -291,11 +210,15 @@ def train_dit(part, clips, params, rows_by_text, device, budget_s: float, histor
         }
     examples = [(i, t, s, tg) for i in range(n_pairs) for (t, s, tg) in KINDS]
     part.dit.init_weights()
-    hyper = TrainHyper(lr=6e-4, warmup_steps=100, cond_dropout=0.1, ema_decay=0.998, seed=0)
+    init_mel_pooling(part.mel)
+    hyper = TrainHyper(lr=lr, warmup_steps=100, cond_dropout=0.1, ema_decay=0.998, seed=0)
     trainer = FlowTrainer(part, hyper, autocast_dtype=torch.bfloat16 if device.type == "cuda" else None)
     rng = np.random.default_rng(1)
-    start = time.perf_counter()
+    start = last_save = time.perf_counter()
     while time.perf_counter() - start < budget_s:
+        if time.perf_counter() - last_save > save_every_s:  # EMA snapshot, so a run can be checked midway
+            save_state(part, out, overrides=trainer.ema.shadow)
+            last_save = time.perf_counter()
         idx = rng.choice(len(examples), size=batch, replace=False)
         exs, lats = [], []
         for k in idx:
@@ -321,12 +244,13 @@ def train_dit(part, clips, params, rows_by_text, device, budget_s: float, histor
     return trainer.step_index
 
 
-def save_state(part, out: Path) -> None:
-    """The part's state in fp16, in two files (each under the device transfer's 16 MB per-file
-    limit); `export` merges them."""
+def save_state(part, out: Path, overrides: dict | None = None) -> None:
+    """The part's state in fp16 (`overrides`, e.g. EMA values, replace entries), in two files (each
+    under the device transfer's 16 MB per-file limit); `export` merges them."""
     from safetensors.torch import save_file
 
     state = {k: v.detach().cpu() for k, v in part.state_dict().items()}
+    state.update({k: v.detach().cpu() for k, v in (overrides or {}).items()})
     for name, keep in (("speech", lambda k: k.startswith("speech.")), ("main", lambda k: not k.startswith("speech."))):
         chunk = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items() if keep(k)}
         save_file(chunk, str(out / f"state_{name}.safetensors"))
@@ -352,47 +276,27 @@ def _setup(args):
     return device, work, out, clips, params
 
 
-def phase_vae(args) -> dict:
-    """Train the VAE, rescale its latents, save the part's state and `vae_summary.json` under --out."""
+def phase_codec(args) -> dict:
+    """Fit the codec's band statistics, save the part's state and `codec_summary.json` under --out."""
     from model.build import build_sampler
     from model.config import get_preset
 
     t0 = time.perf_counter()
-    device, _work, out, clips, params = _setup(args)
+    device, _work, out, clips, _params = _setup(args)
     part = build_sampler(get_preset(PRESET), seed=0).to(device)
-    history: list[dict] = []
-    train_vae(
-        part,
-        clips,
-        params,
-        device,
-        args.vae_s,
-        history,
-        args.vae_batch,
-        args.vae_crop,
-        lr=args.vae_lr,
-        l1_weight=args.vae_l1_weight,
-        log_floor=args.vae_log_floor,
-        mse_weight=args.vae_mse_weight,
-        stft_start=args.vae_stft_start,
-    )
-    scale = normalise_latents(part, clips, device)
-    log(f"latent scale {scale:.4f}")
+    mean, std = fit_codec(part, clips, device)
     save_state(part, out)
     summary = {
-        "phase": "vae",
+        "phase": "codec",
         "device": str(device),
         "pairs": args.pairs,
         "per_class": args.per_class,
-        "vae_s": args.vae_s,
-        "vae_batch": args.vae_batch,
-        "vae_crop": args.vae_crop,
-        "latent_scale": scale,
+        "band_mean_range": [round(min(mean), 3), round(max(mean), 3)],
+        "band_std_range": [round(min(std), 3), round(max(std), 3)],
         "wall_s": round(time.perf_counter() - t0, 1),
-        "history": history,
     }
-    (out / "vae_summary.json").write_text(json.dumps(summary, indent=1))
-    return {k: v for k, v in summary.items() if k != "history"}
+    (out / "codec_summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
 
 
 def read_state(out: Path) -> dict:
@@ -413,7 +317,7 @@ def load_state(part, out: Path) -> None:
 
 
 def phase_dit(args) -> dict:
-    """Train the DiT and conditioner heads on the VAE that `phase_vae` saved under --out."""
+    """Train the DiT and conditioner heads on the codec that `phase_codec` saved under --out."""
     from safetensors.torch import load_file
 
     from model.build import build_sampler
@@ -428,29 +332,29 @@ def phase_dit(args) -> dict:
     load_state(part, out)
     part.to(device)
     history: list[dict] = []
-    steps = train_dit(part, clips, params, rows_by_text, device, args.dit_s, history, args.batch)
+    steps = train_dit(
+        part, clips, params, rows_by_text, device, args.dit_s, history, args.batch, out, args.save_every_s, args.lr
+    )
     save_state(part, out)
-    vae_summary = json.loads((out / "vae_summary.json").read_text())
+    codec_summary = json.loads((out / "codec_summary.json").read_text())
     summary = {
         "phase": "train",
         "device": str(device),
         "pairs": args.pairs,
         "per_class": args.per_class,
-        "vae_s": vae_summary["vae_s"],
-        "vae_wall_s": vae_summary["wall_s"],
-        "latent_scale": vae_summary["latent_scale"],
+        "codec_wall_s": codec_summary["wall_s"],
         "dit_s": args.dit_s,
         "dit_batch": args.batch,
         "dit_steps": steps,
         "dit_wall_s": round(time.perf_counter() - t0, 1),
-        "history": vae_summary["history"] + history,
+        "history": history,
     }
     (out / "train_summary.json").write_text(json.dumps(summary, indent=1))
     return {k: v for k, v in summary.items() if k != "history"}
 
 
 def phase_train(args) -> dict:
-    phase_vae(args)
+    phase_codec(args)
     return phase_dit(args)
 
 
@@ -464,11 +368,12 @@ def phase_export(work: Path, dst: Path, run_dir: Path) -> dict:
     from model.checkpoint import internal_to_released
     from model.config import get_preset
     from model.parts import SamplerPart
+    from model.vae import num_stages
 
     cfg = get_preset(PRESET)
     state = read_state(run_dir)
     with torch.device("meta"):
-        stages = len(SamplerPart(cfg).vae.encoder.block)
+        stages = num_stages(SamplerPart(cfg).vae)
     sd = {internal_to_released(k, vae_num_stages=stages): v for k, v in state.items()}
     sd.update(load_file(str(work / THINKER_FILE)))  # fp32: the rows the DiT learned come from these weights
     dst.mkdir(parents=True, exist_ok=True)
@@ -482,7 +387,7 @@ def phase_export(work: Path, dst: Path, run_dir: Path) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("phase", choices=("features", "vae", "dit", "train", "export"))
+    p.add_argument("phase", choices=("features", "codec", "dit", "train", "export"))
     p.add_argument("--work", default=".small_run", help="working folder (features, sounds)")
     p.add_argument("--out", default=None, help="train: where the state files go (default --work)")
     p.add_argument("--dst", default="model/data/small", help="export: destination folder")
@@ -492,37 +397,21 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=160)
     p.add_argument("--per-class", type=int, default=12)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--vae-batch", type=int, default=8)
-    p.add_argument("--vae-crop", type=int, default=8192, help="VAE training crop (samples)")
-    p.add_argument("--vae-lr", type=float, default=3e-3)
-    p.add_argument("--vae-l1-weight", type=float, default=0.0, help="weight of the waveform L1 term")
-    p.add_argument("--vae-log-floor", type=float, default=1e-4, help="magnitude floor of the log-STFT term")
-    p.add_argument("--vae-mse-weight", type=float, default=100.0, help="weight of the waveform MSE term")
-    p.add_argument(
-        "--vae-stft-start", type=float, default=0.0, help="fraction of the VAE budget before the STFT term ramps in"
-    )
-    p.add_argument("--vae-s", type=float, default=1500.0, help="VAE training wall-time budget (s)")
-    p.add_argument("--dit-s", type=float, default=1500.0, help="DiT training wall-time budget (s)")
+    p.add_argument("--dit-s", type=float, default=3000.0, help="DiT training wall-time budget (s)")
+    p.add_argument("--lr", type=float, default=1e-3, help="DiT: AdamW learning rate after warm-up")
+    p.add_argument("--save-every-s", type=float, default=600.0, help="DiT: EMA snapshot to --out this often (s)")
     args = p.parse_args()
-    for name in ("pairs", "per_class", "batch", "workers", "threads", "vae_batch", "vae_crop"):
+    for name in ("pairs", "per_class", "batch", "workers", "threads"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if not 0 <= args.vae_stft_start < 1 or args.vae_mse_weight < 0:
+    if args.dit_s <= 0 or args.save_every_s <= 0 or not 0 < args.lr <= 1:
         raise ValueError(
-            f"need 0 <= --vae-stft-start < 1 and --vae-mse-weight >= 0; got {args.vae_stft_start}, "
-            f"{args.vae_mse_weight}"
+            f"need --dit-s > 0, --save-every-s > 0, 0 < --lr <= 1; got {args.dit_s}, {args.save_every_s}, {args.lr}"
         )
-    if not 0 < args.vae_lr <= 1 or args.vae_l1_weight < 0 or args.vae_log_floor <= 0:
-        raise ValueError(
-            f"need 0 < --vae-lr <= 1, --vae-l1-weight >= 0, --vae-log-floor > 0; got {args.vae_lr}, "
-            f"{args.vae_l1_weight}, {args.vae_log_floor}"
-        )
-    if args.vae_s <= 0 or args.dit_s <= 0:
-        raise ValueError(f"--vae-s and --dit-s must be > 0, got {args.vae_s}, {args.dit_s}")
     if args.phase == "features":
         result = phase_features(Path(args.work))
-    elif args.phase in ("vae", "dit", "train"):
-        result = {"vae": phase_vae, "dit": phase_dit, "train": phase_train}[args.phase](args)
+    elif args.phase in ("codec", "dit", "train"):
+        result = {"codec": phase_codec, "dit": phase_dit, "train": phase_train}[args.phase](args)
     else:
         result = phase_export(Path(args.work), Path(args.dst), Path(args.out or args.work))
     print(json.dumps(result))
