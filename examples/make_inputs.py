@@ -2,7 +2,9 @@
 
     python examples/make_inputs.py [DIR]      # default: the folder of this script
 
-- `source.wav`: 3 s 44.1 kHz mono (a chord plus soft noise), the edit source and understanding audio;
+- `source.wav`: 10 s 44.1 kHz mono, a scene like the embedded `small` model's training data: pink
+  noise with a siren from 3 s to about 5 s at 2 dB over the noise (the edit source and the
+  understanding audio; sounds from `examples/sounds/make_sounds.py`);
 - `voice.wav`: 2 s 44.1 kHz mono (a gliding tone), the voice prompt for TTS / voice conversion;
 - `video_frames.npy`: uint8 frames (T, 3, H, W) at 5 fps, standing in for a decoded video;
 - `sync_features.npy`: (240, 768) float32 Synchformer-shaped features of that video.
@@ -15,16 +17,32 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+import soxr
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "sounds"))
+import make_sounds
 
 RATE_HZ = 44_100
+SCENE_S, EVENT_AT_S, EVENT_SNR_DB = 10.0, 3.0, 2.0
+
+
+def scene(rng: np.random.Generator) -> np.ndarray:
+    """10 s of pink noise with a siren at `EVENT_AT_S`, `EVENT_SNR_DB` above the noise over its span."""
+    up = make_sounds.SR, RATE_HZ
+    noise = soxr.resample(make_sounds.background("pink", rng, dur_s=SCENE_S), *up)[: round(SCENE_S * RATE_HZ)]
+    event = soxr.resample(make_sounds.siren(rng), *up)
+    start = round(EVENT_AT_S * RATE_HZ)
+    span = slice(start, start + event.size)
+    gain = np.sqrt(np.mean(noise[span] ** 2) * 10 ** (EVENT_SNR_DB / 10) / np.mean(event**2))
+    out = noise.copy()
+    out[span] += gain * event
+    return (out * min(1.0, 0.95 / np.abs(out).max())).astype(np.float32)  # levels as the training pairs have
 
 
 def make_inputs(folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(1234)
-    t = np.arange(3 * RATE_HZ) / RATE_HZ
-    chord = sum(np.sin(2 * np.pi * f * t) for f in (220.0, 277.2, 329.6)) / 3
-    source = (0.4 * chord + 0.02 * rng.standard_normal(t.size)).astype(np.float32)
+    source = scene(rng)
     t2 = np.arange(2 * RATE_HZ) / RATE_HZ
     voice = (0.3 * np.sin(2 * np.pi * (150 + 60 * t2) * t2)).astype(np.float32)
     frames = rng.integers(0, 256, size=(4, 3, 56, 56), dtype=np.uint8)  # 0.8 s at 5 fps
