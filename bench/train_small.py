@@ -170,6 +170,39 @@ def init_mel_pooling(mel) -> None:
         mel.proj_sequence_features.bias.zero_()
 
 
+def init_source_alignment(dit, distance: int, amplitude: float = 3.0, offset: float = 8.0) -> None:
+    """Start head 0 of the first block as a fixed-distance lookup: every token attends to the token
+    `distance` positions before it, which for latent frame k is source (mel) token k when the mel
+    conditioner has one token per latent frame (`distance` = its token count).
+
+    Positions reach attention only through rotary phases, so the lookup needs a query and key that
+    do not depend on content: the block's pre-norm bias (`beta`, a stored buffer) gets a constant
+    `offset` along a fixed unit vector u, and head 0's rotary query rows read A along u, its key rows
+    A * exp(i * distance * theta) (NeoX pairs j, j + R/2), so q . k peaks at that distance. Head 0's
+    other query/key rows start at zero; training changes all of them. Without this a small DiT
+    spends its CPU budget before it learns where in the source an edit's event is (docs/model.md)."""
+    import torch
+
+    from model.dit import ROTARY_DIM
+
+    block = dit.transformer.layers[0]
+    dim = block.pre_norm.gamma.numel()
+    head_dim = dim // block.self_attn.num_heads
+    half = ROTARY_DIM // 2
+    theta = dit.transformer.rotary_pos_emb.inv_freq.float()  # (R/2,)
+    u = torch.nn.functional.normalize(torch.randn(dim, generator=torch.Generator().manual_seed(0)), dim=0)
+    read = u / offset  # a row that maps the constant offset * u to 1
+    with torch.no_grad():
+        block.pre_norm.beta.copy_(offset * u)
+        w = block.self_attn.to_qkv.weight  # (3E, E): q rows, then k rows, then v rows
+        q, k = w[:head_dim], w[dim : dim + head_dim]  # head 0
+        q.zero_()
+        k.zero_()
+        q[:half] = amplitude * read
+        k[:half] = amplitude * torch.cos(distance * theta)[:, None] * read
+        k[half:ROTARY_DIM] = amplitude * torch.sin(distance * theta)[:, None] * read
+
+
 def train_dit(
     part,
     clips,
@@ -211,6 +244,11 @@ def train_dit(
     examples = [(i, t, s, tg) for i in range(n_pairs) for (t, s, tg) in KINDS]
     part.dit.init_weights()
     init_mel_pooling(part.mel)
+    frames = lat["mixture"].shape[-1]
+    if part.config.mel.seq_len == frames:  # one source token per latent frame: the lookup lands on frame k
+        init_source_alignment(part.dit, distance=frames)
+    else:
+        log(f"no source-alignment start: {part.config.mel.seq_len} mel tokens for {frames} latent frames")
     hyper = TrainHyper(lr=lr, warmup_steps=100, cond_dropout=0.1, ema_decay=0.998, seed=0)
     trainer = FlowTrainer(part, hyper, autocast_dtype=torch.bfloat16 if device.type == "cuda" else None)
     rng = np.random.default_rng(1)

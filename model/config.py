@@ -995,8 +995,8 @@ def _small() -> AudioOmniConfig:
     Same clip length, thinker and hard-coded widths as `tiny`; the Oobleck VAE is replaced by the
     fixed log-mel codec (`model.melcodec`: 64 bands up to 11.025 kHz, 216 frames, Griffin-Lim
     decoding), because a waveform VAE does not train from scratch on a CPU in the time this model
-    gets. A 3-block DiT of width 128 and 64 mel prefix tokens so edits see where things happen in
-    the source. The fp16 checkpoint (with the float32 tiny thinker) stays under 20 MB: the speech
+    gets. A 3-block DiT of width 128, and one mel prefix token per latent frame (216) so an edit's
+    source frame k sits at a fixed rotary distance from output frame k. The fp16 checkpoint (with the float32 tiny thinker) stays under 20 MB: the speech
     conditioner alone, fixed by the released layout, is 5.9 M parameters. Without weights the DiT
     is random, like `tiny`.
     """
@@ -1016,7 +1016,7 @@ def _small() -> AudioOmniConfig:
     return replace(
         tiny,
         vae=codec,
-        mel=replace(tiny.mel, seq_len=64),
+        mel=replace(tiny.mel, seq_len=216),  # = latent frames (442368 / 2048)
         dit=DiTConfig(io_channels=codec.latent_dim, embed_dim=128, depth=3, num_heads=2),
     )
 

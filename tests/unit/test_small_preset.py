@@ -23,7 +23,7 @@ def test_small_preset_round_trips_and_matches_tiny_shapes():
     assert small.output_samples == tiny.output_samples
     assert small.mllm == tiny.mllm
     assert small.vae.latent_dim == small.dit.io_channels == 64  # the mel codec's bands (model.melcodec)
-    assert small.mel.seq_len == 64
+    assert small.mel.seq_len == small.output_samples // small.vae.downsampling_ratio == 216
 
 
 def test_small_checkpoint_fits_the_size_budget():
@@ -57,3 +57,39 @@ def test_committed_small_weights_generate_class_dependent_audio():
     spectra = spectra / spectra.sum(dim=-1, keepdim=True)
     # Same noise, different prompts: the spectral shapes must differ (total variation distance).
     assert float((spectra[0] - spectra[1]).abs().sum()) > 0.1
+
+
+def test_training_starts_the_dit_with_a_source_frame_lookup():
+    """bench/train_small.py's start: head 0 of block 0 attends from latent frame k to source (mel)
+    token k (within two frames, one on average: content noise in the query and key moves the peak
+    of the rotary pattern to a neighbour), and the mel tokens pool equal
+    runs of frames in time order."""
+    import sys
+
+    from model.dit import _split_heads, apply_rotary
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from train_small import init_mel_pooling, init_source_alignment
+
+    torch.manual_seed(0)
+    cfg = get_preset("small")
+    part = SamplerPart(cfg)
+    part.dit.init_weights()
+    init_mel_pooling(part.mel)
+    pool = part.mel.proj_sequence_features.weight  # (tokens, frames)
+    assert torch.allclose(pool.sum(dim=1), torch.ones(cfg.mel.seq_len))
+    assert bool((pool.argmax(dim=1).diff() > 0).all())  # token j pools later frames than token j - 1
+
+    frames = cfg.output_samples // cfg.vae.downsampling_ratio
+    init_source_alignment(part.dit, distance=frames)
+    transformer, block = part.dit.transformer, part.dit.transformer.layers[0]
+    sync_tokens = cfg.sync.seq_out
+    prefix_len = sync_tokens + cfg.mel.seq_len
+    h = torch.randn(1, prefix_len + frames, cfg.dit.embed_dim)  # unit-variance content, as after the norm
+    cos, sin = transformer.rotary_pos_emb(h.shape[1])
+    q, k, _ = (_split_heads(x, cfg.dit.num_heads) for x in block.self_attn.to_qkv(block.pre_norm(h)).chunk(3, dim=-1))
+    q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+    scores = q[0, 0, prefix_len:] @ k[0, 0].T  # (frames, all positions)
+    looked_up = scores.argmax(dim=-1) - sync_tokens  # the mel token each latent frame attends to most
+    error = (looked_up - torch.arange(frames)).abs().float()
+    assert float(error.max()) <= 2 and float(error.mean()) <= 0.75, error
