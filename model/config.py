@@ -996,9 +996,9 @@ def _small() -> AudioOmniConfig:
     fixed log-mel codec (`model.melcodec`: 64 bands up to 11.025 kHz, 216 frames, Griffin-Lim
     decoding), because a waveform VAE does not train from scratch on a CPU in the time this model
     gets. A 3-block DiT of width 128, and one mel prefix token per latent frame (216) so an edit's
-    source frame k sits at a fixed rotary distance from output frame k. The fp16 checkpoint (with the float32 tiny thinker) stays under 20 MB: the speech
-    conditioner alone, fixed by the released layout, is 5.9 M parameters. Without weights the DiT
-    is random, like `tiny`.
+    source frame k sits at a fixed rotary distance from output frame k. The fp16 checkpoint (with
+    the float32 tiny thinker) stays under 20 MB: the speech conditioner alone, fixed by the released
+    layout, is 5.9 M parameters. Without weights the DiT is random, like `tiny`.
     """
     from dataclasses import replace  # local: this factory is its only user
 

@@ -25,9 +25,11 @@ RANDOM_WEIGHTS_NOTICE = (
     "gibberish. It exists to exercise the whole system on a CPU.\n" + RELEASED_MODEL_HINT
 )
 SMALL_MODEL_NOTICE = (
-    "NOTE: the packaged 'small' model ({size_mb:.1f} MB) is trained on generated sounds only (tone, chord, "
-    "clicks, noise burst, siren over noise and hum backgrounds; docs/model.md).\n"
-    "      Its thinker is a tiny random one, so text answers are gibberish.\n" + RELEASED_MODEL_HINT
+    "NOTE: the packaged 'small' model ({size_mb:.1f} MB) was trained here, on a CPU, on generated sounds only:\n"
+    "      text-to-audio and add/remove/extract edits of tone, chord, clicks, noise burst and siren over noise and\n"
+    "      hum backgrounds (docs/model.md). Its decoder is a fixed log-mel codec (no sound above 11 kHz, tones come\n"
+    "      out as narrow noise bands); other prompts and tasks run but were never trained, and its thinker is a\n"
+    "      tiny random one, so text answers are gibberish.\n" + RELEASED_MODEL_HINT
 )
 
 

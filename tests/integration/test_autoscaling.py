@@ -57,6 +57,7 @@ def test_sampler_scales_with_the_backlog(ray_cluster, redis_url, redis_prefix, s
     )
     pool = {"num_cpus": 0.5, "max_batch_size": 4, "batch_wait_timeout_s": 0.2}
     workers = WorkerSettings(
+        preset="tiny",  # the system under test, not the model: the fastest preset
         app_name=f"t-scale-{uuid.uuid4().hex[:6]}",
         understand_max_new_tokens=4,
         encoder=PoolSettings(**pool),

@@ -29,6 +29,7 @@ def pools(ray_cluster):
     from workers.settings import PoolSettings, WorkerSettings
 
     settings = WorkerSettings(
+        preset="tiny",  # the system under test, not the model: the fastest preset
         app_name=f"t-crash-{uuid.uuid4().hex[:6]}",
         understand_max_new_tokens=4,
         encoder=PoolSettings(num_cpus=0.5, max_batch_size=4, batch_wait_timeout_s=0.1),

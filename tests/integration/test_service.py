@@ -83,6 +83,7 @@ def _service(redis_url, redis_prefix, s3_endpoint, s3_bucket, **options):
         backoff_base_s=0.2,
     )
     workers = WorkerSettings(
+        preset="tiny",  # the system under test, not the model: the fastest preset
         app_name=f"t-svc-{uuid.uuid4().hex[:6]}",
         understand_max_new_tokens=4,
         encoder=PoolSettings(num_cpus=0.5, max_batch_size=4, batch_wait_timeout_s=0.1),
