@@ -63,7 +63,9 @@ def test_soak_sigkill_consumers(redis_url, redis_prefix, tmp_path):
     try:
         for slot in range(N_CONSUMERS):
             start(slot)
-        next_kill = t0 + rng.uniform(1.5, 2.5)
+        # Kill at points of progress, not of time: on a fast machine the batch takes a few seconds,
+        # and a timed schedule (it was every 1.5-2.5 s) sometimes got only two kills in.
+        kill_at = [round(f * N_JOBS) for f in (0.15, 0.35, 0.55, 0.75)]
         while True:
             status = q.batch_status(bid)
             assert status is not None
@@ -76,13 +78,14 @@ def test_soak_sigkill_consumers(redis_url, redis_prefix, tmp_path):
             # Kill only consumers that are working (have acked something), so that every kill
             # leaves claimed, unacknowledged jobs behind.
             working = [s for s in procs if logs[s].exists() and logs[s].stat().st_size > 0]
-            if now >= next_kill and working:
+            succeeded = status.counts.get(JobStatus.SUCCEEDED, 0)
+            if kill_at and succeeded >= kill_at[0] and working:
+                kill_at.pop(0)
                 slot = rng.choice(working)
                 os.kill(procs[slot].pid, signal.SIGKILL)  # no cleanup, no ack, leases left behind
                 procs[slot].wait(timeout=10)
                 kills += 1
                 start(slot)
-                next_kill = now + rng.uniform(1.5, 2.5)
             time.sleep(0.05)
         elapsed_s = time.monotonic() - t0
     finally:
