@@ -193,11 +193,12 @@ def main() -> None:
             raw = generate(prompt_of(task, params[i]["label"]), src, seed=100 + i)
             # keep_source: the raw output as a time-frequency mask on the source (model.postprocess)
             masked = mono(source_mask(raw, torch.from_numpy(src), band_hz=band_hz, sample_rate=SR))
-            for kind, out in (("model", mono(raw)), ("masked", masked), ("baseline", src)):
+            raw_mono = mono(raw)
+            for kind, out in (("model", raw_mono), ("masked", masked), ("baseline", src)):
                 m[f"lsd_{kind}"].append(lsd_db(out, tgt))
                 m[f"sisdr_{kind}"].append(si_sdr_db(out, tgt))
             event = clips["event"][i][:window]
-            for kind, out in (("model", mono(raw)), ("target", tgt)):  # localisation of the raw output
+            for kind, out in (("model", raw_mono), ("target", tgt)):  # localisation of the raw output
                 m[f"contrast_{kind}"].append(event_contrast_db(out, event))
         edits[task] = m
 

@@ -262,11 +262,6 @@ class MelConfig:
         return round(MEL_WINDOW_S * self.sample_rate)
 
     @property
-    def output_band_hz(self) -> float | None:
-        """Highest frequency the decoder can produce, where it is below Nyquist (the mel codec)."""
-        return self.vae.f_max if isinstance(self.vae, MelCodecConfig) else None
-
-    @property
     def window_s(self) -> float:
         return MEL_WINDOW_S
 

@@ -55,14 +55,6 @@ class MelCodec(nn.Module):
         self.register_buffer("pool", fb / fb.sum(dim=0, keepdim=True), persistent=False)  # (F, M) weighted mean
         self.register_buffer("window", torch.hann_window(cfg.n_fft), persistent=False)
 
-    @property
-    def latent_dim(self) -> int:
-        return self.cfg.n_mels
-
-    @property
-    def downsampling_ratio(self) -> int:
-        return self.cfg.hop
-
     # ------------------------------------------------------------------ transforms
 
     def _stft(self, x: Tensor) -> Tensor:
