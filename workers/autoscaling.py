@@ -111,7 +111,8 @@ class BacklogPolicy:
         self.poll_interval_s = poll_interval_s
         self.stale_s = stale_s
         self.waiting = 0
-        self._last_poll_s = 0.0
+        self._last_poll_s = 0.0  # last poll started (monotonic)
+        self._last_ok_s = time.monotonic()  # last poll that read Redis
         self._task: asyncio.Task | None = None
         self._client: Any = None
 
@@ -122,9 +123,10 @@ class BacklogPolicy:
 
                 self._client = aredis.Redis.from_url(self.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
             raw = await self._client.hgetall(self.backlog_key)
-            self.waiting = waiting_work(raw, self.pool, now_s=time.time(), stale_s=self.stale_s)
-        except Exception as exc:  # a Redis blip: keep the last value; stale data ages out below
+        except Exception as exc:  # a Redis blip: keep the last value; it ages out in _maybe_poll
             logger.warning("backlog poll of %s failed: %s", self.backlog_key, exc)
+            return
+        self._read(raw)
 
     def _poll_sync(self) -> None:
         import redis
@@ -132,17 +134,24 @@ class BacklogPolicy:
         client = redis.Redis.from_url(self.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
         try:
             raw = client.hgetall(self.backlog_key)
+        except Exception as exc:
+            logger.warning("backlog poll of %s failed: %s", self.backlog_key, exc)
+            return
         finally:
             client.close()
+        self._read(raw)
+
+    def _read(self, raw: Mapping[Any, Any]) -> None:
         self.waiting = waiting_work(raw, self.pool, now_s=time.time(), stale_s=self.stale_s)
+        self._last_ok_s = time.monotonic()
 
     def _maybe_poll(self) -> None:
         now = time.monotonic()
+        if now - self._last_ok_s > self.stale_s:
+            self.waiting = 0  # no successful read for a while (hung or failing polls): old news
         if self._task is not None and self._task.done():
             self._task = None
         if self._task is not None or now - self._last_poll_s < self.poll_interval_s:
-            if now - self._last_poll_s > self.stale_s:
-                self.waiting = 0  # polls keep failing: do not hold the pool up on old news
             return
         self._last_poll_s = now
         try:

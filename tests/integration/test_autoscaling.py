@@ -32,6 +32,42 @@ def test_waiting_work_sums_live_reports_and_skips_stale_ones():
         backlog_report(-1, 0, 0)
 
 
+def test_backlog_drops_to_zero_when_polls_keep_failing(redis_url, redis_prefix):
+    """A Redis outage where every poll fails fast must not hold the last backlog (and the pool's
+    size) for ever: `stale_s` after the last successful read the policy sees no backlog."""
+    import asyncio
+
+    import redis
+
+    from workers.autoscaling import BacklogPolicy, backlog_report
+
+    key = f"{redis_prefix}:backlog"
+    client = redis.Redis.from_url(redis_url)
+    client.hset(key, "engine-a", backlog_report(9, 0, 3))
+    policy = BacklogPolicy(
+        redis_url, key, "sampler", jobs_per_replica=4, target_ongoing_requests=2, poll_interval_s=0.05, stale_s=0.6
+    )
+
+    class Ctx:
+        total_num_requests = 0
+
+    async def ticks(seconds: float) -> list[float]:
+        seen, end = [], time.monotonic() + seconds
+        while time.monotonic() < end:
+            seen.append(policy(Ctx())[1]["backlog_waiting"])
+            await asyncio.sleep(0.02)
+        return seen
+
+    try:
+        assert asyncio.run(ticks(0.3))[-1] == 12  # 9 queued + 3 upstream of the sampler
+        policy.redis_url, policy._client = "redis://127.0.0.1:1/0", None  # nothing listens: polls fail at once
+        seen = asyncio.run(ticks(1.2))
+        assert seen[0] == 12 and seen[-1] == 0, seen
+    finally:
+        client.delete(key)
+        client.close()
+
+
 def _running_replicas(app: str, deployment: str) -> int:
     from ray import serve
 
