@@ -319,13 +319,18 @@ class FlowTrainer:
         self.generator = torch.Generator().manual_seed(hyper.seed)
         self.step_index = 0
 
-    def step(self, latents: Tensor, examples: Sequence[TrainExample]) -> dict[str, float]:
-        """One AdamW update on a batch: latents (B, C, T) of the targets and their conditioning inputs."""
+    def step(self, latents: Tensor, examples: Sequence[TrainExample], *, lr_scale: float = 1.0) -> dict[str, float]:
+        """One AdamW update on a batch: latents (B, C, T) of the targets and their conditioning inputs.
+
+        ``lr_scale`` (0, 1] multiplies this step's learning rate after warm-up: a caller's decay
+        schedule (e.g. one that follows a wall-time budget, which the trainer cannot know)."""
         if latents.shape[0] != len(examples):
             raise ValueError(f"{latents.shape[0]} latents for {len(examples)} examples")
+        if not 0.0 < lr_scale <= 1.0:
+            raise ValueError(f"lr_scale must be in (0, 1], got {lr_scale}")
         for child in TRAINABLE_CHILDREN:
             getattr(self.part, child).train()
-        lr = warmup_lr(self.step_index, base_lr=self.hyper.lr, warmup_steps=self.hyper.warmup_steps)
+        lr = lr_scale * warmup_lr(self.step_index, base_lr=self.hyper.lr, warmup_steps=self.hyper.warmup_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         draws = draw_step(self.generator, latents.shape[0], tuple(latents.shape[1:]), self.hyper.cond_dropout)

@@ -10,7 +10,7 @@ DEVICE=${1:-cpu}
 WORK=${WORK:-.small_run}
 ARGS=(--work "$WORK" --device "$DEVICE" --threads "$(nproc)" --workers "$(nproc)" --per-class 12 --pairs 320)
 if [ "$DEVICE" = cpu ]; then
-    DIT=(--batch 32 --dit-s 3000)
+    DIT=(--batch 24 --dit-s 3300)
 else
     DIT=(--batch 64 --dit-s 600)
 fi

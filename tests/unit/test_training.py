@@ -154,3 +154,14 @@ def test_bad_source_windows_are_refused(config):
         condition_batch(part, [TrainExample(mllm_features=feats, audio_window=nan)])
     with pytest.raises(ValueError, match="log-mel must be"):
         condition_batch(part, [TrainExample(mllm_features=feats, source_mel=torch.zeros(3, 4))])
+
+
+def test_lr_scale_multiplies_the_step_learning_rate(config):
+    trainer = _trainer(config, lr=1e-3)
+    latents, examples = _batch(config, n=2)
+    assert trainer.step(latents, examples, lr_scale=0.25)["lr"] == pytest.approx(2.5e-4)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(2.5e-4)
+    assert trainer.step(latents, examples)["lr"] == pytest.approx(1e-3)
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="lr_scale"):
+            trainer.step(latents, examples, lr_scale=bad)
