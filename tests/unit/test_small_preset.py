@@ -93,3 +93,46 @@ def test_training_starts_the_dit_with_a_source_frame_lookup():
     looked_up = scores.argmax(dim=-1) - sync_tokens  # the mel token each latent frame attends to most
     error = (looked_up - torch.arange(frames)).abs().float()
     assert float(error.max()) <= 2 and float(error.mean()) <= 0.75, error
+
+
+def test_freeze_lookup_keeps_head_0_query_and_key_rows_while_the_rest_trains():
+    """`--freeze-lookup`: AdamW steps leave block 0's head 0 query/key rows exactly where
+    `init_source_alignment` put them (weight decay off, so nothing else can move them), while the
+    other rows of the same weight train; the hook's removal lets them train again."""
+    import sys
+
+    from model.build import build_sampler
+    from model.training import FlowTrainer, TrainExample, TrainHyper
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from train_small import freeze_source_alignment, init_source_alignment
+
+    cfg = get_preset("tiny")
+    torch.manual_seed(0)
+    part = build_sampler(cfg, seed=0)
+    part.dit.init_weights()
+    init_source_alignment(part.dit, distance=cfg.mel.seq_len)
+    handle = freeze_source_alignment(part.dit)
+    trainer = FlowTrainer(part, TrainHyper(lr=1e-2, warmup_steps=0, weight_decay=0.0))
+    dim, head_dim = cfg.dit.embed_dim, cfg.dit.embed_dim // cfg.dit.num_heads
+    weight = part.dit.transformer.layers[0].self_attn.to_qkv.weight
+    frozen = torch.cat([weight[:head_dim], weight[dim : dim + head_dim]]).detach().clone()
+    rest = weight[head_dim:dim].detach().clone()  # query rows of the other heads
+    assert frozen.abs().sum() > 0  # the lookup is in place
+
+    g = torch.Generator().manual_seed(1)
+
+    def batch():
+        latents = torch.randn(2, cfg.dit.io_channels, cfg.latent_length, generator=g)
+        feats = [TrainExample(mllm_features=torch.randn(4, cfg.mllm.hidden_size, generator=g)) for _ in range(2)]
+        return latents, feats
+
+    for _ in range(3):
+        trainer.step(*batch())
+    now = torch.cat([weight[:head_dim], weight[dim : dim + head_dim]]).detach()
+    assert torch.equal(now, frozen)
+    assert not torch.allclose(weight[head_dim:dim].detach(), rest)
+
+    handle.remove()
+    trainer.step(*batch())
+    assert not torch.equal(torch.cat([weight[:head_dim], weight[dim : dim + head_dim]]).detach(), frozen)
