@@ -210,6 +210,23 @@ def init_source_alignment(dit, distance: int, amplitude: float = 3.0, offset: fl
         k[half:ROTARY_DIM] = amplitude * torch.sin(distance * theta)[:, None] * read
 
 
+# Kinds whose target differs from their source only on the event's span: `--event-weight` applies there.
+EVENT_WEIGHTED = ("edit_remove", "edit_extract")
+
+
+def event_frame_weights(onset: int, length: int, frames: int, hop: int, weight: float):
+    """(frames,) loss weights of one pair: `weight` on the latent frames (of `hop` samples) that
+    overlap the event's samples [onset, onset + length), 1 elsewhere. An extract target is silent
+    outside the event, so a model that outputs silence everywhere already has a low mean loss; this
+    makes the frames where the edit happens count for more."""
+    import torch
+
+    w = torch.ones(frames)
+    first, last = onset // hop, min(frames, -(-(onset + length) // hop))  # ceil for the last frame touched
+    w[first:last] = weight
+    return w
+
+
 def freeze_source_alignment(dit):
     """Keep the lookup `init_source_alignment` starts: a gradient hook zeroes head 0's query and key
     rows of block 0, so AdamW never moves them (its decoupled weight decay still shrinks them by
@@ -243,6 +260,7 @@ def train_dit(
     save_every_s: float,
     lr: float,
     freeze_lookup: bool = False,
+    event_weight: float = 1.0,
 ) -> int:
     import torch
 
@@ -254,6 +272,7 @@ def train_dit(
         for c in CLIPS:
             wav = torch.from_numpy(clips[c])
             lat[c] = torch.cat([encode_latents(part, wav[j : j + 16].to(device)) for j in range(0, n_pairs, 16)])
+    frames = lat["mixture"].shape[-1]
     log(
         f"latents {tuple(lat['mixture'].shape)} std {float(lat['mixture'].std()):.3f} "
         f"event std {float(lat['event'].std()):.3f}"
@@ -269,11 +288,17 @@ def train_dit(
             )
             for c in ("background", "mixture")
         }
+    hop = part.config.vae.downsampling_ratio
+    frame_w = [
+        event_frame_weights(p["onset_samples"], p["event_samples"], frames, hop, event_weight).to(device)
+        if event_weight != 1.0
+        else None
+        for p in params
+    ]
     kind_p = np.array([KIND_WEIGHTS[t] for t, _, _ in KINDS])
     kind_p = kind_p / kind_p.sum()
     part.dit.init_weights()
     init_mel_pooling(part.mel)
-    frames = lat["mixture"].shape[-1]
     if part.config.mel.seq_len == frames:  # one source token per latent frame: the lookup lands on frame k
         init_source_alignment(part.dit, distance=frames)
         if freeze_lookup:
@@ -303,7 +328,11 @@ def train_dit(
             label = params[i]["label"]
             source_mel = None if src is None else mels[src][i]
             exs.append(
-                TrainExample(mllm_features=rows_by_text[prompt_of(task, label)].to(device), source_mel=source_mel)
+                TrainExample(
+                    mllm_features=rows_by_text[prompt_of(task, label)].to(device),
+                    source_mel=source_mel,
+                    frame_weights=frame_w[i] if task in EVENT_WEIGHTED else None,
+                )
             )
             lats.append(lat[tgt][i])
         m = trainer.step(torch.stack(lats), exs, lr_scale=lr_scale)
@@ -412,6 +441,7 @@ def phase_dit(args) -> dict:
     steps = train_dit(
         part, clips, params, rows_by_text, device, args.dit_s, history, args.batch, out, args.save_every_s, args.lr,
         freeze_lookup=args.freeze_lookup,
+        event_weight=args.event_weight,
     )
     save_state(part, out)
     codec_summary = json.loads((out / "codec_summary.json").read_text())
@@ -424,6 +454,7 @@ def phase_dit(args) -> dict:
         "dit_s": args.dit_s,
         "dit_batch": args.batch,
         "freeze_lookup": args.freeze_lookup,
+        "event_weight": args.event_weight,
         "dit_steps": steps,
         "dit_wall_s": round(time.perf_counter() - t0, 1),
         "history": history,
@@ -484,10 +515,18 @@ def main() -> None:
         action="store_true",
         help="DiT: keep head 0 of block 0 as the source-frame lookup it starts as (no gradient to its query/key rows)",
     )
+    p.add_argument(
+        "--event-weight",
+        type=float,
+        default=1.0,
+        help="DiT: loss weight of the event's latent frames in remove/extract examples (1 = plain MSE)",
+    )
     args = p.parse_args()
     for name in ("pairs", "per_class", "batch", "workers", "threads"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not 0 < args.event_weight <= 100:
+        raise ValueError(f"--event-weight must be in (0, 100], got {args.event_weight}")
     if args.dit_s <= 0 or args.save_every_s <= 0 or not 0 < args.lr <= 1:
         raise ValueError(
             f"need --dit-s > 0, --save-every-s > 0, 0 < --lr <= 1; got {args.dit_s}, {args.save_every_s}, {args.lr}"

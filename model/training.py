@@ -87,13 +87,23 @@ def rectified_flow_loss(
     draws: StepDraws,
     *,
     autocast_dtype: torch.dtype | None = None,
+    frame_weights: Tensor | None = None,
 ) -> Tensor:
     """Mean squared error between the DiT's velocity at ``x_t`` and ``noise - x_data`` (a scalar).
 
     ``x_data`` (B, C, T) clean latents; ``cond`` the (already conditioned) context and prefix.
     The forward runs under autocast in ``autocast_dtype`` when given (bf16 on GPU); the loss is
-    computed in float32.
+    computed in float32. ``frame_weights`` (B, T), non-negative, weight each latent frame's squared
+    error (a weighted mean: all ones is the plain MSE).
     """
+    if frame_weights is not None:
+        b, _, frames = x_data.shape
+        if tuple(frame_weights.shape) != (b, frames):
+            raise ValueError(f"frame_weights must be ({b}, {frames}), got {tuple(frame_weights.shape)}")
+        if not bool(torch.isfinite(frame_weights).all()) or bool((frame_weights < 0).any()):
+            raise ValueError("frame_weights must be finite and >= 0")
+        if not float(frame_weights.sum()) > 0:
+            raise ValueError("frame_weights must not all be zero")
     device = x_data.device
     t = draws.t.to(device)
     noise = draws.noise.to(device=device, dtype=x_data.dtype)
@@ -106,7 +116,11 @@ def rectified_flow_loss(
     )
     with ctx:
         v = dit(x_t, t, cross, cond.cross_mask, cond.prefix)  # (B, C, T)
-    return F.mse_loss(v.float(), velocity_target(x_data, noise).float())
+    err = (v.float() - velocity_target(x_data, noise).float()).square()  # (B, C, T)
+    if frame_weights is None:
+        return err.mean()
+    w = frame_weights.to(device=device, dtype=torch.float32)[:, None, :]  # (B, 1, T)
+    return (err * w).sum() / (w.sum() * err.shape[1])
 
 
 # --------------------------------------------------------------------------- conditioning with grads
@@ -122,6 +136,9 @@ class TrainExample:
     # (n_mels, frames) log-mel of the source, precomputed with `part.mel.log_mel`; used instead of
     # `audio_window` when given (the spectrogram is fixed, so a trainer can compute it once per clip)
     source_mel: Tensor | None = None
+    # (latent frames,) >= 0: how much each frame of this example's target counts in the loss
+    # (e.g. more on an edit's event span); None = 1 everywhere
+    frame_weights: Tensor | None = None
 
 
 def condition_batch(part: SamplerPart, examples: Sequence[TrainExample]) -> Conditioning:
@@ -384,4 +401,16 @@ class FlowObjective(nn.Module):
         self, latents: Tensor, examples: Sequence[TrainExample], draws: StepDraws, autocast_dtype: torch.dtype | None
     ) -> Tensor:
         cond = condition_batch(self.part, examples)
-        return rectified_flow_loss(self.part.dit, latents, cond, draws, autocast_dtype=autocast_dtype)
+        weights = None
+        if any(e.frame_weights is not None for e in examples):
+            frames = latents.shape[-1]
+            rows = []
+            for i, e in enumerate(examples):
+                w = torch.ones(frames) if e.frame_weights is None else e.frame_weights.cpu().float()
+                if tuple(w.shape) != (frames,):
+                    raise ValueError(f"examples[{i}].frame_weights must be ({frames},), got {tuple(w.shape)}")
+                rows.append(w)
+            weights = torch.stack(rows)
+        return rectified_flow_loss(
+            self.part.dit, latents, cond, draws, autocast_dtype=autocast_dtype, frame_weights=weights
+        )

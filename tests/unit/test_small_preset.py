@@ -136,3 +136,16 @@ def test_freeze_lookup_keeps_head_0_query_and_key_rows_while_the_rest_trains():
     handle.remove()
     trainer.step(*batch())
     assert not torch.equal(torch.cat([weight[:head_dim], weight[dim : dim + head_dim]]).detach(), frozen)
+
+
+def test_event_frame_weights_cover_the_frames_the_event_touches():
+    import sys
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from train_small import event_frame_weights
+
+    w = event_frame_weights(onset=3000, length=5000, frames=10, hop=2048, weight=4.0)
+    # samples 3000..7999 touch frames 1 (2048..4095), 2 and 3 (6144..8191)
+    assert w.tolist() == [1, 4, 4, 4, 1, 1, 1, 1, 1, 1]
+    edge = event_frame_weights(onset=2048 * 8, length=10**6, frames=10, hop=2048, weight=2.0)
+    assert edge.tolist() == [1] * 8 + [2, 2]  # an event running past the clip stops at its last frame

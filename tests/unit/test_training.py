@@ -11,6 +11,7 @@ from model.build import build_sampler
 from model.config import get_preset
 from model.training import (
     EMA,
+    FlowObjective,
     FlowTrainer,
     TrainExample,
     TrainHyper,
@@ -165,3 +166,40 @@ def test_lr_scale_multiplies_the_step_learning_rate(config):
     for bad in (0.0, 1.5):
         with pytest.raises(ValueError, match="lr_scale"):
             trainer.step(latents, examples, lr_scale=bad)
+
+
+def test_frame_weights_weight_each_latent_frame_of_the_loss(config):
+    """Ones (or any constant) give the plain MSE; for a split of the frames into two sets A and B,
+    |A| * loss(on A) + |B| * loss(on B) = T * loss; bad weights are refused with the example named."""
+    part = build_sampler(config, seed=0).eval()
+    objective = FlowObjective(part)
+    latents, examples = _batch(config, n=3)
+    frames = latents.shape[-1]
+    draws = draw_step(torch.Generator().manual_seed(3), 3, tuple(latents.shape[1:]), cond_dropout=0.0)
+
+    def loss(weights):
+        exs = [
+            TrainExample(e.mllm_features, e.audio_window, frame_weights=w)
+            for e, w in zip(examples, weights, strict=True)
+        ]
+        with torch.no_grad():
+            return float(objective(latents, exs, draws, None))
+
+    plain = loss([None] * 3)
+    assert loss([torch.ones(frames)] * 3) == pytest.approx(plain, rel=1e-6)
+    assert loss([torch.full((frames,), 3.0)] * 3) == pytest.approx(plain, rel=1e-6)
+    a = torch.zeros(frames)
+    a[: frames // 3] = 1.0
+    on_a, on_b = loss([a] * 3), loss([1 - a] * 3)
+    assert on_a != pytest.approx(on_b)
+    n_a = float(a.sum())
+    assert n_a * on_a + (frames - n_a) * on_b == pytest.approx(frames * plain, rel=1e-5)
+    # one example weighted, the others default to ones
+    assert loss([None, torch.ones(frames), None]) == pytest.approx(plain, rel=1e-6)
+
+    with pytest.raises(ValueError, match=r"examples\[1\].frame_weights must be"):
+        loss([None, torch.ones(frames + 1), None])
+    with pytest.raises(ValueError, match=">= 0"):
+        loss([-torch.ones(frames)] * 3)
+    with pytest.raises(ValueError, match="all be zero"):
+        loss([torch.zeros(frames)] * 3)
