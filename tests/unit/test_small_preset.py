@@ -149,3 +149,33 @@ def test_event_frame_weights_cover_the_frames_the_event_touches():
     assert w.tolist() == [1, 4, 4, 4, 1, 1, 1, 1, 1, 1]
     edge = event_frame_weights(onset=2048 * 8, length=10**6, frames=10, hop=2048, weight=2.0)
     assert edge.tolist() == [1] * 8 + [2, 2]  # an event running past the clip stops at its last frame
+
+
+def test_lookup_probe_sees_the_source_frame_lookup_and_not_a_random_head():
+    """bench/eval_small.py's LookupProbe on a DiT forward: with `init_source_alignment` most of head
+    0's attention from latent frame k lands on source tokens k-1..k+1; on the random start it is
+    near what a uniform spread over the sequence gives."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from eval_small import LookupProbe
+    from train_small import init_source_alignment
+
+    cfg = get_preset("small")
+    frames = cfg.output_samples // cfg.vae.downsampling_ratio
+    seq = cfg.sync.seq_out + cfg.mel.seq_len + frames
+
+    def mass(aligned: bool) -> float:
+        torch.manual_seed(0)
+        part = SamplerPart(cfg)
+        part.dit.init_weights()
+        if aligned:
+            init_source_alignment(part.dit, distance=frames)
+        h = torch.randn(1, seq, cfg.dit.embed_dim)
+        with LookupProbe(part) as probe, torch.no_grad():
+            part.dit.transformer.layers[0].pre_norm(h)
+        assert len(probe.values) == 1
+        return probe.mass
+
+    assert mass(True) > 0.5
+    assert mass(False) < 10 * 3 / seq
