@@ -116,8 +116,6 @@ class LookupProbe:
     sequence would give about (2 * radius + 1) / sequence length."""
 
     def __init__(self, part, radius: int = 1) -> None:
-        import torch
-
         cfg = part.config
         self.block = part.dit.transformer.layers[0]
         self.rotary = part.dit.transformer.rotary_pos_emb
@@ -125,7 +123,6 @@ class LookupProbe:
         self.sync, self.tokens = cfg.sync.seq_out, cfg.mel.seq_len
         self.radius = radius
         self.values: list[float] = []
-        self._torch = torch
 
     def __enter__(self) -> LookupProbe:
         self.handle = self.block.pre_norm.register_forward_hook(self._record)
@@ -139,9 +136,10 @@ class LookupProbe:
         return float(np.mean(self.values)) if self.values else float("nan")
 
     def _record(self, module, inputs, h) -> None:
+        import torch
+
         from model.dit import _split_heads, apply_rotary
 
-        torch = self._torch
         q, k, _ = (_split_heads(x, self.heads) for x in self.block.self_attn.to_qkv(h).chunk(3, dim=-1))
         cos, sin = self.rotary(h.shape[1])
         q, k = apply_rotary(q, cos, sin)[:, 0].float(), apply_rotary(k, cos, sin)[:, 0].float()  # (R, L, hd)

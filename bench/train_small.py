@@ -177,6 +177,14 @@ def init_mel_pooling(mel) -> None:
         mel.proj_sequence_features.bias.zero_()
 
 
+def _lookup_rows(dit) -> tuple[slice, slice]:
+    """Head 0's query and key rows in block 0's fused `to_qkv.weight` (3E, E): q rows, then k, then v."""
+    block = dit.transformer.layers[0]
+    dim = block.pre_norm.gamma.numel()
+    head_dim = dim // block.self_attn.num_heads
+    return slice(0, head_dim), slice(dim, dim + head_dim)
+
+
 def init_source_alignment(dit, distance: int, amplitude: float = 3.0, offset: float = 8.0) -> None:
     """Start head 0 of the first block as a fixed-distance lookup: every token attends to the token
     `distance` positions before it, which for latent frame k is source (mel) token k when the mel
@@ -194,15 +202,15 @@ def init_source_alignment(dit, distance: int, amplitude: float = 3.0, offset: fl
 
     block = dit.transformer.layers[0]
     dim = block.pre_norm.gamma.numel()
-    head_dim = dim // block.self_attn.num_heads
+    q_rows, k_rows = _lookup_rows(dit)
     half = ROTARY_DIM // 2
     theta = dit.transformer.rotary_pos_emb.inv_freq.float()  # (R/2,)
     u = torch.nn.functional.normalize(torch.randn(dim, generator=torch.Generator().manual_seed(0)), dim=0)
     read = u / offset  # a row that maps the constant offset * u to 1
     with torch.no_grad():
         block.pre_norm.beta.copy_(offset * u)
-        w = block.self_attn.to_qkv.weight  # (3E, E): q rows, then k rows, then v rows
-        q, k = w[:head_dim], w[dim : dim + head_dim]  # head 0
+        w = block.self_attn.to_qkv.weight
+        q, k = w[q_rows], w[k_rows]  # views: head 0's rows
         q.zero_()
         k.zero_()
         q[:half] = amplitude * read
@@ -233,18 +241,15 @@ def freeze_source_alignment(dit):
     lr * weight_decay a step, about 0.5 % over a CPU run). Trained freely, this head's attention on
     source token k fell from 0.78 to 0.045 of its mass; frozen, it keeps about 0.8 (docs/model.md).
     Returns the hook's handle (`.remove()` lets the rows train again)."""
-    block = dit.transformer.layers[0]
-    dim = block.pre_norm.gamma.numel()
-    head_dim = dim // block.self_attn.num_heads
-    weight = block.self_attn.to_qkv.weight
+    q_rows, k_rows = _lookup_rows(dit)
 
     def hook(grad):
         grad = grad.clone()
-        grad[:head_dim] = 0
-        grad[dim : dim + head_dim] = 0
+        grad[q_rows] = 0
+        grad[k_rows] = 0
         return grad
 
-    return weight.register_hook(hook)
+    return dit.transformer.layers[0].self_attn.to_qkv.weight.register_hook(hook)
 
 
 def train_dit(
