@@ -12,9 +12,7 @@ reused) and edit pairs synthesised from them with another synthesis seed (1). Re
   A generated waveform does not share the target's phase, so (a) cannot score on SI-SDR; (b) can.
   And the event contrast of (a): how much louder it is inside the event's frames than outside
   (`*_contrast_model`, next to the target's own, `*_contrast_target`): whether the model knows
-  where the event is (remove: the target's is about 0 dB; extract: tens of dB). `*_lookup_mass`:
-  the share of attention that head 0 of the first block gives, from latent frame k, to source
-  tokens k-1..k+1 (`LookupProbe`; the lookup `train_small.py` starts it as).
+  where the event is (remove: the target's is about 0 dB; extract: tens of dB).
 * text-to-audio: `--clips-per-class` clips per class prompt, labelled by a nearest-centroid
   classifier on log-mel statistics fitted on the held-out real samples of the same classes;
   accuracy against chance (1 / number of classes). The mel bands stop at the model's output band
@@ -108,50 +106,6 @@ def logmel_stats(x: np.ndarray, mel: np.ndarray) -> np.ndarray:
     return np.concatenate([active.mean(axis=1), active.std(axis=1), [flux]])
 
 
-class LookupProbe:
-    """While active, records how much of the attention of head 0 in the DiT's first block goes from
-    latent frame k to source (mel) tokens k - radius .. k + radius: the source-frame lookup that
-    `bench/train_small.py` starts that head as (`init_source_alignment`). `mass` is the mean over
-    every forward (sampling steps, CFG halves) and frame; a head attending evenly over the whole
-    sequence would give about (2 * radius + 1) / sequence length."""
-
-    def __init__(self, part, radius: int = 1) -> None:
-        cfg = part.config
-        self.block = part.dit.transformer.layers[0]
-        self.rotary = part.dit.transformer.rotary_pos_emb
-        self.heads = cfg.dit.num_heads
-        self.sync, self.tokens = cfg.sync.seq_out, cfg.mel.seq_len
-        self.radius = radius
-        self.values: list[float] = []
-
-    def __enter__(self) -> LookupProbe:
-        self.handle = self.block.pre_norm.register_forward_hook(self._record)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.handle.remove()
-
-    @property
-    def mass(self) -> float:
-        return float(np.mean(self.values)) if self.values else float("nan")
-
-    def _record(self, module, inputs, h) -> None:
-        import torch
-
-        from model.dit import _split_heads, apply_rotary
-
-        q, k, _ = (_split_heads(x, self.heads) for x in self.block.self_attn.to_qkv(h).chunk(3, dim=-1))
-        cos, sin = self.rotary(h.shape[1])
-        q, k = apply_rotary(q, cos, sin)[:, 0].float(), apply_rotary(k, cos, sin)[:, 0].float()  # (R, L, hd)
-        prefix = self.sync + self.tokens  # the prefix is the sync tokens, then the mel tokens
-        frames = h.shape[1] - prefix
-        attn = torch.softmax(q[:, prefix:] @ k.transpose(1, 2) * q.shape[-1] ** -0.5, dim=-1)  # (R, T, L)
-        j = torch.arange(self.tokens)
-        near = (j[None, :] - torch.arange(frames)[:, None]).abs() <= self.radius  # (T, mel tokens)
-        mass = (attn[:, :, self.sync : self.sync + self.tokens] * near).sum(dim=-1)  # (R, T)
-        self.values.append(float(mass.mean()))
-
-
 class NearestCentroid:
     """Standardised features, one centroid per class, Euclidean distance."""
 
@@ -233,12 +187,10 @@ def main() -> None:
     edits: dict[str, dict[str, list[float]]] = {}
     for task, target_clip in (("edit_remove", "background"), ("edit_extract", "event")):
         m = {f"{metric}_{kind}": [] for metric in ("lsd", "sisdr") for kind in ("model", "masked", "baseline")}
-        m.update({"contrast_model": [], "contrast_target": [], "lookup_mass": []})
+        m.update({"contrast_model": [], "contrast_target": []})
         for i in range(args.pairs):
             src, tgt = clips["mixture"][i][:window], clips[target_clip][i][:window]
-            with LookupProbe(sampler) as probe:
-                raw = generate(prompt_of(task, params[i]["label"]), src, seed=100 + i)
-            m["lookup_mass"].append(probe.mass)
+            raw = generate(prompt_of(task, params[i]["label"]), src, seed=100 + i)
             # keep_source: the raw output as a time-frequency mask on the source (model.postprocess)
             masked = mono(source_mask(raw, torch.from_numpy(src), band_hz=band_hz, sample_rate=SR))
             raw_mono = mono(raw)

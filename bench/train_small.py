@@ -11,12 +11,12 @@ are exactly the rows inference computes with its library versions; it also store
 weights, which the committed checkpoint carries. `codec` and `dit` both generate the same sounds
 (`examples/sounds/make_sounds.py`, classes in `CLASSES`) and edit pairs (the project's
 `orchestrator.dataset.synth.synth_pair`, seed 0). `codec` fits the fixed log-mel codec's per-band
-mean and std (`model.melcodec`; nothing is trained); `dit` encodes every clip once, computes every
-source's log-mel once, and trains the DiT and conditioner heads with `model.training.FlowTrainer`
-on the four examples of every pair (add, remove, extract, text-to-audio) until its wall-time
-budget, writing an EMA snapshot every `--save-every-s`. `export` writes the EMA sampler (fp16) and
-the thinker (fp32) under released key names plus `config.json`. The last line printed by each
-phase is one JSON object.
+mean and std (`model.melcodec`; nothing is trained); `dit` encodes every clip once (a source's
+latent is also the DiT's input concat), computes every source's log-mel once, and trains the DiT
+and conditioner heads with `model.training.FlowTrainer` on the four examples of every pair (add,
+remove, extract, text-to-audio) until its wall-time budget, writing an EMA snapshot every
+`--save-every-s`. `export` writes the EMA sampler (fp16) and the thinker (fp32) under released key
+names plus `config.json`. The last line printed by each phase is one JSON object.
 """
 
 from __future__ import annotations
@@ -177,47 +177,6 @@ def init_mel_pooling(mel) -> None:
         mel.proj_sequence_features.bias.zero_()
 
 
-def _lookup_rows(dit) -> tuple[slice, slice]:
-    """Head 0's query and key rows in block 0's fused `to_qkv.weight` (3E, E): q rows, then k, then v."""
-    block = dit.transformer.layers[0]
-    dim = block.pre_norm.gamma.numel()
-    head_dim = dim // block.self_attn.num_heads
-    return slice(0, head_dim), slice(dim, dim + head_dim)
-
-
-def init_source_alignment(dit, distance: int, amplitude: float = 3.0, offset: float = 8.0) -> None:
-    """Start head 0 of the first block as a fixed-distance lookup: every token attends to the token
-    `distance` positions before it, which for latent frame k is source (mel) token k when the mel
-    conditioner has one token per latent frame (`distance` = its token count).
-
-    Positions reach attention only through rotary phases, so the lookup needs a query and key that
-    do not depend on content: the block's pre-norm bias (`beta`, a stored buffer) gets a constant
-    `offset` along a fixed unit vector u, and head 0's rotary query rows read A along u, its key rows
-    A * exp(i * distance * theta) (NeoX pairs j, j + R/2), so q . k peaks at that distance. Head 0's
-    other query/key rows start at zero; training changes all of them. Without this a small DiT
-    spends its CPU budget before it learns where in the source an edit's event is (docs/model.md)."""
-    import torch
-
-    from model.dit import ROTARY_DIM
-
-    block = dit.transformer.layers[0]
-    dim = block.pre_norm.gamma.numel()
-    q_rows, k_rows = _lookup_rows(dit)
-    half = ROTARY_DIM // 2
-    theta = dit.transformer.rotary_pos_emb.inv_freq.float()  # (R/2,)
-    u = torch.nn.functional.normalize(torch.randn(dim, generator=torch.Generator().manual_seed(0)), dim=0)
-    read = u / offset  # a row that maps the constant offset * u to 1
-    with torch.no_grad():
-        block.pre_norm.beta.copy_(offset * u)
-        w = block.self_attn.to_qkv.weight
-        q, k = w[q_rows], w[k_rows]  # views: head 0's rows
-        q.zero_()
-        k.zero_()
-        q[:half] = amplitude * read
-        k[:half] = amplitude * torch.cos(distance * theta)[:, None] * read
-        k[half:ROTARY_DIM] = amplitude * torch.sin(distance * theta)[:, None] * read
-
-
 # Kinds whose target differs from their source only on the event's span: `--event-weight` applies there.
 EVENT_WEIGHTED = ("edit_remove", "edit_extract")
 
@@ -235,23 +194,6 @@ def event_frame_weights(onset: int, length: int, frames: int, hop: int, weight: 
     return w
 
 
-def freeze_source_alignment(dit):
-    """Keep the lookup `init_source_alignment` starts: a gradient hook zeroes head 0's query and key
-    rows of block 0, so AdamW never moves them (its decoupled weight decay still shrinks them by
-    lr * weight_decay a step, about 0.5 % over a CPU run). Trained freely, this head's attention on
-    source token k fell from 0.78 to 0.045 of its mass; frozen, it keeps about 0.8 (docs/model.md).
-    Returns the hook's handle (`.remove()` lets the rows train again)."""
-    q_rows, k_rows = _lookup_rows(dit)
-
-    def hook(grad):
-        grad = grad.clone()
-        grad[q_rows] = 0
-        grad[k_rows] = 0
-        return grad
-
-    return dit.transformer.layers[0].self_attn.to_qkv.weight.register_hook(hook)
-
-
 def train_dit(
     part,
     clips,
@@ -264,7 +206,6 @@ def train_dit(
     out: Path,
     save_every_s: float,
     lr: float,
-    freeze_lookup: bool = False,
     event_weight: float = 1.0,
 ) -> int:
     import torch
@@ -304,17 +245,6 @@ def train_dit(
     kind_p = kind_p / kind_p.sum()
     part.dit.init_weights()
     init_mel_pooling(part.mel)
-    if part.config.mel.seq_len == frames:  # one source token per latent frame: the lookup lands on frame k
-        init_source_alignment(part.dit, distance=frames)
-        if freeze_lookup:
-            freeze_source_alignment(part.dit)
-            log("source-frame lookup frozen (head 0 of block 0: query/key rows get no gradient)")
-    elif freeze_lookup:
-        raise ValueError(
-            f"--freeze-lookup needs one mel token per latent frame: {part.config.mel.seq_len} for {frames}"
-        )
-    else:
-        log(f"no source-alignment start: {part.config.mel.seq_len} mel tokens for {frames} latent frames")
     hyper = TrainHyper(lr=lr, warmup_steps=100, cond_dropout=0.1, ema_decay=0.998, seed=0)
     trainer = FlowTrainer(part, hyper, autocast_dtype=torch.bfloat16 if device.type == "cuda" else None)
     rng = np.random.default_rng(1)
@@ -336,6 +266,7 @@ def train_dit(
                 TrainExample(
                     mllm_features=rows_by_text[prompt_of(task, label)].to(device),
                     source_mel=source_mel,
+                    source_latent=None if src is None else lat[src][i],
                     frame_weights=frame_w[i] if task in EVENT_WEIGHTED else None,
                 )
             )
@@ -445,7 +376,6 @@ def phase_dit(args) -> dict:
     history: list[dict] = []
     steps = train_dit(
         part, clips, params, rows_by_text, device, args.dit_s, history, args.batch, out, args.save_every_s, args.lr,
-        freeze_lookup=args.freeze_lookup,
         event_weight=args.event_weight,
     )
     save_state(part, out)
@@ -458,7 +388,6 @@ def phase_dit(args) -> dict:
         "codec_wall_s": codec_summary["wall_s"],
         "dit_s": args.dit_s,
         "dit_batch": args.batch,
-        "freeze_lookup": args.freeze_lookup,
         "event_weight": args.event_weight,
         "dit_steps": steps,
         "dit_wall_s": round(time.perf_counter() - t0, 1),
@@ -515,11 +444,6 @@ def main() -> None:
     p.add_argument("--dit-s", type=float, default=3000.0, help="DiT training wall-time budget (s)")
     p.add_argument("--lr", type=float, default=1e-3, help="DiT: AdamW learning rate after warm-up")
     p.add_argument("--save-every-s", type=float, default=600.0, help="DiT: EMA snapshot to --out this often (s)")
-    p.add_argument(
-        "--freeze-lookup",
-        action="store_true",
-        help="DiT: keep head 0 of block 0 as the source-frame lookup it starts as (no gradient to its query/key rows)",
-    )
     p.add_argument(
         "--event-weight",
         type=float,

@@ -281,10 +281,18 @@ class DiTConfig:
     num_heads: int
     cond_token_dim: int = COND_DIM
     global_cond_dim: int = COND_DIM
+    # Channels concatenated to the noisy latent: 0 (released), or io_channels for an edit's source
+    # latent (the `small` preset; `model.parts.SamplerPart.source_latents`).
+    input_concat_dim: int = 0
 
     def __post_init__(self) -> None:
         for name in ("io_channels", "embed_dim", "depth", "num_heads", "cond_token_dim", "global_cond_dim"):
             _positive(f"dit.{name}", getattr(self, name))
+        if self.input_concat_dim not in (0, self.io_channels):
+            raise ValueError(
+                f"dit.input_concat_dim = {self.input_concat_dim} must be 0 or dit.io_channels = {self.io_channels} "
+                "(the only input concatenated is the source's latent)"
+            )
         if self.embed_dim % self.num_heads:
             raise ValueError(
                 f"dit.embed_dim = {self.embed_dim} must be divisible by dit.num_heads = {self.num_heads}"
@@ -506,6 +514,7 @@ class AudioOmniConfig:
                         "transformer_type": "continuous_transformer",
                         "condition_mask_type": "cat",
                         "video_fps": self.video_fps,
+                        **({"input_concat_dim": self.dit.input_concat_dim} if self.dit.input_concat_dim else {}),
                     },
                 },
                 "io_channels": self.dit.io_channels,
@@ -738,7 +747,6 @@ def _parse_dit(diffusion: Mapping[str, Any]) -> DiTConfig:
         ("transformer_type", "continuous_transformer"),
         ("patch_size", 1),
         ("project_global_cond", True),
-        ("input_concat_dim", 0),
         ("prepend_cond_dim", 0),
         ("global_cond_type", "prepend"),
     ):
@@ -750,6 +758,7 @@ def _parse_dit(diffusion: Mapping[str, Any]) -> DiTConfig:
         num_heads=_take(c, "num_heads", cw),
         cond_token_dim=_take(c, "cond_token_dim", cw),
         global_cond_dim=_take(c, "global_cond_dim", cw),
+        input_concat_dim=c.get("input_concat_dim", 0),
     )
 
 
@@ -990,8 +999,9 @@ def _small() -> AudioOmniConfig:
     Same clip length, thinker and hard-coded widths as `tiny`; the Oobleck VAE is replaced by the
     fixed log-mel codec (`model.melcodec`: 64 bands up to 11.025 kHz, 216 frames, Griffin-Lim
     decoding), because a waveform VAE does not train from scratch on a CPU in the time this model
-    gets. A 3-block DiT of width 128, and one mel prefix token per latent frame (216) so an edit's
-    source frame k sits at a fixed rotary distance from output frame k. The fp16 checkpoint (with
+    gets. A 3-block DiT of width 128 that also reads the edit's source latent as 64 input-concat
+    channels, so output frame k sees source frame k in its own token; the mel conditioner keeps
+    tiny's 8 tokens (a summary of the source; the per-frame path is the concat). The fp16 checkpoint (with
     the float32 tiny thinker) stays under 20 MB: the speech conditioner alone, fixed by the released
     layout, is 5.9 M parameters. Without weights the DiT is random, like `tiny`.
     """
@@ -1011,8 +1021,9 @@ def _small() -> AudioOmniConfig:
     return replace(
         tiny,
         vae=codec,
-        mel=replace(tiny.mel, seq_len=216),  # = latent frames (442368 / 2048)
-        dit=DiTConfig(io_channels=codec.latent_dim, embed_dim=128, depth=3, num_heads=2),
+        # The edit's source latent is also concatenated to the noisy latent (input_concat_dim), so
+        # output frame k sees source frame k in its own token, not only through attention.
+        dit=DiTConfig(io_channels=codec.latent_dim, embed_dim=128, depth=3, num_heads=2, input_concat_dim=64),
     )
 
 

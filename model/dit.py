@@ -232,9 +232,10 @@ class DiTBlock(nn.Module):
 class DiTTransformer(nn.Module):
     """Token projections, rotary table and the stack of blocks (checkpoint prefix ``transformer.``)."""
 
-    def __init__(self, *, io_channels: int, embed_dim: int, depth: int, num_heads: int) -> None:
+    def __init__(self, *, io_channels: int, embed_dim: int, depth: int, num_heads: int, in_channels: int = 0) -> None:
         super().__init__()
-        self.project_in = nn.Linear(io_channels, embed_dim, bias=False)
+        # in_channels: what project_in reads (the latent plus any input-concat channels); 0 = io_channels
+        self.project_in = nn.Linear(in_channels or io_channels, embed_dim, bias=False)
         self.project_out = nn.Linear(embed_dim, io_channels, bias=False)
         self.rotary_pos_emb = RotaryEmbedding()
         self.layers = nn.ModuleList(DiTBlock(embed_dim, num_heads) for _ in range(depth))
@@ -246,7 +247,7 @@ class DiTTransformer(nn.Module):
         context: Tensor | Sequence[tuple[Tensor, Tensor]],
         key_mask: Tensor,
     ) -> Tensor:
-        """``latent`` (R, T, C), ``prefix`` (R, G, E) -> (R, T, C).
+        """``latent`` (R, T, C_in), ``prefix`` (R, G, E) -> (R, T, C).
 
         ``context`` is the projected context (B, S, E) or one prepared (keys, values) pair per layer;
         rows ``B:`` of an R-row batch (B <= R) have an all-zero context (see :class:`DiTBlock`).
@@ -297,6 +298,9 @@ class DiffusionTransformer(nn.Module):
         num_heads: attention heads; must equal ``embed_dim // 64``.
         cond_token_dim: width of the cross-attention context tokens (768).
         global_cond_dim: width of the prepended global tokens (768).
+        input_concat_dim: channels of a per-frame input concatenated to the noisy latent before the
+            input conv (0 in the released model; the `small` preset feeds an edit's source latent
+            there). The input conv and projection then read ``io_channels + input_concat_dim``.
     """
 
     def __init__(
@@ -308,6 +312,7 @@ class DiffusionTransformer(nn.Module):
         num_heads: int,
         cond_token_dim: int,
         global_cond_dim: int,
+        input_concat_dim: int = 0,
     ) -> None:
         super().__init__()
         for name, value in (
@@ -320,6 +325,8 @@ class DiffusionTransformer(nn.Module):
         ):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not isinstance(input_concat_dim, int) or isinstance(input_concat_dim, bool) or input_concat_dim < 0:
+            raise ValueError(f"input_concat_dim must be a non-negative int, got {input_concat_dim!r}")
         if embed_dim % HEAD_DIM != 0 or num_heads != embed_dim // HEAD_DIM:
             raise ValueError(
                 f"head dim is fixed at {HEAD_DIM}: need embed_dim a multiple of {HEAD_DIM} and "
@@ -331,6 +338,8 @@ class DiffusionTransformer(nn.Module):
         self.num_heads = num_heads
         self.cond_token_dim = cond_token_dim
         self.global_cond_dim = global_cond_dim
+        self.input_concat_dim = input_concat_dim
+        in_channels = io_channels + input_concat_dim
 
         self.timestep_features = FourierFeatures(FOURIER_FEATURES)
         self.to_timestep_embed = nn.Sequential(
@@ -347,9 +356,9 @@ class DiffusionTransformer(nn.Module):
             nn.Linear(embed_dim, embed_dim, bias=False),
         )
         self.transformer = DiTTransformer(
-            io_channels=io_channels, embed_dim=embed_dim, depth=depth, num_heads=num_heads
+            io_channels=io_channels, embed_dim=embed_dim, depth=depth, num_heads=num_heads, in_channels=in_channels
         )
-        self.preprocess_conv = nn.Conv1d(io_channels, io_channels, 1, bias=False)
+        self.preprocess_conv = nn.Conv1d(in_channels, in_channels, 1, bias=False)
         self.postprocess_conv = nn.Conv1d(io_channels, io_channels, 1, bias=False)
 
     # ----------------------------------------------------------------------------- construction
@@ -358,11 +367,12 @@ class DiffusionTransformer(nn.Module):
     def from_config(cls, config: Mapping[str, Any]) -> DiffusionTransformer:
         """Build from a ``model.diffusion.config`` dict of the reference's JSON config.
 
-        Options this implementation does not support (another transformer type, patching, input
-        concat, unprojected context, non-prepend global conditioning) raise ``ValueError``; keys with
-        no effect in the reference (``condition_mask_type``, ``video_fps``) are ignored.
+        Options this implementation does not support (another transformer type, patching,
+        unprojected context, non-prepend global conditioning) raise ``ValueError``; keys with no
+        effect in the reference (``condition_mask_type``, ``video_fps``) are ignored.
         """
         required = ("io_channels", "embed_dim", "depth", "num_heads", "cond_token_dim", "global_cond_dim")
+        optional = ("input_concat_dim",)
         missing = [key for key in required if key not in config]
         if missing:
             raise ValueError(f"DiT config is missing {missing}; required keys: {list(required)}")
@@ -371,14 +381,13 @@ class DiffusionTransformer(nn.Module):
             "project_cond_tokens": True,
             "project_global_cond": True,
             "patch_size": 1,
-            "input_concat_dim": 0,
             "prepend_cond_dim": 0,
             "global_cond_type": "prepend",
         }
         for key, allowed in supported.items():
             if key in config and config[key] != allowed:
                 raise ValueError(f"DiT config {key}={config[key]!r} is not supported; only {allowed!r}")
-        return cls(**{key: config[key] for key in required})
+        return cls(**{key: config[key] for key in required + optional if key in config})
 
     def init_weights(self) -> None:
         """Fresh training-time initialisation, as the reference starts training.
@@ -436,6 +445,16 @@ class DiffusionTransformer(nn.Module):
         batch = x.shape[0]
         if t.shape != (batch,):
             raise ValueError(f"t must have shape ({batch},) (one time per item), got {tuple(t.shape)}")
+
+    def _check_concat(self, x: Tensor, input_concat: Tensor | None) -> None:
+        if self.input_concat_dim == 0:
+            if input_concat is not None:
+                raise ValueError("this DiT has input_concat_dim 0: pass input_concat=None")
+            return
+        want = (x.shape[0], self.input_concat_dim, x.shape[2])
+        if input_concat is None or tuple(input_concat.shape) != want:
+            got = None if input_concat is None else tuple(input_concat.shape)
+            raise ValueError(f"input_concat must have shape {want} (B, input_concat_dim, T of x), got {got}")
 
     def _check_cross(self, batch: int, cross_cond: Tensor, cross_mask: Tensor) -> None:
         if (
@@ -513,6 +532,7 @@ class DiffusionTransformer(nn.Module):
         global_cond: Tensor,
         *,
         context: PreparedContext | None = None,
+        input_concat: Tensor | None = None,
     ) -> Tensor:
         """One unguided velocity evaluation.
 
@@ -525,6 +545,8 @@ class DiffusionTransformer(nn.Module):
             global_cond: tokens prepended to the sequence (B, G, global_cond_dim).
             context: the same context from :meth:`prepare_context` (B items), instead of
                 ``cross_cond`` and ``cross_mask``.
+            input_concat: (B, input_concat_dim, T) concatenated to ``x`` along channels; required
+                exactly when ``input_concat_dim`` > 0.
 
         Returns:
             predicted velocity (B, C, T), in the parameter dtype (or the autocast dtype).
@@ -533,14 +555,16 @@ class DiffusionTransformer(nn.Module):
             if cross_cond is None or cross_mask is None:
                 raise ValueError("forward needs cross_cond and cross_mask, or a prepared context")
             self.check_inputs(x, t, cross_cond, cross_mask, global_cond)
+            self._check_concat(x, input_concat)
             dtype = self.preprocess_conv.weight.dtype
             key_mask = self._key_mask(cross_mask)  # (B, 1, 1, S)
             projected = self.embed_cond(cross_cond.to(dtype))  # (B, S, E)
-            return self._velocity(x, t, global_cond, projected, key_mask)
+            return self._velocity(x, t, global_cond, projected, key_mask, input_concat)
         self._check_latent(x, t)
         self._check_prepared(x.shape[0], cross_cond, cross_mask, context)
         self._check_global(x.shape[0], global_cond)
-        return self._velocity(x, t, global_cond, context.kv, context.key_mask)
+        self._check_concat(x, input_concat)
+        return self._velocity(x, t, global_cond, context.kv, context.key_mask, input_concat)
 
     def _velocity(
         self,
@@ -549,13 +573,16 @@ class DiffusionTransformer(nn.Module):
         global_cond: Tensor,
         context: Tensor | Sequence[tuple[Tensor, Tensor]],
         key_mask: Tensor,
+        input_concat: Tensor | None = None,
     ) -> Tensor:
         """Velocity of R rows (R, C, T); the first B = ``key_mask.shape[0]`` rows have ``context``,
         the rest an all-zero one (their cross-attention is skipped)."""
         dtype = self.preprocess_conv.weight.dtype
         prefix = self.embed_global(global_cond.to(dtype)) + self.embed_timestep(t)[:, None, :]  # (R, G, E)
         x = x.to(dtype)
-        x = x + self.preprocess_conv(x)  # (R, C, T)
+        if input_concat is not None:
+            x = torch.cat([x, input_concat.to(dtype)], dim=1)  # (R, C + D, T)
+        x = x + self.preprocess_conv(x)  # (R, C_in, T)
         out = self.transformer(x.transpose(1, 2), prefix, context, key_mask)  # (R, T, C)
         out = out.transpose(1, 2)  # (R, C, T)
         return out + self.postprocess_conv(out)
@@ -571,11 +598,12 @@ class DiffusionTransformer(nn.Module):
         scale_phi: float = 0.0,
         *,
         context: PreparedContext | None = None,
+        input_concat: Tensor | None = None,
     ) -> Tensor:
         """Classifier-free guided velocity, conditional and unconditional in one 2B forward.
 
         The unconditional half gets an all-zero context with the same mask; the global (prefix)
-        tokens are not nulled. ``v = v_u + (v_c - v_u) * cfg_scale``; with ``scale_phi`` > 0 the
+        tokens and ``input_concat`` are not nulled. ``v = v_u + (v_c - v_u) * cfg_scale``; with ``scale_phi`` > 0 the
         result is blended with a copy rescaled to the per-position channel std of ``v_c``.
 
         Args:
@@ -600,7 +628,9 @@ class DiffusionTransformer(nn.Module):
                 raise ValueError(f"cfg_scale must be a finite number, got {cfg_scale!r}")
             all_unguided = cfg_scale == 1
         if all_unguided:
-            return self(x, t, cross_cond, cross_mask, global_cond, context=context)
+            return self(x, t, cross_cond, cross_mask, global_cond, context=context, input_concat=input_concat)
+        self._check_concat(x, input_concat)
+        both_concat = None if input_concat is None else torch.cat([input_concat, input_concat])
 
         if context is None:
             if cross_cond is None or cross_mask is None:
@@ -612,6 +642,7 @@ class DiffusionTransformer(nn.Module):
                 torch.cat([cross_cond, torch.zeros_like(cross_cond)]),
                 torch.cat([cross_mask, cross_mask]),
                 torch.cat([global_cond, global_cond]),
+                input_concat=both_concat,
             )  # (2B, C, T)
         else:
             self._check_latent(x, t)
@@ -624,6 +655,7 @@ class DiffusionTransformer(nn.Module):
                 torch.cat([global_cond, global_cond]),
                 context.kv,
                 context.key_mask,
+                both_concat,
             )  # (2B, C, T)
         v_cond, v_uncond = both[:batch], both[batch:]
         if isinstance(cfg_scale, Tensor):
@@ -663,7 +695,8 @@ class DiffusionTransformer(nn.Module):
         hidden = FF_MULT * e
         trunk = 2 * FOURIER_FEATURES * e + e * e  # timestep MLP
         trunk += prefix_len * (self.global_cond_dim * e + e * e)  # global MLP
-        trunk += latent_len * (2 * c * c + 2 * c * e)  # pre/post 1x1 convs, project_in/out
+        c_in = c + self.input_concat_dim
+        trunk += latent_len * (c_in * c_in + c * c + c_in * e + c * e)  # pre/post 1x1 convs, project_in/out
         per_layer = seq * 3 * e * e + 2 * seq * seq * e + seq * e * e  # self-attn: qkv, QK^T + AV, out
         per_layer += seq * e * 2 * hidden + seq * hidden * e  # SwiGLU in, out
         trunk += self.depth * per_layer

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from model.conditioners.mel import MelConditioner
@@ -24,7 +25,7 @@ from model.dit import DiffusionTransformer
 from model.mllm import OmniProjection
 from model.requests import GenerationRequest
 from model.sampler import euler_sample, per_sample_noise
-from model.vae import build_vae, decode
+from model.vae import build_vae, decode, encode_moments
 
 
 @dataclass
@@ -32,6 +33,9 @@ class Conditioning:
     cross: torch.Tensor  # (B, S, cond_dim) cross-attention context
     cross_mask: torch.Tensor  # (B, S) bool, True = attend
     prefix: torch.Tensor  # (B, G, cond_dim) tokens prepended to the DiT sequence
+    # (B, C, T) the source's latent, concatenated to the noisy latent; only for a DiT with
+    # input_concat_dim > 0 (None otherwise)
+    source: torch.Tensor | None = None
 
 
 class SamplerPart(nn.Module):
@@ -123,6 +127,44 @@ class SamplerPart(nn.Module):
             torch.cat([c.cross for c in per_item]),
             torch.cat([c.cross_mask for c in per_item]),
             torch.cat([c.prefix for c in per_item]),
+            self.source_latents([r.audio_window for r in requests]),
+        )
+
+    @torch.no_grad()
+    def encode_audio(self, wav: torch.Tensor) -> torch.Tensor:
+        """Audio -> latents (B, C, T) with the VAE encoder's mean (deterministic), in float32.
+
+        ``wav`` (B, N) mono or (B, A, N); mono is copied to the VAE's channels and the length is
+        cropped or zero-padded to ``output_samples`` so the latent length is ``latent_length``.
+        """
+        cfg = self.config
+        if wav.dim() == 2:
+            wav = wav[:, None, :].expand(-1, cfg.vae.io_channels, -1)  # (B, A, N)
+        if wav.dim() != 3 or wav.shape[1] != cfg.vae.io_channels:
+            raise ValueError(f"wav must be (B, N) or (B, {cfg.vae.io_channels}, N), got {tuple(wav.shape)}")
+        n = cfg.output_samples
+        wav = wav[..., :n]
+        if wav.shape[-1] < n:
+            wav = F.pad(wav, (0, n - wav.shape[-1]))
+        mean, _ = encode_moments(self.vae, wav.to(self.device, torch.float32))  # (B, C, T)
+        return mean
+
+    @torch.no_grad()
+    def source_latents(self, windows: Sequence[torch.Tensor | None]) -> torch.Tensor | None:
+        """The DiT's input-concat channels (B, C, T): each source window's latent, zeros where an
+        item has no source. None when the DiT takes no input concat (the released layout).
+
+        Encoded one item at a time, like the conditioners, so an item's latent does not depend on
+        its batch-mates.
+        """
+        if self.config.dit.input_concat_dim == 0:
+            return None
+        shape = (self.config.dit.io_channels, self.config.latent_length)
+        return torch.stack(
+            [
+                torch.zeros(shape, device=self.device) if w is None else self.encode_audio(w.float()[None])[0]
+                for w in windows
+            ]
         )
 
     def _condition_one(self, r: GenerationRequest) -> Conditioning:
@@ -169,7 +211,9 @@ class SamplerPart(nn.Module):
 
         def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             with self._autocast():
-                return self.dit.guided_velocity(x, t, None, None, cond.prefix, cfg_scale, context=context)
+                return self.dit.guided_velocity(
+                    x, t, None, None, cond.prefix, cfg_scale, context=context, input_concat=cond.source
+                )
 
         return euler_sample(velocity, noise, steps, on_step=on_step)
 

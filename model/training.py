@@ -23,12 +23,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.config import MEL_ID, OMNI_ID, SPEECH_ID, SYNC_ID
 from model.parts import Conditioning, SamplerPart
-from model.vae import encode_moments
 
 # Children of `SamplerPart` that train. The VAE is frozen (spec §2.7) and the thinker lives elsewhere.
 TRAINABLE_CHILDREN: tuple[str, ...] = ("dit", "omni_proj", "sync", "speech", "mel")
@@ -115,7 +113,7 @@ def rectified_flow_loss(
         else contextlib.nullcontext()
     )
     with ctx:
-        v = dit(x_t, t, cross, cond.cross_mask, cond.prefix)  # (B, C, T)
+        v = dit(x_t, t, cross, cond.cross_mask, cond.prefix, input_concat=cond.source)  # (B, C, T)
     err = (v.float() - velocity_target(x_data, noise).float()).square()  # (B, C, T)
     if frame_weights is None:
         return err.mean()
@@ -136,6 +134,9 @@ class TrainExample:
     # (n_mels, frames) log-mel of the source, precomputed with `part.mel.log_mel`; used instead of
     # `audio_window` when given (the spectrogram is fixed, so a trainer can compute it once per clip)
     source_mel: Tensor | None = None
+    # (C, T) latent of the source, precomputed with `encode_latents`; the DiT's input-concat channels
+    # (presets with dit.input_concat_dim > 0), else encoded from `audio_window` (zeros without one)
+    source_latent: Tensor | None = None
     # (latent frames,) >= 0: how much each frame of this example's target counts in the loss
     # (e.g. more on an edit's event span); None = 1 everywhere
     frame_weights: Tensor | None = None
@@ -155,7 +156,32 @@ def condition_batch(part: SamplerPart, examples: Sequence[TrainExample]) -> Cond
     outputs[SPEECH_ID] = part.speech(ids, is_none)
     outputs[MEL_ID] = part.mel.from_log_mel(_source_log_mels(part, examples))  # (B, S_mel, D)
     outputs[SYNC_ID] = part.sync(part.sync.null_features(len(examples)))
-    return part.assemble(outputs)
+    cond = part.assemble(outputs)
+    cond.source = _source_latents(part, examples)
+    return cond
+
+
+@torch.no_grad()
+def _source_latents(part: SamplerPart, examples: Sequence[TrainExample]) -> Tensor | None:
+    """(B, C, T) input-concat latents (cached, encoded from the window, or zeros); None when the
+    DiT takes none."""
+    if part.config.dit.input_concat_dim == 0:
+        return None
+    shape = (part.config.dit.io_channels, part.config.latent_length)
+    out = []
+    for i, e in enumerate(examples):
+        if e.source_latent is not None:
+            if tuple(e.source_latent.shape) != shape:
+                raise ValueError(f"examples[{i}].source_latent must be {shape}, got {tuple(e.source_latent.shape)}")
+            out.append(e.source_latent.to(device=part.device, dtype=torch.float32))
+        elif e.audio_window is None and e.source_mel is not None:
+            raise ValueError(
+                f"examples[{i}] has a source_mel but no audio_window or source_latent: this preset's DiT "
+                "also needs the source's latent (input_concat_dim > 0)"
+            )
+        else:
+            out.append(part.source_latents([e.audio_window])[0])
+    return torch.stack(out)
 
 
 @torch.no_grad()
@@ -180,24 +206,9 @@ def _source_log_mels(part: SamplerPart, examples: Sequence[TrainExample]) -> Ten
     return torch.stack(mels)
 
 
-@torch.no_grad()
 def encode_latents(part: SamplerPart, wav: Tensor) -> Tensor:
-    """Target audio -> clean latents (B, C, T) with the frozen VAE encoder (its mean, deterministic).
-
-    ``wav`` (B, N) mono or (B, A, N); mono is copied to the VAE's channels and the length is cropped
-    or zero-padded to the config's ``output_samples`` so the latent length is ``latent_length``.
-    """
-    cfg = part.config
-    if wav.dim() == 2:
-        wav = wav[:, None, :].expand(-1, cfg.vae.io_channels, -1)  # (B, A, N)
-    if wav.dim() != 3 or wav.shape[1] != cfg.vae.io_channels:
-        raise ValueError(f"wav must be (B, N) or (B, {cfg.vae.io_channels}, N), got {tuple(wav.shape)}")
-    n = cfg.output_samples
-    wav = wav[..., :n]
-    if wav.shape[-1] < n:
-        wav = F.pad(wav, (0, n - wav.shape[-1]))
-    mean, _ = encode_moments(part.vae, wav.to(part.device, torch.float32))  # (B, C, T)
-    return mean
+    """Target audio (B, N) or (B, A, N) -> clean latents (B, C, T): `SamplerPart.encode_audio`."""
+    return part.encode_audio(wav)
 
 
 # --------------------------------------------------------------------------- optimisation

@@ -10,9 +10,9 @@ DEVICE=${1:-cpu}
 WORK=${WORK:-.small_run}
 ARGS=(--work "$WORK" --device "$DEVICE" --threads "$(nproc)" --workers "$(nproc)" --per-class 12 --pairs 320)
 if [ "$DEVICE" = cpu ]; then
-    DIT=(--batch 24 --dit-s 3300 --freeze-lookup --event-weight 4)
+    DIT=(--batch 24 --dit-s 3300 --event-weight 4)
 else
-    DIT=(--batch 64 --dit-s 600 --freeze-lookup --event-weight 4)
+    DIT=(--batch 64 --dit-s 600 --event-weight 4)
 fi
 # 1. thinker rows of the 20 prompts (5 classes x 4 tasks) and the thinker's weights (seconds)
 $PY bench/train_small.py features --work "$WORK"

@@ -147,6 +147,18 @@ def test_bad_configs_raise_naming_the_value(edit, message):
         AudioOmniConfig.from_dict(d)
 
 
+def test_input_concat_is_the_source_latent_or_nothing():
+    d = _released()
+    d["model"]["diffusion"]["config"]["input_concat_dim"] = 64
+    cfg = AudioOmniConfig.from_dict(d)
+    assert cfg.dit.input_concat_dim == 64
+    assert AudioOmniConfig.from_dict(cfg.to_dict()) == cfg
+    assert "input_concat_dim" not in _released()["model"]["diffusion"]["config"]  # released: absent = 0
+    d["model"]["diffusion"]["config"]["input_concat_dim"] = 16
+    with pytest.raises(ValueError, match=r"input_concat_dim = 16 must be 0 or dit\.io_channels = 64"):
+        AudioOmniConfig.from_dict(d)
+
+
 def test_invalid_json_file(tmp_path: Path):
     p = tmp_path / "bad.json"
     p.write_text("{not json")

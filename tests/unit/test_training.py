@@ -203,3 +203,49 @@ def test_frame_weights_weight_each_latent_frame_of_the_loss(config):
         loss([-torch.ones(frames)] * 3)
     with pytest.raises(ValueError, match="all be zero"):
         loss([torch.zeros(frames)] * 3)
+
+
+def test_source_latents_for_an_input_concat_dit_are_cached_encoded_or_zero():
+    small = get_preset("small")
+    part = build_sampler(small, seed=0)
+    g = torch.Generator().manual_seed(1)
+    window = torch.randn(small.mel.window_samples, generator=g) * 0.1
+    feats = torch.randn(3, small.mllm.hidden_size, generator=g)
+    latent = part.encode_audio(window[None])[0]  # (C, T)
+    with torch.no_grad():
+        from_window = condition_batch(part, [TrainExample(mllm_features=feats, audio_window=window)])
+        cached = condition_batch(
+            part,
+            [TrainExample(mllm_features=feats, source_mel=part.mel.log_mel(window[None])[0], source_latent=latent)],
+        )
+        silent = condition_batch(part, [TrainExample(mllm_features=feats)])
+    assert torch.equal(from_window.source[0], latent) and torch.equal(cached.source[0], latent)
+    assert torch.equal(from_window.prefix, cached.prefix)
+    assert silent.source.shape == (1, small.dit.io_channels, small.latent_length) and not silent.source.any()
+    with pytest.raises(ValueError, match="no audio_window or source_latent"):
+        condition_batch(part, [TrainExample(mllm_features=feats, source_mel=part.mel.log_mel(window[None])[0])])
+    with pytest.raises(ValueError, match=r"source_latent must be \(64, 216\)"):
+        condition_batch(part, [TrainExample(mllm_features=feats, source_latent=latent[:, :10])])
+    # The released layout takes no input concat: a cached latent is not used.
+    tiny = build_sampler(get_preset("tiny"), seed=0)
+    tiny_feats = torch.randn(3, get_preset("tiny").mllm.hidden_size)
+    assert condition_batch(tiny, [TrainExample(mllm_features=tiny_feats, source_latent=latent)]).source is None
+
+
+def test_a_training_step_trains_the_input_concat_channels():
+    small = get_preset("small")
+    torch.manual_seed(0)
+    part = build_sampler(small, seed=0)
+    part.dit.init_weights()
+    trainer = FlowTrainer(part, TrainHyper(lr=1e-3, warmup_steps=0))
+    g = torch.Generator().manual_seed(2)
+    latents = torch.randn(2, small.dit.io_channels, small.latent_length, generator=g)
+    examples = [
+        TrainExample(
+            mllm_features=torch.randn(3, small.mllm.hidden_size, generator=g), source_latent=latents[i].flip(-1)
+        )
+        for i in range(2)
+    ]
+    before = part.dit.transformer.project_in.weight[:, small.dit.io_channels :].clone()
+    trainer.step(latents, examples)
+    assert not torch.equal(part.dit.transformer.project_in.weight[:, small.dit.io_channels :], before)
