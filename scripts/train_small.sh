@@ -23,4 +23,4 @@ $PY bench/train_small.py dit "${ARGS[@]}" "${DIT[@]}" ${TRAIN_ARGS:-}
 # 4. released-name safetensors (sampler fp16, thinker fp32) + config.json + train_summary.json
 $PY bench/train_small.py export --work "$WORK" --dst model/data/small
 # 5. held-out figures (remove/extract raw and with keep_source, text-to-audio classifier)
-$PY bench/eval_small.py
+$PY bench/eval_small.py --cfg-scale 3

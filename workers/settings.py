@@ -59,7 +59,8 @@ class PoolSettings:
 class WorkerSettings:
     """What both pools load and how they are deployed."""
 
-    preset: str = "tiny"
+    # the packaged small model (trained here on generated sounds; docs/model.md); "full" + weights for real use
+    preset: str = "small"
     config_path: str | None = None  # a model_config.json; overrides `preset`
     # released model.ckpt / safetensors / converted folder; None = the preset's packaged weights
     # where the package ships them (model.config.PACKAGED_WEIGHTS), else random

@@ -26,10 +26,10 @@ RANDOM_WEIGHTS_NOTICE = (
 )
 SMALL_MODEL_NOTICE = (
     "NOTE: the packaged 'small' model ({size_mb:.1f} MB) was trained here, on a CPU, on generated sounds only:\n"
-    "      text-to-audio and add/remove/extract edits of tone, chord, clicks, noise burst and siren over noise and\n"
-    "      hum backgrounds (docs/model.md). Its decoder is a fixed log-mel codec (no sound above 11 kHz, tones come\n"
-    "      out as narrow noise bands); other prompts and tasks run but were never trained, and its thinker is a\n"
-    "      tiny random one, so text answers are gibberish.\n" + RELEASED_MODEL_HINT
+    "      text-to-audio and remove/extract edits (add is weak) of tone, chord, clicks, noise burst and siren\n"
+    "      over noise and hum backgrounds (docs/model.md). Its decoder is a fixed log-mel codec (no sound above\n"
+    "      11 kHz, tones come out as narrow noise bands); other prompts and tasks run but were never trained, and\n"
+    "      its thinker is a tiny random one, so text answers are gibberish.\n" + RELEASED_MODEL_HINT
 )
 
 
@@ -37,7 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("manifest", type=Path, help="JSONL file, one job spec per line")
     parser.add_argument("--out", type=Path, required=True, help="folder to write results into")
     model = parser.add_argument_group("model")
-    model.add_argument("--preset", default="tiny", help="model preset (tiny, small, full); default tiny")
+    model.add_argument(
+        "--preset", default="small", help="model preset (small, tiny, full); default small, the packaged model"
+    )
     model.add_argument("--config", default=None, help="a model_config.json (overrides --preset)")
     model.add_argument("--weights", default=None, help="checkpoint (model.ckpt, safetensors or converted folder)")
     model.add_argument("--device", default="cpu", help="cpu or cuda")

@@ -18,11 +18,12 @@ def packaged(tmp_path, monkeypatch):
     return path
 
 
-def test_tiny_is_the_default_preset_and_has_no_packaged_weights(packaged):
+def test_small_is_the_default_preset_and_tiny_has_no_packaged_weights(packaged):
     packaged.parent.mkdir(parents=True)
     packaged.write_bytes(b"x")
-    s = WorkerSettings()
-    assert s.preset == "tiny" and s.resolved_weights is None and s.uses_random_weights
+    assert WorkerSettings().preset == "small" and WorkerSettings().resolved_weights == str(packaged)
+    s = WorkerSettings(preset="tiny")
+    assert s.resolved_weights is None and s.uses_random_weights
     assert s.model_version == "tiny-random"
 
 
