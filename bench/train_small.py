@@ -210,14 +210,14 @@ def train_dit(
 ) -> int:
     import torch
 
-    from model.training import FlowTrainer, TrainExample, TrainHyper, encode_latents
+    from model.training import FlowTrainer, TrainExample, TrainHyper
 
     n_pairs = clips["mixture"].shape[0]
     lat = {}
     with torch.no_grad():
         for c in CLIPS:
             wav = torch.from_numpy(clips[c])
-            lat[c] = torch.cat([encode_latents(part, wav[j : j + 16].to(device)) for j in range(0, n_pairs, 16)])
+            lat[c] = torch.cat([part.encode_audio(wav[j : j + 16].to(device)) for j in range(0, n_pairs, 16)])
     frames = lat["mixture"].shape[-1]
     log(
         f"latents {tuple(lat['mixture'].shape)} std {float(lat['mixture'].std()):.3f} "

@@ -134,7 +134,7 @@ class TrainExample:
     # (n_mels, frames) log-mel of the source, precomputed with `part.mel.log_mel`; used instead of
     # `audio_window` when given (the spectrogram is fixed, so a trainer can compute it once per clip)
     source_mel: Tensor | None = None
-    # (C, T) latent of the source, precomputed with `encode_latents`; the DiT's input-concat channels
+    # (C, T) latent of the source, precomputed with `SamplerPart.encode_audio`; the DiT's input-concat channels
     # (presets with dit.input_concat_dim > 0), else encoded from `audio_window` (zeros without one)
     source_latent: Tensor | None = None
     # (latent frames,) >= 0: how much each frame of this example's target counts in the loss
@@ -204,11 +204,6 @@ def _source_log_mels(part: SamplerPart, examples: Sequence[TrainExample]) -> Ten
         for i, m in zip(todo, part.mel.log_mel(torch.stack(wavs)), strict=True):
             mels[i] = m
     return torch.stack(mels)
-
-
-def encode_latents(part: SamplerPart, wav: Tensor) -> Tensor:
-    """Target audio (B, N) or (B, A, N) -> clean latents (B, C, T): `SamplerPart.encode_audio`."""
-    return part.encode_audio(wav)
 
 
 # --------------------------------------------------------------------------- optimisation

@@ -73,7 +73,6 @@ class FeatureEncoder:
         from safetensors.torch import save
 
         from model.mllm import MLLMPrompt
-        from model.training import encode_latents
 
         shard = decode_shard(data)
         if shard.header.get("sample_rate") != self.config.sample_rate:
@@ -93,7 +92,7 @@ class FeatureEncoder:
         tensors: dict[str, torch.Tensor] = {"mllm": mllm, "mllm_len": lengths}
         for clip in CLIPS:
             wav = torch.from_numpy(getattr(shard, clip))  # (P, N)
-            lat = [encode_latents(self.sampler, wav[j : j + 4]) for j in range(0, wav.shape[0], 4)]
+            lat = [self.sampler.encode_audio(wav[j : j + 4]) for j in range(0, wav.shape[0], 4)]
             tensors[f"lat_{clip}"] = torch.cat(lat).contiguous()  # (P, C, T)
         # one entry: safetensors orders several metadata entries by hash, not deterministically
         meta = {"audio_omni": json.dumps({"tag": self.tag, "examples": [[e["pair"], e["task"]] for e in examples]})}
