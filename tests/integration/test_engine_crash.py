@@ -76,16 +76,22 @@ def test_sigkill_mid_batch_then_restart(tmp_path, pools, redis_url, redis_prefix
     first = _engine(pools.app_name, "crash-a", env, log)
     deadline = time.monotonic() + 240
     try:
-        # Kill once some jobs are done and others are in flight (claimed, not finished).
+        # Kill once some jobs are done and others are in flight (claimed, not finished). The engine is
+        # frozen (SIGSTOP) while the in-flight set is read, so no job can finish between that read
+        # and the kill; if the moment passed (everything in flight finished), it runs on and we wait.
+        killed_running: set[str] = set()
         while time.monotonic() < deadline:
             counts = queue.batch_status(batch_id).counts
             if counts["succeeded"] >= 2 and counts["running"] >= 1:
-                break
+                first.send_signal(signal.SIGSTOP)
+                killed_running = {r.job_id for r in queue.get_many(job_ids) if r.status.value == "running"}
+                if killed_running:
+                    break
+                first.send_signal(signal.SIGCONT)
             assert first.poll() is None, f"engine exited early:\n{log.read_text()[-3000:]}"
             time.sleep(0.1)
         else:
             pytest.fail(f"no mid-batch moment seen:\n{log.read_text()[-3000:]}")
-        killed_running = {r.job_id for r in queue.get_many(job_ids) if r.status.value == "running"}
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
     finally:
