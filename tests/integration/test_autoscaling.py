@@ -10,7 +10,8 @@ import pytest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-N_JOBS = 32
+WAVE = 32  # jobs per submitted wave
+MAX_WAVES = 8  # more waves are submitted only while the pool has not grown
 
 
 def test_waiting_work_sums_live_reports_and_skips_stale_ones():
@@ -101,19 +102,35 @@ def test_sampler_scales_with_the_backlog(ray_cluster, redis_url, redis_prefix, s
         backlog_jobs_per_replica=4.0,
     )
     queue = JobQueue(redis_url, prefix=redis_prefix)
-    specs = [{"task": "text_to_audio", "prompt": f"s{i}", "duration_s": 1.0, "steps": 2} for i in range(N_JOBS)]
-    batch_id, job_ids = queue.submit_batch(specs)
+
+    def submit_wave(wave: int) -> tuple[str, list[str]]:
+        specs = [
+            {"task": "text_to_audio", "prompt": f"w{wave}-{i}", "duration_s": 1.0, "steps": 2} for i in range(WAVE)
+        ]
+        return queue.submit_batch(specs)
+
+    batches = [submit_wave(0)]
+
+    def all_done() -> bool:
+        return all(queue.batch_status(b).done for b, _ in batches)
 
     service = Service(settings, workers, ServiceOptions(max_in_flight=8))
     app, deployment = f"{workers.app_name}-sampler", "SamplerDeployment"
     seen: list[int] = []
     try:
         service.start()
+        # Keep a backlog until the pool has grown: a fast machine can drain one wave of tiny jobs before
+        # a second replica has started (autoscaling reacts in seconds, a replica starts in seconds).
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not queue.batch_status(batch_id).done:
+        while time.monotonic() < deadline:
             seen.append(_running_replicas(app, deployment))
+            grown, more = 2 in seen, len(batches) < MAX_WAVES
+            if (grown or not more) and all_done():
+                break
+            if not grown and more and queue.batch_status(batches[-1][0]).finished >= WAVE // 2:
+                batches.append(submit_wave(len(batches)))
             time.sleep(0.5)
-        assert queue.batch_status(batch_id).done, queue.batch_status(batch_id).counts
+        assert all_done(), [queue.batch_status(b).counts for b, _ in batches]
         # The queue is empty now: the pool shrinks back to its minimum after the downscale delay.
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and _running_replicas(app, deployment) != 1:
@@ -127,7 +144,8 @@ def test_sampler_scales_with_the_backlog(ray_cluster, redis_url, redis_prefix, s
     assert max(seen) == 2, f"the sampler never grew to 2 replicas: {seen}"
     assert 1 in seen[: seen.index(2)], f"the pool did not start at its minimum: {seen}"
     assert final == 1
+    job_ids = [j for _, ids in batches for j in ids]
     records = queue.get_many(job_ids)
-    assert [r.status.value for r in records] == ["succeeded"] * N_JOBS
+    assert [r.status.value for r in records] == ["succeeded"] * len(job_ids)
     assert all(r.attempts == 1 for r in records), [r.attempts for r in records]  # nothing ran twice
     queue.close()
