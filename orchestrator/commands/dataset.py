@@ -11,6 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from orchestrator.dataset.synth import SynthSettings
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
@@ -24,6 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     synth.add_argument("--shard-size", type=int, default=16, help="pairs per shard (default 16)")
     synth.add_argument("--clip-s", type=float, default=10.0, help="clip length in seconds (default 10)")
     synth.add_argument("--min-event-dbfs", type=float, default=-45.0, help="energy filter threshold")
+    synth.add_argument(
+        "--speech-labels",
+        default="speech",
+        help="comma-separated class folders whose events must hold speech (silero-vad); '' for none",
+    )
+    synth.add_argument("--min-speech-ratio", type=float, default=0.2, help="share of a speech event that is speech")
     synth.add_argument("--clap-weights", default=None, help="local CLAP folder; without it the filter is skipped")
     synth.add_argument("--clap-min-score", type=float, default=0.1)
     synth.add_argument("--workers", type=int, default=2, help="Ray Data actors (default 2)")
@@ -39,22 +49,31 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     pre.add_argument("--no-progress", action="store_true")
 
 
+def synth_settings(args: argparse.Namespace) -> SynthSettings:
+    """The `SynthSettings` that `dataset synth` arguments ask for (validated there)."""
+    from orchestrator.dataset.synth import SynthSettings
+
+    return SynthSettings(
+        foreground=args.foreground,
+        background=args.background,
+        pairs=args.pairs,
+        seed=args.seed,
+        shard_size=args.shard_size,
+        clip_s=args.clip_s,
+        min_event_dbfs=args.min_event_dbfs,
+        speech_labels=tuple(x.strip() for x in args.speech_labels.split(",") if x.strip()),
+        min_speech_ratio=args.min_speech_ratio,
+        clap_weights=args.clap_weights,
+        clap_min_score=args.clap_min_score,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.dataset_command == "synth":
-        from orchestrator.dataset.synth import SynthSettings, run_synth
+        from orchestrator.dataset.synth import run_synth
 
-        settings = SynthSettings(
-            foreground=args.foreground,
-            background=args.background,
-            pairs=args.pairs,
-            seed=args.seed,
-            shard_size=args.shard_size,
-            clip_s=args.clip_s,
-            min_event_dbfs=args.min_event_dbfs,
-            clap_weights=args.clap_weights,
-            clap_min_score=args.clap_min_score,
-        )
+        settings = synth_settings(args)
         result = run_synth(
             settings, args.out, num_workers=args.workers, endpoint_url=args.s3_endpoint, progress=not args.no_progress
         )

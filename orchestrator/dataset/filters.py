@@ -1,8 +1,11 @@
 """Filters that reject unusable foreground events before a pair is built.
 
 * `EnergyFilter` (always on): an event whose loudest 2048-sample frame is below `min_dbfs` is silent
-  and dropped. Voice-activity detection (e.g. silero-vad) was considered and not used: it scores
-  *speech*, so it would reject the tones, noise, clicks and effects that make up most event classes.
+  and dropped.
+* `VoiceActivityFilter` (for speech classes only): silero-vad, whose model ships in its wheel, finds
+  the speech in an event; one with less than `min_speech_ratio` of its length in speech is dropped.
+  It scores *speech*, so it runs only on the classes named as speech (`SynthSettings.speech_labels`):
+  on tones, noise, clicks or effects it would reject every event.
 * `SemanticFilter` (pluggable): scores an event against its label; `ClapFilter` does it with a local
   CLAP checkpoint (transformers `ClapModel`). Without weights the filter is skipped and the reason is
   logged once; `make_semantic_filter(None)` returns None.
@@ -10,7 +13,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import warnings
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -44,6 +49,49 @@ class EnergyFilter:
 
     def keep(self, event: np.ndarray) -> bool:
         return peak_frame_dbfs(event) >= self.min_dbfs
+
+
+class VoiceActivityFilter:
+    """Keep speech events in which silero-vad finds at least `min_speech_ratio` of speech.
+
+    The model (silero-vad's TorchScript file, from the installed package) loads on first use, once
+    per process; it is stateful, so one filter must not be shared between threads.
+    """
+
+    name = "voice activity"
+    VAD_RATE = 16000
+
+    def __init__(self, min_speech_ratio: float = 0.2) -> None:
+        if not 0.0 < min_speech_ratio <= 1.0:
+            raise ValueError(f"min_speech_ratio must be in (0, 1], got {min_speech_ratio}")
+        self.min_speech_ratio = min_speech_ratio
+
+    def speech_ratio(self, event: np.ndarray, sample_rate: int) -> float:
+        """The share of the event's length that silero-vad marks as speech (0 for an empty event)."""
+        import soxr
+        import torch
+        from silero_vad import get_speech_timestamps
+
+        if event.size == 0:
+            return 0.0
+        audio = soxr.resample(event.astype(np.float32), sample_rate, self.VAD_RATE)
+        with torch.no_grad():
+            spans = get_speech_timestamps(torch.from_numpy(audio), _vad_model(), sampling_rate=self.VAD_RATE)
+        return sum(s["end"] - s["start"] for s in spans) / audio.size
+
+    def keep(self, event: np.ndarray, sample_rate: int) -> tuple[bool, float]:
+        """(kept, speech ratio)."""
+        ratio = self.speech_ratio(event, sample_rate)
+        return ratio >= self.min_speech_ratio, ratio
+
+
+@functools.cache
+def _vad_model():
+    from silero_vad import load_silero_vad
+
+    with warnings.catch_warnings():  # silero-vad ships TorchScript; torch flags jit.load as deprecated
+        warnings.filterwarnings("ignore", message=".*torch.jit.load.*", category=DeprecationWarning)
+        return load_silero_vad()
 
 
 class SemanticFilter(Protocol):

@@ -9,7 +9,7 @@ and text-to-audio.
 
 Determinism: pair i draws everything from `numpy.random.default_rng([seed, i])` over the sorted
 source listing, so a pair does not depend on which worker built it or in which order. A rejected
-event (silent, or off-label by the semantic filter) is redrawn from the same stream.
+event (silent, without speech in a speech class, or off-label by the semantic filter) is redrawn from the same stream.
 Resumability: shard k holds pairs [k*S, (k+1)*S) and is written atomically; a rerun skips shards
 already stored and refuses to continue a dataset made with other settings.
 """
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.dataset.filters import EnergyFilter, SemanticFilter, make_semantic_filter
+from orchestrator.dataset.filters import EnergyFilter, SemanticFilter, VoiceActivityFilter, make_semantic_filter
 from orchestrator.dataset.shards import (
     MANIFEST_KEY,
     SETTINGS_KEY,
@@ -60,6 +60,8 @@ class SynthSettings:
     min_event_dbfs: float = -45.0
     clap_weights: str | None = None
     clap_min_score: float = 0.1
+    speech_labels: tuple[str, ...] = ("speech",)  # class folders whose events must hold speech (silero-vad)
+    min_speech_ratio: float = 0.2
 
     def __post_init__(self) -> None:
         if self.pairs < 1 or self.pairs > 100_000_000:
@@ -80,6 +82,9 @@ class SynthSettings:
             if not bounds[0] <= low <= high <= bounds[1]:
                 raise ValueError(f"{name} range ({low}, {high}) must satisfy {bounds[0]} <= low <= high <= {bounds[1]}")
         EnergyFilter(self.min_event_dbfs)  # validates the threshold
+        VoiceActivityFilter(self.min_speech_ratio)  # validates the ratio
+        if any(not label or "/" in label for label in self.speech_labels):
+            raise ValueError(f"speech_labels must be class folder names, got {list(self.speech_labels)}")
 
     @property
     def clip_samples(self) -> int:
@@ -91,15 +96,16 @@ class SynthSettings:
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
-        for k in ("snr_db", "pitch_semitones", "stretch_rate"):
+        for k in ("snr_db", "pitch_semitones", "stretch_rate", "speech_labels"):
             d[k] = list(d[k])
         return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> SynthSettings:
         d = dict(d)
-        for k in ("snr_db", "pitch_semitones", "stretch_rate"):
-            d[k] = tuple(d[k])
+        for k in ("snr_db", "pitch_semitones", "stretch_rate", "speech_labels"):
+            if k in d:  # datasets made before speech_labels existed get its default
+                d[k] = tuple(d[k])
         return cls(**d)
 
 
@@ -206,6 +212,7 @@ def synth_pair(
     sources: Sources,
     energy: EnergyFilter,
     semantic: SemanticFilter | None = None,
+    voice: VoiceActivityFilter | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     """Build pair `index`: (background, mixture, placed event, parameters), each clip (N,) float32."""
     s = sources.settings
@@ -227,6 +234,11 @@ def synth_pair(
         if not energy.keep(event):
             rejected.append(f"{fg_rel}: silent")
             continue
+        if voice is not None and label in s.speech_labels:
+            kept, ratio = voice.keep(event, sr)
+            if not kept:
+                rejected.append(f"{fg_rel}: {voice.name} {ratio:.2f} of its length")
+                continue
         if semantic is not None:
             score = semantic.score(event, sr, description_of(label))
             if score < semantic.min_score:
@@ -270,11 +282,12 @@ def build_shard(shard: int, settings: SynthSettings, sources: Sources | None = N
     sources = sources or Sources.scan(settings)
     energy = EnergyFilter(settings.min_event_dbfs)
     semantic = make_semantic_filter(settings.clap_weights, min_score=settings.clap_min_score)
+    voice = VoiceActivityFilter(settings.min_speech_ratio)
     first = shard * settings.shard_size
     last = min(first + settings.shard_size, settings.pairs)
     bgs, mixes, events, params = [], [], [], []
     for i in range(first, last):
-        bg, mix, ev, p = synth_pair(i, sources, energy, semantic)
+        bg, mix, ev, p = synth_pair(i, sources, energy, semantic, voice)
         bgs.append(bg)
         mixes.append(mix)
         events.append(ev)
