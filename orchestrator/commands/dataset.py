@@ -13,6 +13,8 @@ import json
 import logging
 from typing import TYPE_CHECKING
 
+from orchestrator.commands import comma_list
+
 if TYPE_CHECKING:
     from orchestrator.dataset.synth import SynthSettings
 
@@ -30,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     synth.add_argument("--min-event-dbfs", type=float, default=-45.0, help="energy filter threshold")
     synth.add_argument(
         "--speech-labels",
+        type=comma_list,
         default="speech",
         help="comma-separated class folders whose events must hold speech (silero-vad); '' for none",
     )
@@ -61,7 +64,7 @@ def synth_settings(args: argparse.Namespace) -> SynthSettings:
         shard_size=args.shard_size,
         clip_s=args.clip_s,
         min_event_dbfs=args.min_event_dbfs,
-        speech_labels=tuple(x.strip() for x in args.speech_labels.split(",") if x.strip()),
+        speech_labels=args.speech_labels,
         min_speech_ratio=args.min_speech_ratio,
         clap_weights=args.clap_weights,
         clap_min_score=args.clap_min_score,

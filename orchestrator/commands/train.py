@@ -9,6 +9,8 @@ import argparse
 import json
 import logging
 
+from orchestrator.commands import comma_list
+
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--data", required=True, help="dataset (synth + precompute) folder or s3:// URI")
@@ -30,7 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--threads-per-worker", type=int, default=1)
     parser.add_argument("--max-failures", type=int, default=2, help="worker-group restarts before giving up")
     parser.add_argument("--max-time-s", type=float, default=None, help="stop with a checkpoint after this")
-    parser.add_argument("--kinds", default=",".join(("edit_add", "edit_remove", "edit_extract", "text_to_audio")))
+    parser.add_argument(
+        "--kinds", type=comma_list, default=",".join(("edit_add", "edit_remove", "edit_extract", "text_to_audio"))
+    )
     parser.add_argument("--in-process", action="store_true", help="no Ray: one worker in this process")
     parser.add_argument("--s3-endpoint", default=None)
 
@@ -59,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         threads_per_worker=args.threads_per_worker,
         max_failures=args.max_failures,
         max_time_s=args.max_time_s,
-        kinds=tuple(k.strip() for k in args.kinds.split(",") if k.strip()),
+        kinds=args.kinds,
         endpoint_url=args.s3_endpoint,
     )
     result = run_training(settings, in_process=args.in_process)

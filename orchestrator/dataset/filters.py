@@ -54,8 +54,9 @@ class EnergyFilter:
 class VoiceActivityFilter:
     """Keep speech events in which silero-vad finds at least `min_speech_ratio` of speech.
 
-    The model (silero-vad's TorchScript file, from the installed package) loads on first use, once
-    per process; it is stateful, so one filter must not be shared between threads.
+    The model (silero-vad's TorchScript file, from the installed package) loads on first use and is
+    shared by every filter in the process; it is stateful, so call it from one thread at a time (a
+    Ray Data actor builds its shards one after another).
     """
 
     name = "voice activity"

@@ -79,3 +79,13 @@ def test_settings_are_validated(tmp_path):
         TrainSettings(data="d", out="o", steps=0)
     with pytest.raises(ValueError, match="kinds"):
         TrainSettings(data="d", out="o", kinds=("edit_add", "dance"))
+
+
+def test_kinds_flag_is_a_comma_list():
+    from orchestrator.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--data", "d", "--out", "o"])
+    assert args.kinds == ("edit_add", "edit_remove", "edit_extract", "text_to_audio")
+    args = build_parser().parse_args(["train", "--data", "d", "--out", "o", "--kinds", "edit_add, text_to_audio,"])
+    assert args.kinds == ("edit_add", "text_to_audio")
+
