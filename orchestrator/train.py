@@ -101,6 +101,9 @@ class TrainSettings:
 class EditPairData:
     """All examples of a dataset in memory: int16 source clips, latents and thinker rows per example.
 
+    The source's latent comes from the precomputed features too (the DiT's input concat, for presets
+    that have one), so no step runs the VAE encoder.
+
     Sized for the small runs this project makes on CPU; a larger dataset would stream shards.
     """
 
@@ -115,6 +118,7 @@ class EditPairData:
         settings = SynthSettings.from_json(json.loads(storage.get(SETTINGS_KEY)))
         self.clips: dict[str, list[np.ndarray]] = {"background": [], "mixture": [], "event": []}
         self.latents: list[torch.Tensor] = []
+        self.source_latents: list[torch.Tensor | None] = []
         self.rows: list[torch.Tensor] = []
         self.sources: list[tuple[str, int] | None] = []
         self.tasks: list[str] = []
@@ -133,6 +137,8 @@ class EditPairData:
                 length = int(feats["mllm_len"][e_index])
                 self.rows.append(feats["mllm"][e_index, :length].clone())
                 self.latents.append(feats[f"lat_{ex['target']}"][ex["pair"]].clone())
+                source = ex["source"]
+                self.source_latents.append(None if source is None else feats[f"lat_{source}"][ex["pair"]].clone())
                 self.sources.append(None if ex["source"] is None else (ex["source"], pair_base + ex["pair"]))
                 self.tasks.append(ex["task"])
                 self.descriptions.append(ex["description"])
@@ -155,7 +161,9 @@ class EditPairData:
             window = None
             if src is not None:
                 window = torch.from_numpy(self.clips[src[0]][src[1]].astype("float32") / 32767.0)
-            examples.append(TrainExample(mllm_features=self.rows[i], audio_window=window))
+            examples.append(
+                TrainExample(mllm_features=self.rows[i], audio_window=window, source_latent=self.source_latents[i])
+            )
         return torch.stack([self.latents[i] for i in indices]), examples
 
 

@@ -89,3 +89,31 @@ def test_kinds_flag_is_a_comma_list():
     args = build_parser().parse_args(["train", "--data", "d", "--out", "o", "--kinds", "edit_add, text_to_audio,"])
     assert args.kinds == ("edit_add", "text_to_audio")
 
+
+def test_source_latents_come_from_the_precomputed_features(data, tmp_path, monkeypatch):
+    """For a preset whose DiT reads the source's latent (input concat), training takes it from the
+    stored features: the same latent the VAE encoder gives the source window, without a step encoding it."""
+    from model.build import build_sampler
+    from model.config import load_config
+    from model.parts import SamplerPart
+    from orchestrator.dataset.precompute import model_tag
+    from orchestrator.train import EditPairData
+
+    run_precompute(data, preset="small", num_workers=1, progress=False)
+    kinds = ("edit_add", "edit_remove", "text_to_audio")
+    pairs = EditPairData(open_storage(data), model_tag("small"), kinds)
+    _, examples = pairs.batch(list(range(len(pairs))))
+    part = build_sampler(load_config("small"))
+    with_source = [e for e in examples if e.audio_window is not None]
+    assert with_source and len(with_source) < len(examples)  # text-to-audio has none
+    for e in examples:
+        assert (e.source_latent is None) == (e.audio_window is None)
+    for e in with_source:
+        torch.testing.assert_close(e.source_latent, part.source_latents([e.audio_window])[0], atol=1e-5, rtol=0)
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("a training step encoded a source")
+
+    monkeypatch.setattr(SamplerPart, "encode_audio", no_encoding)  # in-process: the loop's part is one
+    result = run_training(_settings(data, tmp_path / "s", 2, preset="small", kinds=kinds), in_process=True)
+    assert len(result["history"]) == 2
