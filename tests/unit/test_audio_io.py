@@ -4,13 +4,21 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from orchestrator.audio_io import BadAudio, decode_audio, encode_audio, resample
+from orchestrator.audio_io import (
+    MAX_CHANNELS,
+    AudioInfo,
+    BadAudio,
+    decode_audio,
+    encode_audio,
+    probe_audio,
+    resample,
+)
 from orchestrator.errors import PermanentError
 
 
-def _wav(samples: np.ndarray, rate: int, fmt: str = "WAV") -> bytes:
+def _wav(samples: np.ndarray, rate: int, fmt: str = "WAV", subtype: str | None = None) -> bytes:
     buf = io.BytesIO()
-    sf.write(buf, samples, rate, format=fmt)
+    sf.write(buf, samples, rate, format=fmt, subtype=subtype)
     return buf.getvalue()
 
 
@@ -31,16 +39,72 @@ def test_decode_keeps_channels_when_asked():
     np.testing.assert_allclose(out[:, 0], 0.25, atol=1e-4)
 
 
+def test_decode_reads_files_longer_than_one_block():
+    ramp = np.linspace(-0.5, 0.5, 200_000, dtype=np.float32)  # > 3 blocks of 65536 frames
+    out = decode_audio(_wav(ramp, 48000, subtype="FLOAT"), sample_rate=48000, max_duration_s=10)
+    np.testing.assert_array_equal(out, ramp)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "subtype", "channels"),
+    [
+        ("WAV", "PCM_U8", 1),
+        ("WAV", "PCM_16", 2),
+        ("WAV", "PCM_24", 1),
+        ("WAV", "PCM_32", 2),
+        ("WAV", "FLOAT", 1),
+        ("WAV", "DOUBLE", 2),
+        ("WAVEX", "PCM_16", 3),
+        ("WAVEX", "FLOAT", MAX_CHANNELS),
+        ("FLAC", "PCM_16", 2),
+        ("FLAC", "PCM_24", 1),
+    ],
+)
+def test_every_accepted_encoding_probes_and_decodes(fmt, subtype, channels):
+    samples = np.full((2205, channels), 0.25, dtype=np.float32)
+    data = _wav(samples, 22050, fmt, subtype)
+    info = probe_audio(data, max_duration_s=1)
+    expected = "flac" if fmt == "FLAC" else "wav"
+    assert info == AudioInfo(format=expected, sample_rate=22050, channels=channels, frames=2205)
+    assert info.duration_s == pytest.approx(0.1)
+    out = decode_audio(data, sample_rate=22050, max_duration_s=1, mono=False)
+    assert out.shape == (2205, channels)
+    np.testing.assert_allclose(out, 0.25, atol=1 / 64)  # 8-bit is the coarsest
+
+
 @pytest.mark.parametrize(
     ("data", "match"),
-    [(b"", "empty"), (b"RIFF\x00\x00garbage" * 10, "not a readable audio"), (None, "limit is 1 s")],
+    [
+        (b"", "is empty"),
+        (b"RIFF\x00\x00garbage" * 10, "not a readable audio"),
+        (b"OggS" + bytes(300), "not a readable audio"),
+        (None, "lasts 2.0 s; the limit is 1 s"),
+    ],
 )
-def test_bad_inputs_are_permanent(data, match):
+def test_bad_inputs_are_permanent_and_named(data, match):
     if data is None:
         data = _wav(np.zeros(44100 * 2, dtype=np.float32), 44100)
-    with pytest.raises(BadAudio, match=match) as info:
-        decode_audio(data, sample_rate=44100, max_duration_s=1, what="source")
-    assert isinstance(info.value, PermanentError)
+    for call in (
+        lambda: decode_audio(data, sample_rate=44100, max_duration_s=1, what="source"),
+        lambda: probe_audio(data, max_duration_s=1, what="source"),
+    ):
+        with pytest.raises(BadAudio, match=match) as info:
+            call()
+        assert isinstance(info.value, PermanentError)
+        assert str(info.value).startswith("source ") and str(info.value) == f"source {info.value.reason}"
+        assert "0x" not in str(info.value) and "<" not in str(info.value)
+
+
+def test_other_libsndfile_formats_are_refused_by_name():
+    aiff = _wav(np.zeros(1000, dtype=np.float32), 44100, "AIFF", "PCM_16")
+    with pytest.raises(BadAudio, match="is AIFF audio; only WAV and FLAC are accepted"):
+        probe_audio(aiff, max_duration_s=1)
+
+
+def test_sample_rate_bounds():
+    low = _wav(np.zeros(400, dtype=np.float32), 4000)
+    with pytest.raises(BadAudio, match="sample rate of 4000 Hz"):
+        decode_audio(low, sample_rate=44100, max_duration_s=1)
 
 
 def test_encode_round_trips_and_is_deterministic():
@@ -52,6 +116,7 @@ def test_encode_round_trips_and_is_deterministic():
         back, rate = sf.read(io.BytesIO(data), dtype="float32")
         assert rate == 44100 and back.shape == (4410, 2)
         np.testing.assert_allclose(back.T, audio, atol=1e-4)
+        assert probe_audio(data, max_duration_s=1) == AudioInfo(fmt, 44100, 2, 4410)
 
 
 def test_bad_arguments_raise_value_error():
@@ -59,3 +124,5 @@ def test_bad_arguments_raise_value_error():
         encode_audio(np.zeros(10), 44100, "mp3")
     with pytest.raises(ValueError, match="to_hz"):
         resample(np.zeros(10), 44100, 5)
+    with pytest.raises(ValueError, match="max_duration_s"):
+        probe_audio(b"x", max_duration_s=float("inf"))
