@@ -26,7 +26,7 @@ def main() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
-    from orchestrator.dataset.synth import SynthSettings, run_synth
+    from training.synth import SynthSettings, run_synth
     from workers.local_ray import init_ray
 
     spec = importlib.util.spec_from_file_location("make_sounds", REPO / "examples" / "sounds" / "make_sounds.py")

@@ -1,15 +1,29 @@
 """`audio-omni` command line. Each sub-command lives in its own module and is imported only when run,
-so `audio-omni --help` stays fast and the orchestrator never imports torch at module top."""
+so `audio-omni --help` stays fast and the orchestrator never imports torch at module top.
+
+The machinery (`CommandTable`, `build_parser`, `main`) serves any table of lazily imported
+sub-commands; the offline `audio-omni-train` (training/cli.py) runs on it with its own table."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
-# name -> (module, help). The module exposes `add_arguments(parser, name)` and `run(args) -> int`;
-# one module may serve several names (it reads `args.command`).
+
+@dataclass(frozen=True)
+class CommandTable:
+    """A program's sub-commands: name -> (module, help). The module exposes
+    `add_arguments(parser, name)` and `run(args) -> int`; one module may serve several names (it
+    reads `args.command`)."""
+
+    prog: str
+    description: str
+    commands: Mapping[str, tuple[str, str]]
+
+
 COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("orchestrator.commands.verify", "check weights against reference test vectors"),
     "inspect": ("orchestrator.commands.inspect", "list parameter names and shapes of a preset"),
@@ -22,9 +36,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "results": ("orchestrator.commands.jobs", "download or list results of a job or batch"),
     "api": ("orchestrator.commands.api", "serve the HTTP API (FastAPI under uvicorn) on Redis/S3"),
     "tenants": ("orchestrator.commands.tenants", "create, list, update and revoke API tenants and keys"),
-    "dataset": ("orchestrator.commands.dataset", "synthesise edit-pair datasets / precompute features (Ray Data)"),
-    "train": ("orchestrator.commands.train", "train the sampler part with rectified flow (Ray Train)"),
 }
+ONLINE = CommandTable(prog="audio-omni", description="Audio-Omni job system", commands=COMMANDS)
 
 
 def _load(module: str) -> tuple[Callable[[argparse.ArgumentParser, str], None], Callable[[argparse.Namespace], int]]:
@@ -32,10 +45,10 @@ def _load(module: str) -> tuple[Callable[[argparse.ArgumentParser, str], None], 
     return mod.add_arguments, mod.run
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="audio-omni", description="Audio-Omni job system")
+def build_parser(table: CommandTable = ONLINE) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=table.prog, description=table.description)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module, help_text) in COMMANDS.items():
+    for name, (module, help_text) in table.commands.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_module=module)
         try:
@@ -49,20 +62,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: Sequence[str] | None = None, table: CommandTable = ONLINE) -> int:
+    parser = build_parser(table)
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()
         return 2
     if getattr(args, "_missing", False):
-        print(f"audio-omni: '{args.command}' is not available in this build", file=sys.stderr)
+        print(f"{table.prog}: '{args.command}' is not available in this build", file=sys.stderr)
         return 2
     _, run = _load(args._module)
     try:
         return int(run(args) or 0)
     except (ValueError, FileNotFoundError) as exc:  # a user's bad value or path: say it, no traceback
-        print(f"audio-omni {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{table.prog} {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
 

@@ -5,7 +5,7 @@
 # faster machine takes more steps in the same time. Extra arguments for the dit phase: TRAIN_ARGS='--dit-s 600'
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
+TRAIN=${TRAIN:-.venv/bin/audio-omni-train}
 DEVICE=${1:-cpu}
 WORK=${WORK:-.small_run}
 ARGS=(--work "$WORK" --device "$DEVICE" --threads "$(nproc)" --workers "$(nproc)" --per-class 12 --pairs 320)
@@ -15,12 +15,12 @@ else
     DIT=(--batch 64 --dit-s 600 --event-weight 4)
 fi
 # 1. thinker rows of the 20 prompts (5 classes x 4 tasks) and the thinker's weights (seconds)
-$PY bench/train_small.py features --work "$WORK"
+$TRAIN small features --work "$WORK"
 # 2. sounds -> edit pairs -> the codec's per-band statistics (under a minute)
-$PY bench/train_small.py codec "${ARGS[@]}"
+$TRAIN small codec "${ARGS[@]}"
 # 3. the same pairs -> latents and log-mels -> DiT + conditioner heads on 4 examples per pair
-$PY bench/train_small.py dit "${ARGS[@]}" "${DIT[@]}" ${TRAIN_ARGS:-}
+$TRAIN small dit "${ARGS[@]}" "${DIT[@]}" ${TRAIN_ARGS:-}
 # 4. released-name safetensors (sampler fp16, thinker fp32) + config.json + train_summary.json
-$PY bench/train_small.py export --work "$WORK" --dst model/data/small
+$TRAIN small export --work "$WORK" --dst model/data/small
 # 5. held-out figures (remove/extract raw and with keep_source, text-to-audio classifier)
-$PY bench/eval_small.py --cfg-scale 3
+$TRAIN evaluate --cfg-scale 3

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from orchestrator.dataset import filters
-from orchestrator.dataset.filters import EnergyFilter, VoiceActivityFilter, make_semantic_filter
-from orchestrator.dataset.shards import decode_shard, open_storage, shard_key
-from orchestrator.dataset.synth import Sources, SynthSettings, fit_background, load_mono, run_synth, synth_pair
+from training import filters
+from training.filters import EnergyFilter, VoiceActivityFilter, make_semantic_filter
+from training.shards import decode_shard, open_storage, shard_key
+from training.synth import Sources, SynthSettings, fit_background, load_mono, run_synth, synth_pair
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -171,15 +171,19 @@ def test_voice_activity_filter_keeps_speech_classes_speech(sound_dirs):
 
 
 def test_cli_arguments_give_the_settings(capsys):
-    from orchestrator.cli import build_parser, main
-    from orchestrator.commands.dataset import synth_settings
+    from orchestrator.cli import build_parser
+    from training.cli import TRAINING, main
+    from training.commands.dataset import synth_settings
 
-    base = ["dataset", "synth", "--foreground", "fg", "--background", "bg", "--pairs", "3", "--out", "o"]
-    args = build_parser().parse_args(base)
+    def parse(argv: list[str]):
+        return build_parser(TRAINING).parse_args(argv)
+
+    base = ["synth", "--foreground", "fg", "--background", "bg", "--pairs", "3", "--out", "o"]
+    args = parse(base)
     assert synth_settings(args) == SynthSettings(foreground="fg", background="bg", pairs=3)
-    args = build_parser().parse_args([*base, "--speech-labels", "speech, talk", "--min-speech-ratio", "0.5"])
+    args = parse([*base, "--speech-labels", "speech, talk", "--min-speech-ratio", "0.5"])
     assert synth_settings(args).speech_labels == ("speech", "talk") and synth_settings(args).min_speech_ratio == 0.5
-    assert synth_settings(build_parser().parse_args([*base, "--speech-labels", ""])).speech_labels == ()
+    assert synth_settings(parse([*base, "--speech-labels", ""])).speech_labels == ()
     assert main([*base, "--min-speech-ratio", "0"]) != 0  # refused with a message, nothing started
     assert "min_speech_ratio must be in (0, 1]" in capsys.readouterr().err
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from orchestrator.dataset.precompute import run_precompute
-from orchestrator.dataset.shards import open_storage
-from orchestrator.dataset.synth import SynthSettings, run_synth
-from orchestrator.train import FINAL_WEIGHTS_KEY, LATEST_KEY, TrainSettings, run_training
+from training.precompute import run_precompute
+from training.shards import open_storage
+from training.synth import SynthSettings, run_synth
+from training.trainer import FINAL_WEIGHTS_KEY, LATEST_KEY, TrainSettings, run_training
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -83,10 +83,13 @@ def test_settings_are_validated(tmp_path):
 
 def test_kinds_flag_is_a_comma_list():
     from orchestrator.cli import build_parser
+    from training.cli import TRAINING
 
-    args = build_parser().parse_args(["train", "--data", "d", "--out", "o"])
+    args = build_parser(TRAINING).parse_args(["train", "--data", "d", "--out", "o"])
     assert args.kinds == ("edit_add", "edit_remove", "edit_extract", "text_to_audio")
-    args = build_parser().parse_args(["train", "--data", "d", "--out", "o", "--kinds", "edit_add, text_to_audio,"])
+    args = build_parser(TRAINING).parse_args(
+        ["train", "--data", "d", "--out", "o", "--kinds", "edit_add, text_to_audio,"]
+    )
     assert args.kinds == ("edit_add", "text_to_audio")
 
 
@@ -96,8 +99,8 @@ def test_source_latents_come_from_the_precomputed_features(data, tmp_path, monke
     from model.build import build_sampler
     from model.config import load_config
     from model.parts import SamplerPart
-    from orchestrator.dataset.precompute import model_tag
-    from orchestrator.train import EditPairData
+    from training.precompute import model_tag
+    from training.trainer import EditPairData
 
     run_precompute(data, preset="small", num_workers=1, progress=False)
     kinds = ("edit_add", "edit_remove", "text_to_audio")

@@ -1,9 +1,8 @@
 """`make demo`'s manifest: every line is a valid job, and the trained jobs ask the `small` model for
-exactly the prompts it was trained on (bench/train_small.py)."""
+exactly the prompts it was trained on (training/recipes/small.py)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from orchestrator.jobs import EditOp, TaskName, parse_spec_json
@@ -13,8 +12,7 @@ DEMO = ROOT / "examples" / "demo.jsonl"
 
 
 def test_every_demo_line_is_a_valid_job_and_the_trained_ones_use_trained_prompts():
-    sys.path.insert(0, str(ROOT / "bench"))
-    from train_small import CLASSES
+    from training.recipes.small import CLASSES
 
     trained_labels = {c.replace("_", " ") for c in CLASSES}
     specs = [parse_spec_json(line) for line in DEMO.read_text().splitlines() if line.strip()]

@@ -1,4 +1,4 @@
-"""The `small` preset (the embedded model trained by bench/train_small.py) and its committed weights."""
+"""The `small` preset (the embedded model trained by training/recipes/small.py) and its committed weights."""
 
 from __future__ import annotations
 
@@ -61,10 +61,7 @@ def test_committed_small_weights_generate_class_dependent_audio():
 
 
 def test_event_frame_weights_cover_the_frames_the_event_touches():
-    import sys
-
-    sys.path.insert(0, str(ROOT / "bench"))
-    from train_small import event_frame_weights
+    from training.recipes.small import event_frame_weights
 
     w = event_frame_weights(onset=3000, length=5000, frames=10, hop=2048, weight=4.0)
     # samples 3000..7999 touch frames 1 (2048..4095), 2 and 3 (6144..8191)

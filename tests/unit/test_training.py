@@ -9,7 +9,7 @@ import torch
 
 from model.build import build_sampler
 from model.config import get_preset
-from model.training import (
+from training.flow import (
     EMA,
     FlowObjective,
     FlowTrainer,

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestrator.dataset.shards import (
+from training.shards import (
     SETTINGS_KEY,
     decode_shard,
     examples_of,
@@ -128,7 +128,7 @@ def run_precompute(
     import ray
     from tqdm import tqdm
 
-    from orchestrator.dataset.synth import SynthSettings
+    from training.synth import SynthSettings
     from workers.local_ray import init_ray
 
     storage = open_storage(data, endpoint_url=endpoint_url)
@@ -138,7 +138,7 @@ def run_precompute(
     tag = model_tag(preset, config_path, weights)
     missing_shards = [k for k in range(settings.num_shards) if not storage.exists(shard_key(k))]
     if missing_shards:
-        raise ValueError(f"{data} lacks shards {missing_shards[:10]}; finish `dataset synth` first")
+        raise ValueError(f"{data} lacks shards {missing_shards[:10]}; finish `audio-omni-train synth` first")
     todo = [k for k in range(settings.num_shards) if not storage.exists(features_key(tag, k))]
     init_ray()
     start = time.perf_counter()

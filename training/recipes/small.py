@@ -1,45 +1,51 @@
-"""Train the embedded `small` model (model/data/small/) on generated sounds (`scripts/train_small.sh`).
+"""The recipe of the embedded `small` model (model/data/small/), trained on generated sounds.
 
-    python bench/train_small.py features --work .small_run                  # thinker rows of every prompt
-    python bench/train_small.py codec --work .small_run --pairs 320         # the codec's band statistics
-    python bench/train_small.py dit --work .small_run --pairs 320 --dit-s 3300   # DiT (time-boxed)
-    python bench/train_small.py export --work .small_run --dst model/data/small
+    audio-omni-train small features --work .small_run                  # thinker rows of every prompt
+    audio-omni-train small codec --work .small_run --pairs 320         # the codec's band statistics
+    audio-omni-train small dit --work .small_run --pairs 320 --dit-s 3300   # DiT (time-boxed)
+    audio-omni-train small export --work .small_run --dst model/data/small
 
-(`train` runs `codec` then `dit`.) `features` runs the frozen built-in thinker (seed 0, float32)
-once per distinct prompt, on the machine that will serve the model, so the rows the DiT trains on
-are exactly the rows inference computes with its library versions; it also stores the thinker's
-weights, which the committed checkpoint carries. `codec` and `dit` both generate the same sounds
-(`examples/sounds/make_sounds.py`, classes in `CLASSES`) and edit pairs (the project's
-`orchestrator.dataset.synth.synth_pair`, seed 0). `codec` fits the fixed log-mel codec's per-band
+(`train` runs `codec` then `dit`; `scripts/train_small.sh` runs them all.) `features` runs the
+frozen built-in thinker (seed 0, float32) once per distinct prompt, on the machine that will serve
+the model, so the rows the DiT trains on are exactly the rows inference computes with its library
+versions; it also stores the thinker's weights, which the committed checkpoint carries. `codec` and
+`dit` both generate the same sounds (`examples/sounds/make_sounds.py`, classes in `CLASSES`) and
+edit pairs (`training.synth.synth_pair`, seed 0). `codec` fits the fixed log-mel codec's per-band
 mean and std (`model.melcodec`; nothing is trained); `dit` encodes every clip once (a source's
 latent is also the DiT's input concat), computes every source's log-mel once, and trains the DiT
-and conditioner heads with `model.training.FlowTrainer` on the four examples of every pair (add,
+and conditioner heads with `training.flow.FlowTrainer` on the four examples of every pair (add,
 remove, extract, text-to-audio) until its wall-time budget, writing an EMA snapshot every
-`--save-every-s`. `export` writes the EMA sampler (fp16) and the thinker (fp32) under released key
-names plus `config.json`. The last line printed by each phase is one JSON object.
+`save_every_s`. `export` writes the EMA sampler (fp16) and the thinker (fp32) under released key
+names plus `config.json`. Every phase returns one JSON-able summary.
 """
 
 from __future__ import annotations
 
-import argparse
+import importlib.util
 import json
-import os
-import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "examples" / "sounds"))
+if TYPE_CHECKING:
+    import torch
 
+    from model.conditioners.mel import MelConditioner
+    from model.parts import SamplerPart
+    from training.synth import Sources
+
+REPO = Path(__file__).resolve().parents[2]
+SOUNDS_SCRIPT = REPO / "examples" / "sounds" / "make_sounds.py"
 PRESET = "small"
 CLASSES = ("tone", "chord", "clicks", "noise_burst", "siren")
 TASKS = ("edit_add", "edit_remove", "edit_extract", "text_to_audio")
-# (task, source clip, target clip) as in orchestrator.dataset.shards.EXAMPLE_KINDS
-KINDS = (
+# (task, source clip, target clip) as in training.shards.EXAMPLE_KINDS
+KINDS: tuple[tuple[str, str | None, str], ...] = (
     ("edit_add", "background", "mixture"),
     ("edit_remove", "mixture", "background"),
     ("edit_extract", "mixture", "event"),
@@ -53,9 +59,47 @@ CLIPS = ("background", "mixture", "event")
 KIND_WEIGHTS = {"edit_add": 0.1, "edit_remove": 0.3, "edit_extract": 0.35, "text_to_audio": 0.25}
 # The learning rate decays linearly to this fraction over the last DECAY_FRAC of the time budget.
 DECAY_FRAC, DECAY_TO = 0.25, 0.1
+# Kinds whose target differs from their source only on the event's span: `event_weight` applies there.
+EVENT_WEIGHTED = ("edit_remove", "edit_extract")
 THINKER_FILE = "thinker.safetensors"
 ROWS_FILE = "prompt_rows.safetensors"
 PROMPTS_FILE = "prompts.json"
+
+Clips = dict[str, np.ndarray]  # clip name -> (pairs, samples) float32
+
+
+@dataclass(frozen=True)
+class SmallRun:
+    """The settings of the `codec`, `dit` and `train` phases (validated here)."""
+
+    work: Path = Path(".small_run")  # features, sounds
+    out: Path | None = None  # where the state files go (default: work)
+    device: str = "cpu"
+    threads: int = 2
+    workers: int = 2  # synthesis processes
+    pairs: int = 160
+    per_class: int = 12
+    batch: int = 32
+    dit_s: float = 3000.0  # DiT training wall-time budget (s)
+    lr: float = 1e-3  # AdamW learning rate after warm-up
+    save_every_s: float = 600.0  # EMA snapshot to `out` this often (s)
+    event_weight: float = 1.0  # loss weight of the event's latent frames in remove/extract examples
+
+    def __post_init__(self) -> None:
+        for name in ("pairs", "per_class", "batch", "workers", "threads"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be an integer >= 1, got {value}")
+        if not 0 < self.event_weight <= 100:
+            raise ValueError(f"event-weight must be in (0, 100], got {self.event_weight}")
+        if self.dit_s <= 0 or self.save_every_s <= 0 or not 0 < self.lr <= 1:
+            raise ValueError(
+                f"need dit-s > 0, save-every-s > 0, 0 < lr <= 1; got {self.dit_s}, {self.save_every_s}, {self.lr}"
+            )
+
+    @property
+    def out_dir(self) -> Path:
+        return self.out or self.work
 
 
 def log(msg: str) -> None:
@@ -72,7 +116,7 @@ def prompt_of(task: str, label: str) -> str:
 # --------------------------------------------------------------------------- phase 1: thinker rows
 
 
-def phase_features(work: Path) -> dict:
+def phase_features(work: Path) -> dict[str, Any]:
     import torch
     from safetensors.torch import save_file
 
@@ -102,33 +146,35 @@ def phase_features(work: Path) -> dict:
 
 # --------------------------------------------------------------------------- data synthesis
 
-_SOURCES = None
+_SOURCES: Sources | None = None  # one scan per synthesis process
 
 
-def _init_worker(settings_json: dict) -> None:
+def _init_worker(settings_json: dict[str, Any]) -> None:
     global _SOURCES
-    from orchestrator.dataset.synth import Sources, SynthSettings
+    from training.synth import Sources, SynthSettings
 
     _SOURCES = Sources.scan(SynthSettings.from_json(settings_json))
 
 
-def _make_pair(index: int):
-    from orchestrator.dataset.filters import EnergyFilter
-    from orchestrator.dataset.synth import synth_pair
+def _make_pair(index: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    from training.filters import EnergyFilter
+    from training.synth import synth_pair
 
+    if _SOURCES is None:
+        raise RuntimeError("synthesis worker used before _init_worker scanned the sources")
     bg, mix, ev, params = synth_pair(index, _SOURCES, EnergyFilter(_SOURCES.settings.min_event_dbfs))
     return index, bg, mix, ev, params
 
 
-def synth_pairs(folder: Path, pairs: int, seed: int, workers: int) -> tuple[dict[str, np.ndarray], list[dict]]:
+def synth_pairs(folder: Path, pairs: int, seed: int, workers: int) -> tuple[Clips, list[dict[str, Any]]]:
     """Pairs [0, pairs) of the project's synthesis over `folder/{foreground,background}` (float32 clips)."""
-    from orchestrator.dataset.synth import SynthSettings
+    from training.synth import SynthSettings
 
     settings = SynthSettings(
         foreground=str(folder / "foreground"), background=str(folder / "background"), pairs=pairs, seed=seed
     )
     out = {c: np.zeros((pairs, settings.clip_samples), dtype=np.float32) for c in CLIPS}
-    params: list[dict] = [{}] * pairs
+    params: list[dict[str, Any]] = [{}] * pairs
     with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(settings.to_json(),)) as pool:
         for i, bg, mix, ev, p in pool.map(_make_pair, range(pairs), chunksize=4):
             out["background"][i], out["mixture"][i], out["event"][i] = bg, mix, ev
@@ -137,15 +183,24 @@ def synth_pairs(folder: Path, pairs: int, seed: int, workers: int) -> tuple[dict
 
 
 def make_sound_folder(folder: Path, per_class: int, seed: int) -> dict[str, int]:
-    from make_sounds import generate
-
-    return generate(folder, per_class=per_class, backgrounds_per_kind=2, seed=seed, classes=CLASSES)
+    """The recipe's generated sounds (`examples/sounds/make_sounds.py` of this checkout) under `folder`."""
+    if not SOUNDS_SCRIPT.is_file():
+        raise FileNotFoundError(f"the sound generator {SOUNDS_SCRIPT} is missing: run the recipe from a checkout")
+    spec = importlib.util.spec_from_file_location("make_sounds", SOUNDS_SCRIPT)
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(f"cannot load the sound generator {SOUNDS_SCRIPT}")
+    make_sounds = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_sounds)
+    counts: dict[str, int] = make_sounds.generate(
+        folder, per_class=per_class, backgrounds_per_kind=2, seed=seed, classes=CLASSES
+    )
+    return counts
 
 
 # --------------------------------------------------------------------------- codec
 
 
-def fit_codec(part, clips: dict[str, np.ndarray], device) -> tuple[list[float], list[float]]:
+def fit_codec(part: SamplerPart, clips: Clips, device: torch.device) -> tuple[list[float], list[float]]:
     """Fit the mel codec's per-band mean, std and max to every training clip (latents: zero mean,
     unit std; decoding capped at the loudest band power seen); returns the means and stds."""
     import torch
@@ -160,7 +215,7 @@ def fit_codec(part, clips: dict[str, np.ndarray], device) -> tuple[list[float], 
 # --------------------------------------------------------------------------- DiT training
 
 
-def init_mel_pooling(mel) -> None:
+def init_mel_pooling(mel: MelConditioner) -> None:
     """Start the mel conditioner's frame-axis projection as average pooling: prefix token j is the
     mean of the j-th of `seq_len` equal runs of log-mel frames. A random start mixes every frame into
     every token, and the DiT then has to learn where an edit's source events are before it can use
@@ -177,11 +232,7 @@ def init_mel_pooling(mel) -> None:
         mel.proj_sequence_features.bias.zero_()
 
 
-# Kinds whose target differs from their source only on the event's span: `--event-weight` applies there.
-EVENT_WEIGHTED = ("edit_remove", "edit_extract")
-
-
-def event_frame_weights(onset: int, length: int, frames: int, hop: int, weight: float):
+def event_frame_weights(onset: int, length: int, frames: int, hop: int, weight: float) -> torch.Tensor:
     """(frames,) loss weights of one pair: `weight` on the latent frames (of `hop` samples) that
     overlap the event's samples [onset, onset + length), 1 elsewhere. An extract target is silent
     outside the event, so a model that outputs silence everywhere already has a low mean loss; this
@@ -195,22 +246,18 @@ def event_frame_weights(onset: int, length: int, frames: int, hop: int, weight: 
 
 
 def train_dit(
-    part,
-    clips,
-    params,
-    rows_by_text,
-    device,
-    budget_s: float,
-    history: list,
-    batch: int,
-    out: Path,
-    save_every_s: float,
-    lr: float,
-    event_weight: float = 1.0,
+    part: SamplerPart,
+    clips: Clips,
+    params: list[dict[str, Any]],
+    rows_by_text: dict[str, torch.Tensor],
+    device: torch.device,
+    run: SmallRun,
+    history: list[dict[str, Any]],
 ) -> int:
+    """Train the DiT and conditioner heads until `run.dit_s` has passed; the EMA ends in `part`."""
     import torch
 
-    from model.training import FlowTrainer, TrainExample, TrainHyper
+    from training.flow import FlowTrainer, TrainExample, TrainHyper
 
     n_pairs = clips["mixture"].shape[0]
     lat = {}
@@ -236,8 +283,8 @@ def train_dit(
         }
     hop = part.config.vae.downsampling_ratio
     frame_w = [
-        event_frame_weights(p["onset_samples"], p["event_samples"], frames, hop, event_weight)
-        if event_weight != 1.0
+        event_frame_weights(p["onset_samples"], p["event_samples"], frames, hop, run.event_weight)
+        if run.event_weight != 1.0
         else None
         for p in params
     ]
@@ -245,27 +292,26 @@ def train_dit(
     kind_p = kind_p / kind_p.sum()
     part.dit.init_weights()
     init_mel_pooling(part.mel)
-    hyper = TrainHyper(lr=lr, warmup_steps=100, cond_dropout=0.1, ema_decay=0.998, seed=0)
+    hyper = TrainHyper(lr=run.lr, warmup_steps=100, cond_dropout=0.1, ema_decay=0.998, seed=0)
     trainer = FlowTrainer(part, hyper, autocast_dtype=torch.bfloat16 if device.type == "cuda" else None)
     rng = np.random.default_rng(1)
     start = last_save = time.perf_counter()
-    while time.perf_counter() - start < budget_s:
-        if time.perf_counter() - last_save > save_every_s:  # EMA snapshot, so a run can be checked midway
-            save_state(part, out, overrides=trainer.ema.shadow)
+    while time.perf_counter() - start < run.dit_s:
+        if time.perf_counter() - last_save > run.save_every_s:  # EMA snapshot, so a run can be checked midway
+            save_state(part, run.out_dir, overrides=trainer.ema.shadow)
             last_save = time.perf_counter()
-        kinds = rng.choice(len(KINDS), size=batch, p=kind_p)
-        pairs = rng.integers(0, n_pairs, size=batch)
-        remaining = 1.0 - (time.perf_counter() - start) / budget_s  # of the time budget
+        kinds = rng.choice(len(KINDS), size=run.batch, p=kind_p)
+        pairs = rng.integers(0, n_pairs, size=run.batch)
+        remaining = 1.0 - (time.perf_counter() - start) / run.dit_s  # of the time budget
         lr_scale = DECAY_TO + (1.0 - DECAY_TO) * min(1.0, max(0.0, remaining) / DECAY_FRAC)
         exs, lats = [], []
         for k, i in zip(kinds, pairs, strict=True):
             task, src, tgt = KINDS[k]
             label = params[i]["label"]
-            source_mel = None if src is None else mels[src][i]
             exs.append(
                 TrainExample(
                     mllm_features=rows_by_text[prompt_of(task, label)].to(device),
-                    source_mel=source_mel,
+                    source_mel=None if src is None else mels[src][i],
                     source_latent=None if src is None else lat[src][i],
                     frame_weights=frame_w[i] if task in EVENT_WEIGHTED else None,
                 )
@@ -286,69 +332,33 @@ def train_dit(
     return trainer.step_index
 
 
-def save_state(part, out: Path, overrides: dict | None = None) -> None:
+# --------------------------------------------------------------------------- state files
+
+
+def save_state(part: SamplerPart, out: Path, overrides: dict[str, torch.Tensor] | None = None) -> None:
     """The part's state in fp16 (`overrides`, e.g. EMA values, replace entries), in two files (each
     under the device transfer's 16 MB per-file limit); `export` merges them."""
     from safetensors.torch import save_file
 
     state = {k: v.detach().cpu() for k, v in part.state_dict().items()}
     state.update({k: v.detach().cpu() for k, v in (overrides or {}).items()})
-    for name, keep in (("speech", lambda k: k.startswith("speech.")), ("main", lambda k: not k.startswith("speech."))):
+    groups: tuple[tuple[str, Callable[[str], bool]], ...] = (
+        ("speech", lambda k: k.startswith("speech.")),
+        ("main", lambda k: not k.startswith("speech.")),
+    )
+    for name, keep in groups:
         chunk = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items() if keep(k)}
         save_file(chunk, str(out / f"state_{name}.safetensors"))
 
 
-def _setup(args):
-    """Device, output folder and the training data (same sounds and pairs in every phase)."""
-    import torch
-
-    torch.manual_seed(0)
-    device = torch.device(args.device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    else:
-        torch.set_num_threads(args.threads)
-    work, out = Path(args.work), Path(args.out or args.work)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    counts = make_sound_folder(work / "sounds_train", args.per_class, seed=0)
-    clips, params = synth_pairs(work / "sounds_train", args.pairs, seed=0, workers=args.workers)
-    log(f"data: {counts} {args.pairs} pairs in {time.perf_counter() - t0:.1f}s")
-    return device, work, out, clips, params
-
-
-def phase_codec(args) -> dict:
-    """Fit the codec's band statistics, save the part's state and `codec_summary.json` under --out."""
-    from model.build import build_sampler
-    from model.config import get_preset
-
-    t0 = time.perf_counter()
-    device, _work, out, clips, _params = _setup(args)
-    part = build_sampler(get_preset(PRESET), seed=0).to(device)
-    mean, std = fit_codec(part, clips, device)
-    save_state(part, out)
-    summary = {
-        "phase": "codec",
-        "device": str(device),
-        "pairs": args.pairs,
-        "per_class": args.per_class,
-        "band_mean_range": [round(min(mean), 3), round(max(mean), 3)],
-        "band_std_range": [round(min(std), 3), round(max(std), 3)],
-        "wall_s": round(time.perf_counter() - t0, 1),
-    }
-    (out / "codec_summary.json").write_text(json.dumps(summary, indent=1))
-    return summary
-
-
-def read_state(out: Path) -> dict:
+def read_state(out: Path) -> dict[str, torch.Tensor]:
     """The part's state as `save_state` wrote it (fp16, internal key names), both files merged."""
     from safetensors.torch import load_file
 
     return {**load_file(str(out / "state_main.safetensors")), **load_file(str(out / "state_speech.safetensors"))}
 
 
-def load_state(part, out: Path) -> None:
+def load_state(part: SamplerPart, out: Path) -> None:
     """Load the fp16 state files written by `save_state` into `part` (strict, cast to its dtype)."""
     import torch
 
@@ -358,54 +368,100 @@ def load_state(part, out: Path) -> None:
         part.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()})
 
 
-def phase_dit(args) -> dict:
-    """Train the DiT and conditioner heads on the codec that `phase_codec` saved under --out."""
+# --------------------------------------------------------------------------- phases 2 and 3
+
+
+def _setup(run: SmallRun) -> tuple[torch.device, Clips, list[dict[str, Any]]]:
+    """Device, output folder and the training data (same sounds and pairs in every phase)."""
+    import torch
+
+    torch.manual_seed(0)
+    device = torch.device(run.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    else:
+        torch.set_num_threads(run.threads)
+    run.out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    counts = make_sound_folder(run.work / "sounds_train", run.per_class, seed=0)
+    clips, params = synth_pairs(run.work / "sounds_train", run.pairs, seed=0, workers=run.workers)
+    log(f"data: {counts} {run.pairs} pairs in {time.perf_counter() - t0:.1f}s")
+    return device, clips, params
+
+
+def phase_codec(run: SmallRun) -> dict[str, Any]:
+    """Fit the codec's band statistics, save the part's state and `codec_summary.json` under `out`."""
+    from model.build import build_sampler
+    from model.config import get_preset
+
+    t0 = time.perf_counter()
+    device, clips, _params = _setup(run)
+    part = build_sampler(get_preset(PRESET), seed=0).to(device)
+    mean, std = fit_codec(part, clips, device)
+    save_state(part, run.out_dir)
+    summary = {
+        "phase": "codec",
+        "device": str(device),
+        "pairs": run.pairs,
+        "per_class": run.per_class,
+        "band_mean_range": [round(min(mean), 3), round(max(mean), 3)],
+        "band_std_range": [round(min(std), 3), round(max(std), 3)],
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
+    (run.out_dir / "codec_summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def phase_dit(run: SmallRun) -> dict[str, Any]:
+    """Train the DiT and conditioner heads on the codec that `phase_codec` saved under `out`."""
     from safetensors.torch import load_file
 
     from model.build import build_sampler
     from model.config import get_preset
 
+    for needed in (run.work / PROMPTS_FILE, run.out_dir / "codec_summary.json"):
+        if not needed.is_file():
+            raise FileNotFoundError(f"{needed} is missing: run the `features` and `codec` phases first")
     t0 = time.perf_counter()
-    device, work, out, clips, params = _setup(args)
-    texts = json.loads((work / PROMPTS_FILE).read_text())
-    rows = load_file(str(work / ROWS_FILE))
+    device, clips, params = _setup(run)
+    texts = json.loads((run.work / PROMPTS_FILE).read_text())
+    rows = load_file(str(run.work / ROWS_FILE))
     rows_by_text = {t: rows[f"row{i}"] for i, t in enumerate(texts)}
     part = build_sampler(get_preset(PRESET), seed=0)
-    load_state(part, out)
+    load_state(part, run.out_dir)
     part.to(device)
-    history: list[dict] = []
-    steps = train_dit(
-        part, clips, params, rows_by_text, device, args.dit_s, history, args.batch, out, args.save_every_s, args.lr,
-        event_weight=args.event_weight,
-    )
-    save_state(part, out)
-    codec_summary = json.loads((out / "codec_summary.json").read_text())
+    history: list[dict[str, Any]] = []
+    steps = train_dit(part, clips, params, rows_by_text, device, run, history)
+    save_state(part, run.out_dir)
+    codec_summary = json.loads((run.out_dir / "codec_summary.json").read_text())
     summary = {
         "phase": "train",
         "device": str(device),
-        "pairs": args.pairs,
-        "per_class": args.per_class,
+        "pairs": run.pairs,
+        "per_class": run.per_class,
         "codec_wall_s": codec_summary["wall_s"],
-        "dit_s": args.dit_s,
-        "dit_batch": args.batch,
-        "event_weight": args.event_weight,
+        "dit_s": run.dit_s,
+        "dit_batch": run.batch,
+        "event_weight": run.event_weight,
         "dit_steps": steps,
         "dit_wall_s": round(time.perf_counter() - t0, 1),
         "history": history,
     }
-    (out / "train_summary.json").write_text(json.dumps(summary, indent=1))
+    (run.out_dir / "train_summary.json").write_text(json.dumps(summary, indent=1))
     return {k: v for k, v in summary.items() if k != "history"}
 
 
-def phase_train(args) -> dict:
-    phase_codec(args)
-    return phase_dit(args)
+def phase_train(run: SmallRun) -> dict[str, Any]:
+    phase_codec(run)
+    return phase_dit(run)
 
 
 # --------------------------------------------------------------------------- export
 
 
-def phase_export(work: Path, dst: Path, run_dir: Path) -> dict:
+def phase_export(work: Path, dst: Path, run_dir: Path) -> dict[str, Any]:
+    """Released-name safetensors (sampler fp16, thinker fp32), `config.json` and the train summary."""
     import torch
     from safetensors.torch import load_file, save_file
 
@@ -414,6 +470,9 @@ def phase_export(work: Path, dst: Path, run_dir: Path) -> dict:
     from model.parts import SamplerPart
     from model.vae import num_stages
 
+    for needed in (work / THINKER_FILE, run_dir / "train_summary.json"):
+        if not needed.is_file():
+            raise FileNotFoundError(f"{needed} is missing: run the `features` and `dit` phases first")
     cfg = get_preset(PRESET)
     state = read_state(run_dir)
     with torch.device("meta"):
@@ -427,48 +486,3 @@ def phase_export(work: Path, dst: Path, run_dir: Path) -> dict:
     (dst / "config.json").write_text(json.dumps(cfg.to_dict(relative_to=dst), indent=2) + "\n")
     (dst / "train_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return {"phase": "export", "bytes": (dst / "model.safetensors").stat().st_size, "tensors": len(sd)}
-
-
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("phase", choices=("features", "codec", "dit", "train", "export"))
-    p.add_argument("--work", default=".small_run", help="working folder (features, sounds)")
-    p.add_argument("--out", default=None, help="train: where the state files go (default --work)")
-    p.add_argument("--dst", default="model/data/small", help="export: destination folder")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--workers", type=int, default=2, help="synthesis processes")
-    p.add_argument("--pairs", type=int, default=160)
-    p.add_argument("--per-class", type=int, default=12)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--dit-s", type=float, default=3000.0, help="DiT training wall-time budget (s)")
-    p.add_argument("--lr", type=float, default=1e-3, help="DiT: AdamW learning rate after warm-up")
-    p.add_argument("--save-every-s", type=float, default=600.0, help="DiT: EMA snapshot to --out this often (s)")
-    p.add_argument(
-        "--event-weight",
-        type=float,
-        default=1.0,
-        help="DiT: loss weight of the event's latent frames in remove/extract examples (1 = plain MSE)",
-    )
-    args = p.parse_args()
-    for name in ("pairs", "per_class", "batch", "workers", "threads"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if not 0 < args.event_weight <= 100:
-        raise ValueError(f"--event-weight must be in (0, 100], got {args.event_weight}")
-    if args.dit_s <= 0 or args.save_every_s <= 0 or not 0 < args.lr <= 1:
-        raise ValueError(
-            f"need --dit-s > 0, --save-every-s > 0, 0 < --lr <= 1; got {args.dit_s}, {args.save_every_s}, {args.lr}"
-        )
-    if args.phase == "features":
-        result = phase_features(Path(args.work))
-    elif args.phase in ("codec", "dit", "train"):
-        result = {"codec": phase_codec, "dit": phase_dit, "train": phase_train}[args.phase](args)
-    else:
-        result = phase_export(Path(args.work), Path(args.dst), Path(args.out or args.work))
-    print(json.dumps(result))
-
-
-if __name__ == "__main__":
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    main()

@@ -1,9 +1,9 @@
 """Rectified-flow training of the sampler part on Ray Train (`TorchTrainer`, DDP), resumable.
 
-Data: a synthesised dataset (`orchestrator.dataset.synth`) with precomputed features
-(`orchestrator.dataset.precompute`) for the model tag being trained. Each step draws its global
+Data: a synthesised dataset (`training.synth`) with precomputed features
+(`training.precompute`) for the model tag being trained. Each step draws its global
 batch from `numpy.random.default_rng([seed, step])`, and rank r takes its slice, so the data order
-is a function of the step alone; together with the checkpointed generator of `model.training`
+is a function of the step alone; together with the checkpointed generator of `training.flow`
 a resumed run takes the same steps as an uninterrupted one.
 
 Checkpoints go through the storage layer (`--out` folder or `s3://`)::
@@ -112,8 +112,8 @@ class EditPairData:
         import torch
         from safetensors.torch import load as st_load
 
-        from orchestrator.dataset.shards import SETTINGS_KEY, decode_shard, examples_of, features_key, shard_key
-        from orchestrator.dataset.synth import SynthSettings
+        from training.shards import SETTINGS_KEY, decode_shard, examples_of, features_key, shard_key
+        from training.synth import SynthSettings
 
         settings = SynthSettings.from_json(json.loads(storage.get(SETTINGS_KEY)))
         self.clips: dict[str, list[np.ndarray]] = {"background": [], "mixture": [], "event": []}
@@ -127,7 +127,9 @@ class EditPairData:
         for k in range(settings.num_shards):
             shard = decode_shard(storage.get(shard_key(k)))
             if not storage.exists(features_key(tag, k)):
-                raise ValueError(f"features for model {tag!r} missing for shard {k}; run `dataset precompute` first")
+                raise ValueError(
+                    f"features for model {tag!r} missing for shard {k}; run `audio-omni-train precompute` first"
+                )
             feats = st_load(storage.get(features_key(tag, k)))
             for clip in self.clips:
                 self.clips[clip] += list((getattr(shard, clip) * 32767).round().astype(np.int16))
@@ -153,7 +155,7 @@ class EditPairData:
         """(latents (B, C, T), [TrainExample]) for example indices."""
         import torch
 
-        from model.training import TrainExample
+        from training.flow import TrainExample
 
         examples = []
         for i in indices:
@@ -185,9 +187,9 @@ def train_loop(config: dict[str, Any]) -> None:
 
     from model.build import build_sampler
     from model.config import load_config
-    from model.training import FlowObjective, FlowTrainer, TrainHyper
-    from orchestrator.dataset.precompute import model_tag
-    from orchestrator.dataset.shards import open_storage
+    from training.flow import FlowObjective, FlowTrainer, TrainHyper
+    from training.precompute import model_tag
+    from training.shards import open_storage
 
     s = TrainSettings.from_json(config["settings"])
     in_ray = config.get("in_ray", False)
@@ -337,7 +339,7 @@ def run_training(settings: TrainSettings, *, in_process: bool = False) -> dict[s
         ),
     )
     trainer.fit()
-    from orchestrator.dataset.shards import open_storage
+    from training.shards import open_storage
 
     summary = json.loads(open_storage(settings.out, endpoint_url=settings.endpoint_url).get(SUMMARY_KEY))
     return {"history": summary["history_last_session"], "out": settings.out}

@@ -1,6 +1,8 @@
-"""Measure the embedded `small` model on held-out synthetic data; the last line printed is one JSON object.
+"""Held-out evaluation of the embedded `small` model (`training.recipes.small`'s weights).
 
-    python bench/eval_small.py [--weights model/data/small/model.safetensors] [--pairs 20] [--per-class 4]
+    audio-omni-train evaluate [--weights model/data/small/model.safetensors] [--pairs 20] [--per-class 4]
+
+prints one JSON object (its last line).
 
 Held-out data: sounds generated with another seed (`make_sounds.py` seed 1, so no training file is
 reused) and edit pairs synthesised from them with another synthesis seed (1). Reported:
@@ -22,20 +24,20 @@ reused) and edit pairs synthesised from them with another synthesis seed (1). Re
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+from training.recipes.small import CLASSES, REPO, make_sound_folder, prompt_of, synth_pairs
 
-from train_small import CLASSES, make_sound_folder, prompt_of, synth_pairs  # noqa: E402
+if TYPE_CHECKING:
+    import torch
+
+DEFAULT_WEIGHTS = REPO / "model" / "data" / "small" / "model.safetensors"
 
 SR = 44100
 LSD_FLOOR = 1e-8  # power floor (-80 dB re full scale) so silent frames compare finitely
@@ -83,7 +85,7 @@ def _power(x: np.ndarray) -> np.ndarray:
 def mel_matrix(fmax: float, sr: int = SR) -> np.ndarray:
     """(N_MELS, N_FFT // 2 + 1) triangular mel filters from 30 Hz to `fmax`."""
 
-    def hz_to_mel(f):
+    def hz_to_mel(f: float | np.ndarray) -> np.ndarray:
         return 2595 * np.log10(1 + f / 700)
 
     mels = np.linspace(hz_to_mel(30), hz_to_mel(fmax), N_MELS + 2)
@@ -109,6 +111,11 @@ def logmel_stats(x: np.ndarray, mel: np.ndarray) -> np.ndarray:
 class NearestCentroid:
     """Standardised features, one centroid per class, Euclidean distance."""
 
+    mu: np.ndarray
+    sd: np.ndarray
+    classes: list[str]
+    centroids: np.ndarray
+
     def fit(self, feats: np.ndarray, labels: list[str]) -> NearestCentroid:
         self.mu, self.sd = feats.mean(axis=0), feats.std(axis=0) + 1e-6
         z = (feats - self.mu) / self.sd
@@ -122,21 +129,60 @@ class NearestCentroid:
         return [self.classes[i] for i in d.argmin(axis=1)]
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--weights", default=str(ROOT / "model/data/small/model.safetensors"))
-    p.add_argument("--pairs", type=int, default=20, help="held-out edit pairs")
-    p.add_argument("--per-class", type=int, default=4, help="held-out real samples per class")
-    p.add_argument("--clips-per-class", type=int, default=4, help="text-to-audio clips per class prompt")
-    p.add_argument("--steps", type=int, default=16)
-    p.add_argument("--cfg-scale", type=float, default=7.0)
-    p.add_argument("--threads", type=int, default=2)
-    args = p.parse_args()
-    for name in ("pairs", "per_class", "clips_per_class", "steps", "threads"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+@dataclass(frozen=True)
+class EvalSettings:
+    """What `evaluate_small` measures (validated here)."""
 
+    weights: Path = DEFAULT_WEIGHTS
+    pairs: int = 20  # held-out edit pairs
+    per_class: int = 4  # held-out real samples per class
+    clips_per_class: int = 4  # text-to-audio clips per class prompt
+    steps: int = 16
+    cfg_scale: float = 7.0
+    threads: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("pairs", "per_class", "clips_per_class", "steps", "threads"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be an integer >= 1, got {value}")
+        if not Path(self.weights).is_file():
+            raise FileNotFoundError(f"no weights file at {self.weights}")
+
+
+@dataclass
+class HeldOut:
+    """Held-out data: edit pairs, their parameters, and the classifier fitted on real class samples."""
+
+    clips: dict[str, np.ndarray]
+    params: list[dict[str, Any]]
+    classifier: NearestCentroid
+    real_accuracy: float
+
+
+def held_out_data(settings: EvalSettings, mel: np.ndarray) -> HeldOut:
+    """Sounds of seed 1 (no training file reused), pairs of synthesis seed 1, classifier on the sounds."""
     import soundfile as sf
+    import soxr
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "heldout"
+        make_sound_folder(folder, settings.per_class, seed=1)
+        clips, params = synth_pairs(folder, settings.pairs, seed=1, workers=settings.threads)
+        real_feats, real_labels = [], []
+        for c in CLASSES:
+            for f in sorted((folder / "foreground" / c).glob("*.wav")):
+                x, sr = sf.read(f, dtype="float32")
+                real_feats.append(logmel_stats(soxr.resample(x, sr, SR), mel))
+                real_labels.append(c)
+    clf = NearestCentroid().fit(np.stack(real_feats), real_labels)
+    predicted = clf.predict(np.stack(real_feats))
+    real_acc = float(np.mean([a == b for a, b in zip(predicted, real_labels, strict=True)]))
+    return HeldOut(clips=clips, params=params, classifier=clf, real_accuracy=real_acc)
+
+
+def evaluate_small(settings: EvalSettings) -> dict[str, Any]:
+    """Every figure of the module docstring, as one JSON-able dict."""
     import torch
 
     from model.build import build_encoder, build_sampler
@@ -145,50 +191,40 @@ def main() -> None:
     from model.postprocess import source_mask
     from model.requests import GenerationRequest
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(settings.threads)
     start = time.perf_counter()
     cfg = get_preset("small")
-    encoder = build_encoder(cfg, weights=args.weights)
-    sampler = build_sampler(cfg, weights=args.weights)
+    encoder = build_encoder(cfg, weights=settings.weights)
+    sampler = build_sampler(cfg, weights=settings.weights)
     texts = sorted({prompt_of(t, c) for t in ("edit_remove", "edit_extract", "text_to_audio") for c in CLASSES})
     rows = dict(zip(texts, encoder.encode([MLLMPrompt(text=t) for t in texts]), strict=True))
     window = cfg.mel.window_samples
     band_hz = cfg.output_band_hz
     mel = mel_matrix(min(16000.0, band_hz or 16000.0))
 
-    def generate(text: str, source: np.ndarray | None, seed: int) -> np.ndarray:
+    def generate(text: str, source: np.ndarray | None, seed: int) -> torch.Tensor:
         req = GenerationRequest(
             mllm_features=rows[text],
             seed=seed,
-            steps=args.steps,
-            cfg_scale=args.cfg_scale,
+            steps=settings.steps,
+            cfg_scale=settings.cfg_scale,
             audio_window=None if source is None else torch.from_numpy(source[:window]),
         )
-        return sampler.generate([req])[0][:, :window]  # (C, N)
+        out: torch.Tensor = sampler.generate([req])[0][:, :window]  # (C, N)
+        return out
 
     def mono(audio: torch.Tensor) -> np.ndarray:
         return audio.mean(dim=0).numpy()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "heldout"
-        make_sound_folder(folder, args.per_class, seed=1)
-        clips, params = synth_pairs(folder, args.pairs, seed=1, workers=args.threads)
-        real_feats, real_labels = [], []
-        for c in CLASSES:
-            for f in sorted((folder / "foreground" / c).glob("*.wav")):
-                x, sr = sf.read(f, dtype="float32")
-                import soxr
-
-                real_feats.append(logmel_stats(soxr.resample(x, sr, SR), mel))
-                real_labels.append(c)
-    clf = NearestCentroid().fit(np.stack(real_feats), real_labels)
-    real_acc = float(np.mean([a == b for a, b in zip(clf.predict(np.stack(real_feats)), real_labels, strict=True)]))
-
+    data = held_out_data(settings, mel)
+    clips, params = data.clips, data.params
     edits: dict[str, dict[str, list[float]]] = {}
     for task, target_clip in (("edit_remove", "background"), ("edit_extract", "event")):
-        m = {f"{metric}_{kind}": [] for metric in ("lsd", "sisdr") for kind in ("model", "masked", "baseline")}
+        m: dict[str, list[float]] = {
+            f"{metric}_{kind}": [] for metric in ("lsd", "sisdr") for kind in ("model", "masked", "baseline")
+        }
         m.update({"contrast_model": [], "contrast_target": []})
-        for i in range(args.pairs):
+        for i in range(settings.pairs):
             src, tgt = clips["mixture"][i][:window], clips[target_clip][i][:window]
             raw = generate(prompt_of(task, params[i]["label"]), src, seed=100 + i)
             # keep_source: the raw output as a time-frequency mask on the source (model.postprocess)
@@ -204,19 +240,19 @@ def main() -> None:
 
     gen_feats, gen_labels = [], []
     for ci, c in enumerate(CLASSES):
-        for k in range(args.clips_per_class):
+        for k in range(settings.clips_per_class):
             out = generate(prompt_of("text_to_audio", c), None, seed=1000 + 10 * ci + k)
             gen_feats.append(logmel_stats(mono(out), mel))
             gen_labels.append(c)
-    pred = clf.predict(np.stack(gen_feats))
+    pred = data.classifier.predict(np.stack(gen_feats))
     t2a_acc = float(np.mean([a == b for a, b in zip(pred, gen_labels, strict=True)]))
     confusion = {c: [p for p, g in zip(pred, gen_labels, strict=True) if g == c] for c in CLASSES}
 
-    result = {
-        "weights": str(args.weights),
-        "pairs": args.pairs,
-        "steps": args.steps,
-        "cfg_scale": args.cfg_scale,
+    result: dict[str, Any] = {
+        "weights": str(settings.weights),
+        "pairs": settings.pairs,
+        "steps": settings.steps,
+        "cfg_scale": settings.cfg_scale,
         "wall_s": round(time.perf_counter() - start, 1),
     }
     for task, m in edits.items():
@@ -232,12 +268,8 @@ def main() -> None:
             "t2a_accuracy": round(t2a_acc, 3),
             "t2a_chance": round(1 / len(CLASSES), 3),
             "t2a_clips": len(gen_labels),
-            "classifier_accuracy_on_real": round(real_acc, 3),
+            "classifier_accuracy_on_real": round(data.real_accuracy, 3),
             "t2a_predictions": confusion,
         }
     )
-    print(json.dumps(result))
-
-
-if __name__ == "__main__":
-    main()
+    return result

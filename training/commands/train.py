@@ -1,4 +1,4 @@
-"""`audio-omni train --data DIR --out DIR ...`: rectified-flow training of the sampler part on Ray Train.
+"""`audio-omni-train train --data DIR --out DIR ...`: rectified-flow training of the sampler part on Ray Train.
 
 Resumable: rerunning the same command continues from the last checkpoint under --out.
 """
@@ -9,7 +9,7 @@ import argparse
 import json
 import logging
 
-from orchestrator.commands import comma_list
+from training.commands import comma_list
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from orchestrator.train import TrainSettings, run_training
+    from training.trainer import TrainSettings, run_training
 
     settings = TrainSettings(
         data=args.data,

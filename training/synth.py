@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.dataset.filters import EnergyFilter, SemanticFilter, VoiceActivityFilter, make_semantic_filter
-from orchestrator.dataset.shards import (
+from training.filters import EnergyFilter, SemanticFilter, VoiceActivityFilter, make_semantic_filter
+from training.shards import (
     MANIFEST_KEY,
     SETTINGS_KEY,
     SourceTree,

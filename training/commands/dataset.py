@@ -1,7 +1,7 @@
-"""`audio-omni dataset synth|precompute`: build edit-pair datasets as Ray Data bulk jobs.
+"""`audio-omni-train synth|precompute`: build edit-pair datasets as Ray Data bulk jobs.
 
-    audio-omni dataset synth --foreground DIR_OR_URI --background DIR_OR_URI --pairs N --out DIR_OR_S3_URI
-    audio-omni dataset precompute --data DIR_OR_S3_URI [--preset tiny | --config C] [--weights W]
+    audio-omni-train synth --foreground DIR_OR_URI --background DIR_OR_URI --pairs N --out DIR_OR_S3_URI
+    audio-omni-train precompute --data DIR_OR_S3_URI [--preset tiny | --config C] [--weights W]
 
 Both are resumable: rerunning the same command skips finished shards.
 """
@@ -13,15 +13,20 @@ import json
 import logging
 from typing import TYPE_CHECKING
 
-from orchestrator.commands import comma_list
+from training.commands import comma_list
 
 if TYPE_CHECKING:
-    from orchestrator.dataset.synth import SynthSettings
+    from training.synth import SynthSettings
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
-    sub = parser.add_subparsers(dest="dataset_command", required=True)
-    synth = sub.add_parser("synth", help="synthesise add/remove/extract pairs into shards")
+    if name == "synth":
+        add_synth_arguments(parser)
+    else:
+        add_precompute_arguments(parser)
+
+
+def add_synth_arguments(synth: argparse.ArgumentParser) -> None:
     synth.add_argument("--foreground", required=True, help="folder or s3://bucket/prefix of LABEL/*.wav events")
     synth.add_argument("--background", required=True, help="folder or s3://bucket/prefix of background clips")
     synth.add_argument("--pairs", type=int, required=True, help="number of pairs (each gives 4 examples)")
@@ -42,7 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     synth.add_argument("--workers", type=int, default=2, help="Ray Data actors (default 2)")
     synth.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint URL")
     synth.add_argument("--no-progress", action="store_true")
-    pre = sub.add_parser("precompute", help="store frozen-thinker features and target latents per shard")
+
+
+def add_precompute_arguments(pre: argparse.ArgumentParser) -> None:
     pre.add_argument("--data", required=True, help="dataset folder or s3://bucket/prefix")
     pre.add_argument("--preset", default="tiny")
     pre.add_argument("--config", default=None, help="model_config.json (overrides --preset)")
@@ -53,8 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
 
 
 def synth_settings(args: argparse.Namespace) -> SynthSettings:
-    """The `SynthSettings` that `dataset synth` arguments ask for (validated there)."""
-    from orchestrator.dataset.synth import SynthSettings
+    """The `SynthSettings` that `synth` arguments ask for (validated there)."""
+    from training.synth import SynthSettings
 
     return SynthSettings(
         foreground=args.foreground,
@@ -73,15 +80,15 @@ def synth_settings(args: argparse.Namespace) -> SynthSettings:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.dataset_command == "synth":
-        from orchestrator.dataset.synth import run_synth
+    if args.command == "synth":
+        from training.synth import run_synth
 
         settings = synth_settings(args)
         result = run_synth(
             settings, args.out, num_workers=args.workers, endpoint_url=args.s3_endpoint, progress=not args.no_progress
         )
     else:
-        from orchestrator.dataset.precompute import run_precompute
+        from training.precompute import run_precompute
 
         result = run_precompute(
             args.data,

@@ -1,0 +1,1 @@
+"""Recipes: complete, reproducible training runs that produce weights the project ships."""
