@@ -135,7 +135,7 @@ def test_unknown_conditioner_type_is_rejected():
         (lambda d: d["model"]["diffusion"]["config"].update(embed_dim=2000), "divisible"),
         (lambda d: d["model"].update(extra=1), "unknown field"),
         (lambda d: d.update(sample_size=100), "shorter than one latent frame"),
-        (lambda d: d["model"]["conditioning"]["configs"][3]["config"].update(hop_length=512), "1723"),
+        (lambda d: d["model"]["conditioning"]["configs"][3]["config"].update(num_frames=0), "mel.num_frames"),
         (lambda d: d["model"]["conditioning"]["configs"].pop(1), "lacks conditioner"),
         (lambda d: d["model"]["diffusion"].update(low_level_cond_ids=["omni_prompt"]), "once"),
     ],

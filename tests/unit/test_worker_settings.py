@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import pytest
 
 from model import config as model_config
-from workers.settings import WorkerSettings
+from workers.settings import PoolSettings, WorkerSettings
 
 
 @pytest.fixture
@@ -51,7 +52,7 @@ def test_explicit_weights_and_config_files_never_take_packaged_weights(packaged,
 
 def test_the_packaged_path_lies_in_the_package():
     path = model_config.PACKAGED_WEIGHTS["small"]
-    assert path.parent.parent == Path(model_config.__file__).resolve().parent / "data"
+    assert path.parent.parent == Path(model_config.__file__).resolve().parent.parent / "data"  # model/data
 
 
 class _Handle:
@@ -87,3 +88,82 @@ def test_pool_calls_wait_at_most_one_job_budget_which_drain_outlasts():
     assert settings.max_job_s < settings.sampler.graceful_shutdown_timeout_s
     with pytest.raises(ValueError, match="timeout_s must be > 0"):
         ServePools(encoder, sampler, timeout_s=0)
+
+
+# --------------------------------------------------------------------------- environment
+
+
+def test_from_env_reads_top_level_and_pool_variables_from_the_given_mapping_only(monkeypatch):
+    monkeypatch.setenv("AUDIO_OMNI_PRESET", "full")  # ignored: a mapping was given
+    env = {
+        "AUDIO_OMNI_PRESET": "tiny",
+        "AUDIO_OMNI_MAX_JOB_S": "120",
+        "AUDIO_OMNI_BATCH_INVARIANT": "false",
+        "AUDIO_OMNI_ENCODER_NUM_GPUS": "0.25",
+        "AUDIO_OMNI_SAMPLER_MAX_BATCH_SIZE": "16",
+        "AUDIO_OMNI_SAMPLER_MAX_ONGOING_REQUESTS": "48",
+        "AUDIO_OMNI_SAMPLER_INITIAL_REPLICAS": "none",
+        "UNRELATED": "x",
+    }
+    s = WorkerSettings.from_env(env)
+    assert (s.preset, s.max_job_s, s.batch_invariant) == ("tiny", 120.0, False)
+    assert s.encoder.num_gpus == 0.25 and s.encoder.max_batch_size == PoolSettings().max_batch_size
+    assert (s.sampler.max_batch_size, s.sampler.max_ongoing_requests) == (16, 48)
+    assert s.sampler.initial_replicas is None
+
+
+def test_from_env_defaults_to_the_process_environment_and_flags_win(monkeypatch):
+    monkeypatch.setenv("AUDIO_OMNI_DEVICE", "cuda")
+    monkeypatch.setenv("AUDIO_OMNI_PRESET", "tiny")
+    monkeypatch.setenv("AUDIO_OMNI_SAMPLER_MAX_REPLICAS", "4")
+    s = WorkerSettings.from_env(preset="full", weights=None)  # None = flag not given
+    assert (s.device, s.preset, s.weights, s.sampler.max_replicas) == ("cuda", "full", None, 4)
+    assert s.resolved_precision == "bf16"
+
+
+def test_an_empty_value_counts_as_unset_and_none_clears_an_optional_field():
+    s = WorkerSettings.from_env({"AUDIO_OMNI_PRESET": "", "AUDIO_OMNI_WEIGHTS": "none"})
+    assert s.preset == WorkerSettings().preset and s.weights is None
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"AUDIO_OMNI_SAMPLER_MAX_BATCH_SIZE": "0"}, r"max_batch_size must be in \[1, 256\], got 0"),
+        ({"AUDIO_OMNI_SAMPLER_MAX_BATCH_SIZE": "eight"}, r"sampler.max_batch_size\s+Input should be a valid integer"),
+        (
+            {"AUDIO_OMNI_ENCODER_MAX_BATCH_SIZE": "64"},
+            r"max_ongoing_requests \(32\) must be >= max_batch_size \(64\)",
+        ),
+        (
+            {"AUDIO_OMNI_MAX_JOB_S": "1000"},
+            r"encoder.graceful_shutdown_timeout_s \(900.0\) must exceed max_job_s \(1000.0\)",
+        ),
+        (
+            {"AUDIO_OMNI_ENCODER_MIN_REPLICAS": "3", "AUDIO_OMNI_ENCODER_MAX_REPLICAS": "2"},
+            r"need 0 <= min_replicas <= max_replicas, got 3 and 2",
+        ),
+        ({"AUDIO_OMNI_PRECISION": "fp64"}, r"precision\s+Input should be 'auto', 'fp32', 'bf16' or 'fp16'"),
+        ({"AUDIO_OMNI_SAMPLER_MAX_BATCHSIZE": "4"}, r"sampler.max_batchsize\s+Extra inputs are not permitted"),
+    ],
+)
+def test_bad_values_are_refused_with_the_value_and_the_rule(env, message):
+    with pytest.raises(ValueError, match=message) as info:
+        WorkerSettings.from_env(env)
+    assert "input_value" not in str(info.value)  # no repr of what was passed
+
+
+def test_keyword_construction_checks_the_same_rules():
+    with pytest.raises(ValueError, match=r"initial_replicas \(5\) must lie in \[min_replicas, max_replicas\] = \[1, 2\]"):
+        PoolSettings(max_replicas=2, initial_replicas=5)
+    with pytest.raises(ValueError, match="Extra inputs are not permitted"):
+        WorkerSettings(presets="tiny")
+
+
+def test_settings_are_frozen_and_survive_pickling_unchanged(monkeypatch):
+    s = WorkerSettings.from_env({"AUDIO_OMNI_PRESET": "tiny", "AUDIO_OMNI_SAMPLER_MAX_BATCH_SIZE": "4"})
+    monkeypatch.setenv("AUDIO_OMNI_PRESET", "full")  # a replica's environment does not re-read into it
+    copy = pickle.loads(pickle.dumps(s))
+    assert copy == s and copy.preset == "tiny" and copy.sampler.max_batch_size == 4
+    with pytest.raises(ValueError, match="frozen"):
+        s.preset = "full"  # type: ignore[misc]
