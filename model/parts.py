@@ -22,6 +22,7 @@ from model.conditioners.sync import SyncConditioner
 from model.conditioners.text_frontend import load_vocab
 from model.config import MEL_ID, OMNI_ID, SPEECH_ID, SYNC_ID, AudioOmniConfig
 from model.dit import DiffusionTransformer
+from model.limits import MAX_CFG_SCALE, MAX_STEPS, MIN_CFG_SCALE, MIN_STEPS
 from model.mllm import OmniProjection
 from model.requests import GenerationRequest
 from model.sampler import euler_sample, per_sample_noise
@@ -99,10 +100,12 @@ class SamplerPart(nn.Module):
             f = r.mllm_features
             if f.dim() != 2 or f.shape[1] != hidden or f.shape[0] < 1:
                 raise ValueError(f"request {i}: mllm_features must be (L>=1, {hidden}), got {tuple(f.shape)}")
-            if not 1 <= r.steps <= 1000:
-                raise ValueError(f"request {i}: steps must be in [1, 1000], got {r.steps}")
-            if not 0.0 <= r.cfg_scale <= 50.0:
-                raise ValueError(f"request {i}: cfg_scale must be in [0, 50], got {r.cfg_scale}")
+            if not MIN_STEPS <= r.steps <= MAX_STEPS:
+                raise ValueError(f"request {i}: steps must be in [{MIN_STEPS}, {MAX_STEPS}], got {r.steps}")
+            if not MIN_CFG_SCALE <= r.cfg_scale <= MAX_CFG_SCALE:
+                raise ValueError(
+                    f"request {i}: cfg_scale must be in [{MIN_CFG_SCALE:g}, {MAX_CFG_SCALE:g}], got {r.cfg_scale}"
+                )
             if r.audio_window is not None and tuple(r.audio_window.shape) != (window,):
                 raise ValueError(
                     f"request {i}: audio_window must be ({window},) mono samples, got {tuple(r.audio_window.shape)}"

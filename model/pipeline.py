@@ -17,18 +17,28 @@ import torch
 
 from model.conditioners.mel import fit_window
 from model.config import AudioOmniConfig
+from model.limits import (
+    MAX_CFG_SCALE,
+    MAX_DURATION_S,
+    MAX_INPUT_AUDIO_S,
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    MAX_STEPS,
+    MAX_TRANSCRIPT_CHARS,
+    MAX_VOICE_PROMPT_TEXT_CHARS,
+    MIN_CFG_SCALE,
+    MIN_STEPS,
+    VOICE_PROMPT_MAX_S,
+)
 from model.longform import continuation_window, crossfade_join, plan_segments
-from model.mllm import MLLMEncoder, MLLMPrompt, UnderstandRequest
+from model.mllm import QWEN_SAMPLE_RATE_HZ, MLLMEncoder, MLLMPrompt, UnderstandRequest
 from model.parts import SamplerPart
 from model.postprocess import peak_normalize, source_mask, trim_silence
 from model.prompts import ASR_INSTRUCTION, SYS_ASR, generation_prompt
 from model.requests import GenerationRequest
-from model.sampler import MAX_SEED
+from model.sampler import MAX_SEED as MAX_NOISE_SEED
 from model.tasks import EDIT_TASKS, VIDEO_TASKS, Task
 
-MAX_TEXT_CHARS = 4000
-MAX_DURATION_S = 300.0
-VOICE_PROMPT_MAX_S = 6.0  # the released model was trained with <= 6 s voice prompts
 OVERLAP_S = 1.0
 KEEP_SOURCE_TASKS = frozenset({Task.EDIT_REMOVE, Task.EDIT_EXTRACT})  # the result is a part of the source
 LONG_FORM_TASKS = frozenset({Task.TEXT_TO_AUDIO, Task.TEXT_TO_MUSIC, Task.VIDEO_TO_MUSIC, *EDIT_TASKS})
@@ -79,7 +89,7 @@ class GenerationPlan:
         """Request for segment k (0-based). `previous` is segment k-1's (C, N) audio for continuation."""
         if not 0 <= k < self.num_segments:
             raise ValueError(f"segment index must be in [0, {self.num_segments}), got {k}")
-        req = replace(self.base, mllm_features=features, seed=(self.base.seed + k) % (MAX_SEED + 1))
+        req = replace(self.base, mllm_features=features, seed=(self.base.seed + k) % (MAX_NOISE_SEED + 1))
         if self.source is not None:  # edits: each segment edits its own part of the source
             start = k * self.hop_samples
             req.audio_window = fit_window(self.source[start : start + self.window_samples], self.window_samples)
@@ -131,13 +141,13 @@ class TaskPlan:
 # ---------------------------------------------------------------------------------------- checks
 
 
-def _check_text(name: str, value: str | None, *, required: bool) -> None:
+def _check_text(name: str, value: str | None, *, required: bool, limit: int = MAX_PROMPT_CHARS) -> None:
     if value is None or not value.strip():
         if required:
             raise ValueError(f"{name} must be a non-empty string, got {value!r}")
         return
-    if len(value) > MAX_TEXT_CHARS:
-        raise ValueError(f"{name} has {len(value)} characters; the limit is {MAX_TEXT_CHARS}")
+    if len(value) > limit:
+        raise ValueError(f"{name} has {len(value)} characters; the limit is {limit}")
 
 
 def _check_audio(name: str, audio: torch.Tensor | None, *, required: bool, sample_rate: int) -> None:
@@ -151,18 +161,22 @@ def _check_audio(name: str, audio: torch.Tensor | None, *, required: bool, sampl
         raise ValueError(f"{name} is empty (0 samples)")
     if not bool(torch.isfinite(audio).all()):
         raise ValueError(f"{name} contains NaN or Inf samples")
-    if audio.numel() > MAX_DURATION_S * sample_rate:
-        raise ValueError(f"{name} lasts {audio.numel() / sample_rate:.1f} s; the limit is {MAX_DURATION_S:g} s")
+    if audio.numel() > MAX_INPUT_AUDIO_S * sample_rate:
+        raise ValueError(f"{name} lasts {audio.numel() / sample_rate:.1f} s; the limit is {MAX_INPUT_AUDIO_S:g} s")
 
 
 def check_inputs(config: AudioOmniConfig, x: TaskInputs) -> Task:
     """Validate `x` for its task; a bad value raises ValueError naming it and the allowed range."""
     task = x.task if isinstance(x.task, Task) else Task.parse(str(x.task))
     sr = config.sample_rate
-    if not isinstance(x.steps, int) or not 1 <= x.steps <= 1000:
-        raise ValueError(f"steps must be an int in [1, 1000], got {x.steps!r}")
-    if not (isinstance(x.cfg_scale, int | float) and math.isfinite(x.cfg_scale) and 0 <= x.cfg_scale <= 50):
-        raise ValueError(f"cfg_scale must be a number in [0, 50], got {x.cfg_scale!r}")
+    if not isinstance(x.steps, int) or not MIN_STEPS <= x.steps <= MAX_STEPS:
+        raise ValueError(f"steps must be an int in [{MIN_STEPS}, {MAX_STEPS}], got {x.steps!r}")
+    if not (
+        isinstance(x.cfg_scale, int | float)
+        and math.isfinite(x.cfg_scale)
+        and MIN_CFG_SCALE <= x.cfg_scale <= MAX_CFG_SCALE
+    ):
+        raise ValueError(f"cfg_scale must be a number in [{MIN_CFG_SCALE:g}, {MAX_CFG_SCALE:g}], got {x.cfg_scale!r}")
     if not isinstance(x.seed, int) or not 0 <= x.seed <= MAX_SEED:
         raise ValueError(f"seed must be an int in [0, {MAX_SEED}], got {x.seed!r}")
     if x.duration_s is not None:
@@ -173,18 +187,20 @@ def check_inputs(config: AudioOmniConfig, x: TaskInputs) -> Task:
         raise ValueError(f"keep_source applies to {' and '.join(sorted(KEEP_SOURCE_TASKS))} only, not {task.value}")
     if task is Task.UNDERSTAND:
         _check_text("prompt (the question)", x.prompt, required=True)
-        _check_audio("audio_16k", x.audio_16k, required=False, sample_rate=16000)
+        _check_audio("audio_16k", x.audio_16k, required=False, sample_rate=QWEN_SAMPLE_RATE_HZ)
     elif task in (Task.TEXT_TO_AUDIO, Task.TEXT_TO_MUSIC):
         _check_text("prompt", x.prompt, required=True)
     elif task is Task.TTS:
-        _check_text("transcript", x.transcript, required=True)
+        _check_text("transcript", x.transcript, required=True, limit=MAX_TRANSCRIPT_CHARS)
         _check_audio("voice_prompt", x.voice_prompt, required=False, sample_rate=sr)
-        _check_text("voice_prompt_text", x.voice_prompt_text, required=False)
+        _check_text("voice_prompt_text", x.voice_prompt_text, required=False, limit=MAX_VOICE_PROMPT_TEXT_CHARS)
     elif task is Task.VOICE_CONVERSION:
         _check_audio("voice_prompt", x.voice_prompt, required=True, sample_rate=sr)
-        _check_text("transcript", x.transcript, required=False)
+        _check_text("transcript", x.transcript, required=False, limit=MAX_TRANSCRIPT_CHARS)
         if not (x.transcript and x.transcript.strip()):
-            _check_audio("audio_16k (the speech to convert)", x.audio_16k, required=True, sample_rate=16000)
+            _check_audio(
+                "audio_16k (the speech to convert)", x.audio_16k, required=True, sample_rate=QWEN_SAMPLE_RATE_HZ
+            )
     elif task in VIDEO_TASKS:
         _check_text("prompt", x.prompt, required=False)
         if x.sync_features is None and x.video_frames is None:
@@ -334,9 +350,7 @@ class AudioOmniPipeline:
         segs: dict[int, list[torch.Tensor]] = {i: [] for i in gen}
         for k in range(max(plans[i].generation.num_segments for i in gen)):
             live = [i for i in gen if k < plans[i].generation.num_segments]
-            reqs = [
-                plans[i].generation.request(k, features[i], segs[i][-1] if segs[i] else None) for i in live
-            ]
+            reqs = [plans[i].generation.request(k, features[i], segs[i][-1] if segs[i] else None) for i in live]
             for key in sorted({r.batch_key for r in reqs}):
                 idx = [j for j, r in enumerate(reqs) if r.batch_key == key]
                 audio = self.sampler.generate([reqs[j] for j in idx])  # (b, C, N)

@@ -92,21 +92,27 @@ class JobNotFound(OrchestratorError, KeyError):
 
 
 class Outcome(StrEnum):
-    """What the engine records for a job whose work raised."""
+    """How one attempt of a job ended, in the engine's words (`JobResult.outcome`, metrics labels).
 
+    The final ones use the same words as `orchestrator.jobs.JobStatus`; `retry` is an attempt
+    that failed transiently (the job is queued again or dead-lettered by the queue) and
+    `abandoned` one whose lease was lost (someone else owns the job now; nothing is recorded).
+    """
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
     RETRY = "retry"
-    FAIL = "fail"
-    CANCEL = "cancel"
-    ABANDON = "abandon"  # LeaseLost: someone else owns the job now; record nothing
+    CANCELLED = "cancelled"
+    ABANDONED = "abandoned"
 
 
 def outcome_of(exc: BaseException) -> Outcome:
-    """Map an exception raised by job work to the queue action the engine should take."""
+    """Map an exception raised by job work to the outcome the engine records."""
     if isinstance(exc, LeaseLost):
-        return Outcome.ABANDON
+        return Outcome.ABANDONED
     if isinstance(exc, JobCancelled):
-        return Outcome.CANCEL
+        return Outcome.CANCELLED
     if isinstance(exc, PermanentError):
-        return Outcome.FAIL
+        return Outcome.FAILED
     # RetryableError and anything unexpected: bounded retries, then the dead-letter stream.
     return Outcome.RETRY

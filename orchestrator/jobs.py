@@ -19,6 +19,7 @@ unknown schemes, `..` segments). Whether a tenant may read a URI is decided by s
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import uuid
 from collections.abc import Mapping
@@ -36,6 +37,20 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from model.limits import (
+    DEFAULT_CFG_SCALE,
+    DEFAULT_DURATION_S,
+    DEFAULT_STEPS,
+    MAX_CFG_SCALE,
+    MAX_DURATION_S,
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    MAX_STEPS,
+    MAX_TRANSCRIPT_CHARS,
+    MAX_VOICE_PROMPT_TEXT_CHARS,
+    MIN_CFG_SCALE,
+    MIN_STEPS,
+)
 from orchestrator.errors import InvalidJobSpec
 
 __all__ = [
@@ -43,11 +58,16 @@ __all__ = [
     "DEFAULT_DURATION_S",
     "DEFAULT_STEPS",
     "FINAL_STATUSES",
+    "MAX_CFG_SCALE",
     "MAX_DURATION_S",
     "MAX_PROMPT_CHARS",
+    "MAX_SEED",
     "MAX_SPEC_JSON_BYTES",
     "MAX_STEPS",
     "MAX_TRANSCRIPT_CHARS",
+    "MAX_VOICE_PROMPT_TEXT_CHARS",
+    "MIN_CFG_SCALE",
+    "MIN_STEPS",
     "PRIORITIES",
     "BatchFailure",
     "BatchStatus",
@@ -70,17 +90,8 @@ __all__ = [
 
 # --------------------------------------------------------------------------- limits and defaults
 
-DEFAULT_DURATION_S = 10.0  # the model's native clip length (seconds_total)
-MAX_DURATION_S = 300.0  # long-form generation stitches 10 s segments; the reference UI stops at 300 s
-DEFAULT_STEPS = 100
-MIN_STEPS, MAX_STEPS = 1, 1000
-DEFAULT_CFG_SCALE = 7.0
-MIN_CFG_SCALE, MAX_CFG_SCALE = 1.0, 30.0  # 1.0 = no guidance (a single forward pass)
-MAX_SEED = 2**32 - 1
-
-MAX_PROMPT_CHARS = 2000
-MAX_TRANSCRIPT_CHARS = 2000  # the speech conditioner truncates at 2584 tokens (about one per char)
-MAX_VOICE_PROMPT_TEXT_CHARS = 1000
+# The model's own limits (durations, steps, guidance, seed, text lengths) live in `model.limits`
+# and are re-exported here; the ones below belong to the job system itself.
 MAX_URI_CHARS = 2048
 MAX_IDEMPOTENCY_KEY_CHARS = 200
 MAX_ID_CHARS = 64
@@ -224,7 +235,7 @@ def _task_input_problems(values: Mapping[str, Any]) -> list[InitErrorDetails]:
     `values` is a validated spec's fields, or the raw input when other fields failed (then an
     unknown task or op simply skips the checks that depend on it)."""
     try:
-        task = TaskName(values.get("task"))
+        task = TaskName(str(values.get("task")))
     except ValueError:
         return []
     try:
@@ -242,9 +253,6 @@ def _task_input_problems(values: Mapping[str, Any]) -> list[InitErrorDetails]:
         elif name not in required and name not in optional:
             takes = ", ".join(sorted(required | optional))
             problems.append(_problem(name, f"not used by task {task.value!r} (it takes: {takes})", value))
-    if task is TaskName.UNDERSTAND and values.get("reasoning") is True:
-        message = "a reasoning step applies to generation tasks, not to 'understand'"
-        problems.append(_problem("reasoning", message, True))
     if values.get("keep_source") is True and not (task is TaskName.EDIT and op in KEEP_SOURCE_OPS):
         message = "keep_source applies to edits with op 'remove' or 'extract' (their result is a part of the source)"
         problems.append(_problem("keep_source", message, True))
@@ -274,9 +282,9 @@ class JobSpec(BaseModel):
       `style_transfer` also needs `source_prompt` (the sound to change).
     - `voice_conversion`: `transcript`, `voice_prompt_uri`, optional `voice_prompt_text`.
 
-    Parameters: `duration_s` in (0, 300], `steps` in [1, 1000], `cfg_scale` in [1, 30], `seed`
-    (None = derived from the job id), `output_format` wav/flac, `reasoning` (ask the MLLM to
-    reason about the request before generating), `keep_source` (remove / extract edits only: the
+    Parameters (limits from `model.limits`): `duration_s` in (0, 300], `steps` in [1, 1000],
+    `cfg_scale` in [1, 30], `seed` in [0, 2**32 - 1] (None = derived from the job id),
+    `output_format` wav/flac, `keep_source` (remove / extract edits only: the
     result keeps the source's phase and untouched parts, the model's output acting as a
     time-frequency mask on the source; see `model.postprocess.source_mask`). Routing: `tenant`, `priority`,
     `idempotency_key` (a re-submit with the same key returns the existing job), `batch_id`.
@@ -306,7 +314,6 @@ class JobSpec(BaseModel):
     cfg_scale: float = Field(default=DEFAULT_CFG_SCALE, ge=MIN_CFG_SCALE, le=MAX_CFG_SCALE, strict=True)
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED, strict=True)
     output_format: OutputFormat = OutputFormat.WAV
-    reasoning: bool = Field(default=False, strict=True)
     keep_source: bool = Field(default=False, strict=True)
 
     tenant: str = "default"
@@ -463,10 +470,36 @@ def parse_spec_json(raw: str | bytes) -> JobSpec:
     try:
         return JobSpec.model_validate_json(raw)
     except ValidationError as exc:
+        legacy = _without_legacy_fields(raw, exc)
+        if legacy is not None:
+            return parse_spec(legacy)
         errors = format_validation_error(exc)
         if any(err.get("type") == "json_invalid" for err in exc.errors(include_url=False)):
             errors = [("", f"spec is not valid JSON ({msg})") for _, msg in errors]
         raise InvalidJobSpec(errors) from None
+
+
+# Fields that earlier releases stored with their default value and that the schema no longer has:
+# a job queued before an upgrade still runs. Only the stored default is dropped; any other value
+# stays an error.
+_LEGACY_DEFAULTS: dict[str, Any] = {"reasoning": False}
+
+
+def _without_legacy_fields(raw: str | bytes, exc: ValidationError) -> dict[str, Any] | None:
+    """The stored spec minus legacy default fields, if those are its only problem; else None."""
+    errors = exc.errors(include_url=False)
+    if not errors or any(
+        err.get("type") != "extra_forbidden"
+        or len(err.get("loc", ())) != 1
+        or err["loc"][0] not in _LEGACY_DEFAULTS
+        or err.get("input") != _LEGACY_DEFAULTS[err["loc"][0]]
+        for err in errors
+    ):
+        return None
+    data = json.loads(raw)
+    for name in _LEGACY_DEFAULTS:
+        data.pop(name, None)
+    return data
 
 
 # --------------------------------------------------------------------------- records

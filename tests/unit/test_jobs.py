@@ -58,7 +58,8 @@ def test_minimal_spec_and_defaults():
         DEFAULT_CFG_SCALE,
     )
     assert (spec.duration_s, spec.steps, spec.cfg_scale) == (10.0, 100, 7.0)
-    assert spec.seed is None and spec.output_format is OutputFormat.WAV and not spec.reasoning
+    assert spec.seed is None and spec.output_format is OutputFormat.WAV
+    assert "reasoning" not in JobSpec.model_fields  # implemented later as a workflow, not a flag
     assert (spec.tenant, spec.priority, spec.idempotency_key, spec.batch_id) == (
         "default", Priority.NORMAL, None, None,
     )  # fmt: skip
@@ -93,7 +94,7 @@ def test_spec_json_round_trip_is_compact_and_lossless():
         {"task": "edit", "op": "remove", "prompt": "wind noise", "input_audio_uri": "in/a.wav"},
         {"task": "edit", "op": "extract", "prompt": "vocals", "input_audio_uri": "s3://b/a.wav"},
         {"task": "voice_conversion", "transcript": "Good morning.", "voice_prompt_uri": "s3://b/v.wav"},
-        {"task": "text_to_audio", "prompt": "thunder", "reasoning": True, "priority": "high", "seed": 0},
+        {"task": "text_to_audio", "prompt": "thunder", "priority": "high", "seed": 0},
     ],
 )
 def test_valid_specs_per_task(data):
@@ -148,7 +149,7 @@ def test_valid_specs_per_task(data):
         ({"task": "tts", "transcript": "x" * 2001}, "transcript", "at most 2000 characters"),
         ({"task": "text_to_audio", "prompt": "hi <|im_end|> there"}, "prompt", "chat-template markers"),
         ({"task": "text_to_audio", "prompt": "bell\x07"}, "prompt", "control characters"),
-        ({"task": "understand", "prompt": "q", "reasoning": True}, "reasoning", "generation tasks"),
+        ({"task": "text_to_audio", "prompt": "q", "reasoning": True}, "reasoning", "Extra inputs are not permitted"),
         ({"task": "text_to_audio", "prompt": "x", "keep_source": True}, "keep_source", "'remove' or 'extract'"),
         (
             {"task": "edit", "op": "add", "prompt": "x", "input_audio_uri": "s3://b/a.wav", "keep_source": True},
@@ -294,10 +295,14 @@ def test_every_key_starts_with_the_prefix():
 def test_outcomes_of_exceptions():
     assert outcome_of(RetryableError("storage throttled")) is Outcome.RETRY
     assert outcome_of(RuntimeError("unexpected")) is Outcome.RETRY  # bounded retries, then dead
-    assert outcome_of(PermanentError("bad input")) is Outcome.FAIL
-    assert outcome_of(InvalidJobSpec([("prompt", "required")])) is Outcome.FAIL
-    assert outcome_of(JobCancelled("j1")) is Outcome.CANCEL
-    assert outcome_of(LeaseLost("j1", "ack")) is Outcome.ABANDON
+    assert outcome_of(PermanentError("bad input")) is Outcome.FAILED
+    assert outcome_of(InvalidJobSpec([("prompt", "required")])) is Outcome.FAILED
+    assert outcome_of(JobCancelled("j1")) is Outcome.CANCELLED
+    assert outcome_of(LeaseLost("j1", "ack")) is Outcome.ABANDONED
+    # One vocabulary: the engine's JobResult.outcome and the job statuses use the same words.
+    assert {o.value for o in Outcome} == {"succeeded", "failed", "retry", "cancelled", "abandoned"}
+    for final in (Outcome.SUCCEEDED, Outcome.FAILED, Outcome.CANCELLED):
+        assert JobStatus(final.value).is_final
     assert RetryableError("x", retry_after_s=3).retry_after_s == 3
     with pytest.raises(ValueError):
         RetryableError("x", retry_after_s=-1)
@@ -367,3 +372,10 @@ def test_keep_source_is_accepted_for_remove_and_extract(op):
         {"task": "edit", "op": op, "prompt": "dog", "input_audio_uri": "s3://b/a.wav", "keep_source": True}
     )
     assert spec.keep_source is True
+
+
+def test_a_spec_stored_before_reasoning_was_removed_still_parses():
+    stored = '{"task": "text_to_audio", "prompt": "rain", "reasoning": false}'
+    assert parse_spec_json(stored) == parse_spec({"task": "text_to_audio", "prompt": "rain"})
+    with pytest.raises(InvalidJobSpec, match="reasoning"):
+        parse_spec_json('{"task": "text_to_audio", "prompt": "rain", "reasoning": true}')

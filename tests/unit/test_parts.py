@@ -75,3 +75,16 @@ def test_bad_requests_raise_value_error(sampler):
         )
     with pytest.raises(ValueError, match="pad_to"):
         sampler.generate(good, pad_to=1)
+    for scale in (0.5, 31.0):
+        with pytest.raises(ValueError, match=r"cfg_scale must be in \[1, 30\]"):
+            sampler.generate([GenerationRequest(**{**good[0].__dict__, "cfg_scale": scale})])
+
+
+def test_the_model_and_the_job_schema_share_one_set_of_limits():
+    import model.pipeline
+    from model import limits
+    from orchestrator import jobs
+
+    for name in ("MAX_DURATION_S", "MAX_STEPS", "MIN_STEPS", "MIN_CFG_SCALE", "MAX_CFG_SCALE", "MAX_SEED"):
+        assert getattr(jobs, name) is getattr(limits, name), name
+    assert model.pipeline.MAX_SEED == jobs.MAX_SEED == 2**32 - 1  # the reference's uint32 seeds

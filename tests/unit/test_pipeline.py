@@ -102,7 +102,8 @@ def test_tts_with_voice_prompt_text_joins_sentences():
     ("inputs", "match"),
     [
         (TaskInputs(Task.TEXT_TO_AUDIO, prompt=""), "prompt must be a non-empty string"),
-        (TaskInputs(Task.TEXT_TO_AUDIO, prompt="x" * 5000), "limit is 4000"),
+        (TaskInputs(Task.TEXT_TO_AUDIO, prompt="x" * 2001), "limit is 2000"),
+        (TaskInputs(Task.TTS, transcript="x" * 2001), "transcript has 2001 characters; the limit is 2000"),
         (
             TaskInputs(Task.TEXT_TO_AUDIO, prompt="rain", duration_s=0),
             r"duration_s for text_to_audio must be in \(0, 300\]",
@@ -111,7 +112,10 @@ def test_tts_with_voice_prompt_text_joins_sentences():
         (TaskInputs(Task.TTS, transcript="hi", duration_s=30), r"duration_s for tts must be in \(0, 10\.03"),
         (TaskInputs(Task.TEXT_TO_AUDIO, prompt="rain", steps=0), r"steps must be an int in \[1, 1000\]"),
         (TaskInputs(Task.TEXT_TO_AUDIO, prompt="rain", cfg_scale=float("nan")), "cfg_scale"),
+        (TaskInputs(Task.TEXT_TO_AUDIO, prompt="rain", cfg_scale=0.5), r"cfg_scale must be a number in \[1, 30\]"),
+        (TaskInputs(Task.TEXT_TO_AUDIO, prompt="rain", cfg_scale=31.0), r"cfg_scale must be a number in \[1, 30\]"),
         (TaskInputs(Task.TEXT_TO_AUDIO, prompt="rain", seed=-1), "seed must be an int"),
+        (TaskInputs(Task.TEXT_TO_AUDIO, prompt="rain", seed=2**32), r"seed must be an int in \[0, 4294967295\]"),
         (TaskInputs(Task.TTS, transcript="  "), "transcript must be a non-empty string"),
         (TaskInputs(Task.EDIT_ADD, prompt="dog"), r"audio \(the source\) is required"),
         (TaskInputs(Task.EDIT_ADD, prompt="dog", audio=torch.zeros(0)), "empty"),
