@@ -257,8 +257,8 @@ def evaluate_small(settings: EvalSettings) -> dict[str, Any]:
     }
     for task, m in edits.items():
         short = task.removeprefix("edit_")
-        for k, v in m.items():
-            result[f"{short}_{k}"] = round(float(np.nanmean(v)), 2)
+        for name, values in m.items():
+            result[f"{short}_{name}"] = round(float(np.nanmean(values)), 2)
         for kind in ("model", "masked"):
             for metric, better in (("lsd", np.less), ("sisdr", np.greater)):
                 wins = better(np.array(m[f"{metric}_{kind}"]), np.array(m[f"{metric}_baseline"]))

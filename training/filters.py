@@ -17,9 +17,12 @@ import functools
 import logging
 import warnings
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +90,8 @@ class VoiceActivityFilter:
 
 
 @functools.cache
-def _vad_model():
+def _vad_model() -> torch.jit.ScriptModule:
+    """silero-vad's TorchScript model (loaded once per process, from its wheel)."""
     from silero_vad import load_silero_vad
 
     with warnings.catch_warnings():  # silero-vad ships TorchScript; torch flags jit.load as deprecated
@@ -117,7 +121,8 @@ class ClapFilter:
         self.min_score = min_score
         self.model = ClapModel.from_pretrained(weights_dir, local_files_only=True).eval()
         self.processor = ClapProcessor.from_pretrained(weights_dir, local_files_only=True)
-        self.sample_rate = int(self.processor.feature_extractor.sampling_rate)
+        # ProcessorMixin sets its parts (feature_extractor, tokenizer) at run time
+        self.sample_rate = int(self.processor.feature_extractor.sampling_rate)  # type: ignore[attr-defined]
 
     def score(self, event: np.ndarray, sample_rate: int, label: str) -> float:
         import soxr

@@ -180,7 +180,10 @@ def _source_latents(part: SamplerPart, examples: Sequence[TrainExample]) -> Tens
                 "also needs the source's latent (input_concat_dim > 0)"
             )
         else:
-            out.append(part.source_latents([e.audio_window])[0])
+            encoded = part.source_latents([e.audio_window])
+            if encoded is None:  # input_concat_dim > 0 was checked above; the part agrees
+                raise RuntimeError("the sampler part encoded no source latent for an input-concat DiT")
+            out.append(encoded[0])
     return torch.stack(out)
 
 
@@ -203,7 +206,7 @@ def _source_log_mels(part: SamplerPart, examples: Sequence[TrainExample]) -> Ten
     if todo:
         for i, m in zip(todo, part.mel.log_mel(torch.stack(wavs)), strict=True):
             mels[i] = m
-    return torch.stack(mels)
+    return torch.stack([m for m in mels if m is not None])  # every slot is filled by now
 
 
 # --------------------------------------------------------------------------- optimisation
@@ -219,8 +222,9 @@ def trainable_parameters(part: SamplerPart) -> list[nn.Parameter]:
 
 def freeze_vae(part: SamplerPart) -> None:
     """Mark the VAE frozen (no grads, eval mode); it only encodes targets during training."""
-    part.vae.requires_grad_(False)
-    part.vae.eval()
+    vae = part.get_submodule("vae")
+    vae.requires_grad_(False)
+    vae.eval()
 
 
 def make_optimizer(
@@ -356,7 +360,10 @@ class FlowTrainer:
         lr = lr_scale * warmup_lr(self.step_index, base_lr=self.hyper.lr, warmup_steps=self.hyper.warmup_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        draws = draw_step(self.generator, latents.shape[0], tuple(latents.shape[1:]), self.hyper.cond_dropout)
+        if latents.ndim != 3:
+            raise ValueError(f"latents must be (B, C, T), got {tuple(latents.shape)}")
+        latent_shape = (int(latents.shape[1]), int(latents.shape[2]))
+        draws = draw_step(self.generator, latents.shape[0], latent_shape, self.hyper.cond_dropout)
         loss = self.model(latents, examples, draws, self.autocast_dtype)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -143,9 +143,10 @@ def run_precompute(
     init_ray()
     start = time.perf_counter()
     if todo:
-        ds = ray.data.from_items([{"shard": k} for k in todo], override_num_blocks=len(todo))
-        ds = ds.map(
-            _FeatureWriter,
+        items = ray.data.from_items([{"shard": k} for k in todo], override_num_blocks=len(todo))
+        # Ray Data runs a callable class on an actor pool; `Dataset.map`'s annotation names only functions.
+        ds = items.map(
+            _FeatureWriter,  # type: ignore[arg-type]
             fn_constructor_args=(data, preset, config_path, weights, endpoint_url),
             compute=ray.data.ActorPoolStrategy(size=num_workers),
             num_cpus=1,

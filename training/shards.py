@@ -18,12 +18,15 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import numpy as np
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
+
+if TYPE_CHECKING:
+    from orchestrator.storage import Storage
 
 AUDIO_EXTS = frozenset({".wav", ".flac", ".ogg"})
 SHARD_FORMAT = "audio-omni-editpairs/1"
@@ -45,13 +48,13 @@ def features_key(tag: str, index: int) -> str:
 # --------------------------------------------------------------------------- locations
 
 
-def _s3_client(endpoint_url: str | None):
+def _s3_client(endpoint_url: str | None) -> Any:  # a boto3 S3 client (boto3 ships no types)
     from orchestrator.storage import make_s3_client
 
     return make_s3_client(endpoint_url=endpoint_url or os.environ.get(S3_ENDPOINT_ENV), addressing_style="path")
 
 
-def open_storage(uri: str, *, endpoint_url: str | None = None):
+def open_storage(uri: str, *, endpoint_url: str | None = None) -> Storage:
     """A `Storage` for a dataset location: `s3://bucket/prefix` or a local folder (created)."""
     from orchestrator.storage import LocalStorage, S3Storage
 

@@ -363,9 +363,10 @@ def run_synth(
     start = time.perf_counter()
     made = 0
     if todo:
-        ds = ray.data.from_items([{"shard": k} for k in todo], override_num_blocks=len(todo))
-        ds = ds.map(
-            _ShardWriter,
+        items = ray.data.from_items([{"shard": k} for k in todo], override_num_blocks=len(todo))
+        # Ray Data runs a callable class on an actor pool; `Dataset.map`'s annotation names only functions.
+        ds = items.map(
+            _ShardWriter,  # type: ignore[arg-type]
             fn_constructor_args=(settings.to_json(), out, endpoint_url),
             compute=ray.data.ActorPoolStrategy(size=num_workers),
             num_cpus=1,

@@ -25,8 +25,15 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from orchestrator.storage import Storage
+    from training.flow import FlowTrainer, TrainExample
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +114,8 @@ class EditPairData:
     Sized for the small runs this project makes on CPU; a larger dataset would stream shards.
     """
 
-    def __init__(self, storage, tag: str, kinds: tuple[str, ...]) -> None:
+    def __init__(self, storage: Storage, tag: str, kinds: tuple[str, ...]) -> None:
         import numpy as np
-        import torch
         from safetensors.torch import load as st_load
 
         from training.shards import SETTINGS_KEY, decode_shard, examples_of, features_key, shard_key
@@ -151,7 +157,7 @@ class EditPairData:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def batch(self, indices):
+    def batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, list[TrainExample]]:
         """(latents (B, C, T), [TrainExample]) for example indices."""
         import torch
 
@@ -271,7 +277,7 @@ def train_loop(config: dict[str, Any]) -> None:
         save_final(storage, trainer, s, wall_s=time.perf_counter() - start, history=history)
 
 
-def save_checkpoint(storage, trainer) -> str:
+def save_checkpoint(storage: Storage, trainer: FlowTrainer) -> str:
     """Write the trainer state, then point `latest.json` at it (so a torn write is never 'latest')."""
     import torch
 
@@ -283,7 +289,9 @@ def save_checkpoint(storage, trainer) -> str:
     return key
 
 
-def save_final(storage, trainer, settings: TrainSettings, *, wall_s: float, history: list[dict[str, float]]) -> None:
+def save_final(
+    storage: Storage, trainer: FlowTrainer, settings: TrainSettings, *, wall_s: float, history: list[dict[str, float]]
+) -> None:
     """The EMA weights of the whole sampler part (VAE included) under released key names."""
     from safetensors.torch import save
 

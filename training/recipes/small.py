@@ -205,6 +205,10 @@ def fit_codec(part: SamplerPart, clips: Clips, device: torch.device) -> tuple[li
     unit std; decoding capped at the loudest band power seen); returns the means and stds."""
     import torch
 
+    from model.melcodec import MelCodec
+
+    if not isinstance(part.vae, MelCodec):
+        raise ValueError(f"the {PRESET} recipe fits a mel codec; this part's VAE is a {type(part.vae).__name__}")
     wav = torch.from_numpy(np.concatenate([clips[c] for c in CLIPS]))  # (3P, N) mono
     n = part.config.output_samples
     wav = torch.nn.functional.pad(wav[:, :n], (0, max(0, n - wav.shape[-1])))
