@@ -8,7 +8,8 @@
         client.download(job["job_id"], "rain.wav")
 
 Responses are the API's JSON objects as dicts (see `orchestrator.api` for their fields). An error
-response raises `ApiError` carrying the status, the error code, message and field. A 429 is
+response raises `ApiError` (`orchestrator.api_errors`, the class the server raises too) carrying the
+status, the error code, message, field and details. A 429 is
 retried after its `Retry-After` (up to `max_retries` times) before it is raised.
 """
 
@@ -23,34 +24,13 @@ from typing import Any, BinaryIO
 
 import httpx
 
+from orchestrator.api_errors import ApiError
 from orchestrator.jobs import FINAL_STATUSES, JobSpec
 
 __all__ = ["ApiError", "Client", "JobFailed", "WaitTimeout"]
 
 _FINAL = frozenset(s.value for s in FINAL_STATUSES)
 MAX_RETRY_AFTER_S = 60.0
-
-
-class ApiError(Exception):
-    """An error response of the API."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        field: str | None = None,
-        *,
-        retry_after_s: float | None = None,
-        details: list[dict[str, Any]] | None = None,
-    ) -> None:
-        super().__init__(f"{status} {code}: {message}")
-        self.status = status
-        self.code = code
-        self.message = message
-        self.field = field
-        self.retry_after_s = retry_after_s
-        self.details = details or []
 
 
 class WaitTimeout(TimeoutError):
@@ -257,12 +237,12 @@ def _positive(name: str, value: float) -> float:
 
 def _write(dest: str | os.PathLike[str] | BinaryIO, chunks: Iterable[bytes]) -> int:
     written = 0
-    if hasattr(dest, "write"):
+    if not isinstance(dest, str | os.PathLike):  # an open binary file
         for chunk in chunks:
-            dest.write(chunk)  # type: ignore[union-attr]
+            dest.write(chunk)
             written += len(chunk)
         return written
-    path = Path(dest)  # type: ignore[arg-type]
+    path = Path(dest)
     tmp = path.with_name(f".{path.name}.part")
     with tmp.open("wb") as handle:
         for chunk in chunks:

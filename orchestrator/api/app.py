@@ -1,0 +1,74 @@
+"""`create_app`: the API assembled from its routers, middleware, error handlers and services."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fastapi import FastAPI
+
+from orchestrator.api._storage_compat import LegacyInputRules
+from orchestrator.api.deps import InputChecker, Services
+from orchestrator.api.errors import install_error_handlers
+from orchestrator.api.middleware import BodyLimitMiddleware, MetricsMiddleware
+from orchestrator.api.routes import batches, jobs, ops, uploads
+from orchestrator.api.settings import ApiSettings
+from orchestrator.metrics import ApiMetrics
+from orchestrator.queue import JobQueue
+from orchestrator.storage import Storage
+from orchestrator.tenants import TenantStore
+
+if TYPE_CHECKING:
+    from orchestrator.settings import Settings
+
+__all__ = ["API_VERSION", "create_app"]
+
+API_VERSION = "1.0.0"
+MULTIPART_OVERHEAD_BYTES = 64 * 1024  # boundaries and part headers around an uploaded file
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    queue: JobQueue,
+    storage: Storage,
+    tenants: TenantStore,
+    api_settings: ApiSettings | None = None,
+    inputs: InputChecker | None = None,
+) -> FastAPI:
+    """Build the API over a queue, a storage and a tenant store (all shared by the requests).
+
+    `inputs` decides which URIs a tenant may name as job inputs; by default the same
+    `InputResolver` the engine reads through, built from `storage` (the deployment's policy) and
+    `tenants` (each tenant's own rules). `settings` is kept on `app.state` for introspection; the
+    limits of the HTTP layer come from `api_settings`. A storage that cannot presign URLs (a local
+    folder: embedded mode) gets its results served as bytes."""
+    limits = api_settings or ApiSettings()
+    services = Services(
+        queue=queue,
+        storage=storage,
+        tenants=tenants,
+        inputs=inputs if inputs is not None else LegacyInputRules(storage, tenants),
+        limits=limits,
+        metrics=ApiMetrics(),
+    )
+    app = FastAPI(
+        title="Audio-Omni jobs API",
+        version=API_VERSION,
+        description="Submit audio understanding, generation and editing jobs; follow and fetch them.",
+    )
+    app.state.settings = settings
+    app.state.services = services
+    for module in (ops, jobs, batches, uploads):
+        app.include_router(module.router)
+    install_error_handlers(app)
+
+    def body_limit(path: str) -> int:
+        if path == "/v1/uploads":
+            return limits.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
+        if path == "/v1/batches":
+            return limits.max_batch_body_bytes
+        return limits.max_json_body_bytes
+
+    app.add_middleware(BodyLimitMiddleware, limit_for=body_limit)
+    app.add_middleware(MetricsMiddleware, metrics=services.metrics)
+    return app

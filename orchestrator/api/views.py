@@ -1,0 +1,163 @@
+"""The API's request and response bodies (the job spec itself is `orchestrator.jobs.JobSpec`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from orchestrator.api.settings import MAX_BATCH_JOBS
+from orchestrator.audio_io import AudioInfo
+from orchestrator.jobs import BatchStatus, JobRecord, JobSpec, JobStatus, Priority
+
+__all__ = [
+    "BatchCreated",
+    "BatchFailureView",
+    "BatchRequest",
+    "BatchView",
+    "CancelView",
+    "HealthView",
+    "JobView",
+    "ResultView",
+    "UploadView",
+]
+
+
+class JobView(BaseModel):
+    """A job as its tenant sees it."""
+
+    job_id: str
+    status: JobStatus
+    stage: str | None = None
+    attempts: int = 0
+    error: str | None = None
+    priority: Priority
+    batch_id: str | None = None
+    seed: int
+    submitted_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    cancel_requested: bool = False
+    result_available: bool = Field(description="GET /v1/jobs/{id}/result will return the result")
+    text: str | None = Field(None, description="the text answer of an understanding job")
+    spec: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, record: JobRecord) -> JobView:
+        text = record.extra.get("text")
+        return cls(
+            job_id=record.job_id,
+            status=record.status,
+            stage=record.stage,
+            attempts=record.attempts,
+            error=record.error,
+            priority=record.priority,
+            batch_id=record.batch_id,
+            seed=record.seed,
+            submitted_at=record.submitted_at,
+            started_at=record.started_at,
+            finished_at=record.finished_at,
+            cancel_requested=record.cancel_requested,
+            result_available=record.status is JobStatus.SUCCEEDED and bool(record.result_uri),
+            text=text if isinstance(text, str) else None,
+            spec=None if record.spec is None else record.spec.model_dump(mode="json", exclude_none=True),
+        )
+
+
+class BatchRequest(BaseModel):
+    """Many jobs submitted as one batch (all of the caller's tenant)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    jobs: list[JobSpec] = Field(min_length=1, max_length=MAX_BATCH_JOBS)
+
+
+class BatchCreated(BaseModel):
+    batch_id: str
+    total: int
+    job_ids: list[str]
+
+
+class BatchFailureView(BaseModel):
+    job_id: str
+    status: JobStatus | None
+    error: str | None
+
+
+class BatchView(BaseModel):
+    batch_id: str
+    total: int
+    counts: dict[str, int]
+    finished: int
+    done: bool
+    created_at: float | None
+    failures: list[BatchFailureView]
+    failures_total: int
+    next_offset: int | None
+
+    @classmethod
+    def of(cls, status: BatchStatus) -> BatchView:
+        return cls(
+            batch_id=status.batch_id,
+            total=status.total,
+            counts={s.value: n for s, n in status.counts.items()},
+            finished=status.finished,
+            done=status.done,
+            created_at=status.created_at,
+            failures=[BatchFailureView(job_id=f.job_id, status=f.status, error=f.error) for f in status.failures],
+            failures_total=status.failures_total,
+            next_offset=status.next_offset,
+        )
+
+
+class CancelView(BaseModel):
+    job_id: str
+    status: JobStatus
+    cancel_requested: bool
+
+
+class ResultView(BaseModel):
+    """Where to fetch a finished job's result (service mode)."""
+
+    job_id: str
+    url: str = Field(description="presigned GET URL of the result object")
+    expires_s: int
+    uri: str
+    content_type: str
+    sha256: str | None = None
+    size_bytes: int | None = None
+    metadata_url: str | None = None
+    text: str | None = None
+
+
+class UploadView(BaseModel):
+    """An accepted input file: pass `uri` as a job's input."""
+
+    upload_id: str
+    uri: str
+    size_bytes: int
+    sha256: str
+    format: str
+    sample_rate: int
+    channels: int
+    frames: int
+    duration_s: float
+
+    @classmethod
+    def of(cls, upload_id: str, uri: str, size_bytes: int, sha256: str, info: AudioInfo) -> UploadView:
+        return cls(
+            upload_id=upload_id,
+            uri=uri,
+            size_bytes=size_bytes,
+            sha256=sha256,
+            format=info.format,
+            sample_rate=info.sample_rate,
+            channels=info.channels,
+            frames=info.frames,
+            duration_s=round(info.duration_s, 6),
+        )
+
+
+class HealthView(BaseModel):
+    status: str
+    redis: bool
