@@ -112,9 +112,11 @@ def cast_dit(dit: nn.Module, precision: str | Precision) -> nn.Module:
 
 
 class _SamplerLike(Protocol):
-    dit: nn.Module
-    vae: nn.Module
-    mel: nn.Module
+    # Read-only: a part holds a subclass of Module (a settable Protocol attribute would be invariant).
+    # The FLOAT32_PARTS children are looked up by name.
+    @property
+    def dit(self) -> nn.Module: ...
+
     autocast_dtype: torch.dtype | None
 
 

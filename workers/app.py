@@ -8,11 +8,19 @@ same three calls over in-process model parts (no Ray), for tests and the bare be
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from workers.encoder import EncoderDeployment
 from workers.sampler import SamplerDeployment
-from workers.settings import PoolSettings, WorkerSettings
+from workers.settings import MAX_JOB_S, PoolSettings, WorkerSettings
+
+if TYPE_CHECKING:
+    import torch
+    from ray.serve import Application
+    from ray.serve.handle import DeploymentHandle
+
+    from model.mllm import MLLMPrompt, UnderstandRequest
+    from model.requests import GenerationRequest
 
 ENCODER = "encoder"
 SAMPLER = "sampler"
@@ -48,17 +56,16 @@ def backlog_key(prefix: str) -> str:
     return f"{prefix}autoscale:backlog"
 
 
-def build_apps(settings: WorkerSettings) -> dict[str, Any]:
+def build_apps(settings: WorkerSettings) -> dict[str, Application]:
     """The bound Serve applications {name: app} of both pools, configured from `settings`."""
     from ray import serve
 
-    apps = {}
+    apps: dict[str, Application] = {}
     for which, cls, pool in (
         (ENCODER, EncoderDeployment, settings.encoder),
         (SAMPLER, SamplerDeployment, settings.sampler),
     ):
         deployment = serve.deployment(
-            cls,
             name=cls.__name__,
             ray_actor_options={"num_cpus": pool.num_cpus, "num_gpus": pool.num_gpus},
             autoscaling_config=_autoscaling_config(pool, settings, which),
@@ -66,12 +73,12 @@ def build_apps(settings: WorkerSettings) -> dict[str, Any]:
             graceful_shutdown_timeout_s=pool.graceful_shutdown_timeout_s,
             graceful_shutdown_wait_loop_s=1.0,
             health_check_period_s=pool.health_check_period_s,
-        )
+        )(cls)
         apps[f"{settings.app_name}-{which}"] = deployment.bind(settings)
     return apps
 
 
-def app_builder(args: dict[str, Any]) -> Any:
+def app_builder(args: dict[str, Any]) -> Application:
     """Serve application builder for a cluster's Serve config (`import_path: workers.app:app_builder`).
 
     `args = {"pool": "encoder" | "sampler", "env": {"AUDIO_OMNI_...": ...}}`: the settings travel in
@@ -112,7 +119,7 @@ class ServePools:
     which replicas outlast when they drain); a call past it raises, and the engine retries the job.
     """
 
-    def __init__(self, encoder: Any, sampler: Any, *, timeout_s: float = WorkerSettings.max_job_s) -> None:
+    def __init__(self, encoder: DeploymentHandle, sampler: DeploymentHandle, *, timeout_s: float = MAX_JOB_S) -> None:
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         self._encoder = encoder
@@ -120,21 +127,26 @@ class ServePools:
         self.timeout_s = timeout_s
 
     @classmethod
-    def connect(cls, app_name: str, *, timeout_s: float = WorkerSettings.max_job_s) -> ServePools:
+    def connect(cls, app_name: str, *, timeout_s: float = MAX_JOB_S) -> ServePools:
         from ray import serve
 
         encoder = serve.get_deployment_handle(EncoderDeployment.__name__, app_name=f"{app_name}-{ENCODER}")
         sampler = serve.get_deployment_handle(SamplerDeployment.__name__, app_name=f"{app_name}-{SAMPLER}")
         return cls(encoder, sampler, timeout_s=timeout_s)
 
-    def encode(self, prompt: Any) -> Any:
-        return self._encoder.encode.remote(prompt).result(timeout_s=self.timeout_s)
+    def encode(self, prompt: MLLMPrompt) -> torch.Tensor:
+        """Hidden states (L, D) of one prompt, batched with other callers' prompts by the pool."""
+        hidden: torch.Tensor = self._encoder.encode.remote(prompt).result(timeout_s=self.timeout_s)
+        return hidden
 
-    def understand(self, request: Any) -> str:
-        return self._encoder.understand.remote(request).result(timeout_s=self.timeout_s)
+    def understand(self, request: UnderstandRequest) -> str:
+        answer: str = self._encoder.understand.remote(request).result(timeout_s=self.timeout_s)
+        return answer
 
-    def generate(self, request: Any) -> Any:
-        return self._sampler.generate.remote(request).result(timeout_s=self.timeout_s)
+    def generate(self, request: GenerationRequest) -> torch.Tensor:
+        """(C, N) float32 audio of one segment."""
+        audio: torch.Tensor = self._sampler.generate.remote(request).result(timeout_s=self.timeout_s)
+        return audio
 
     def sampler_stats(self) -> dict[int, int]:
         """Sampling-loop batch sizes summed over the replicas reached now ({size: loops})."""
@@ -144,14 +156,14 @@ class ServePools:
                 total[int(size)] = total.get(int(size), 0) + int(loops)
         return total
 
-    def sampler_replica_stats(self, probes: int = 8) -> dict[Any, dict[int, int]]:
+    def sampler_replica_stats(self, probes: int = 8) -> dict[str | float, dict[int, int]]:
         """Cumulative batch-size counters per sampler replica ({replica: {size: loops}}).
 
         A handle call reaches one replica, so `probes` concurrent calls are spread over the replicas
         by Serve's router; a replica is told apart by its `replica_id` (or its model load time).
         """
         responses = [self._sampler.stats.remote() for _ in range(probes)]
-        out: dict[Any, dict[int, int]] = {}
+        out: dict[str | float, dict[int, int]] = {}
         for response in responses:
             stats = response.result(timeout_s=60)
             out[stats.get("replica_id", stats["load_s"])] = {int(k): int(v) for k, v in stats["batch_sizes"].items()}

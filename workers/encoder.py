@@ -15,10 +15,21 @@ import asyncio
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from ray import serve
 
+from workers.batching import configure_batching
 from workers.settings import WorkerSettings
+
+if TYPE_CHECKING:
+    import torch
+
+    from model.mllm import MLLMPrompt, UnderstandRequest
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class EncoderDeployment:
@@ -39,13 +50,10 @@ class EncoderDeployment:
         # The thinker keeps per-call state on the module (rope deltas, caches): one call at a time.
         self._model_lock = threading.Lock()
         # Batching knobs come from settings, not from the decorator's defaults.
-        self.encode.set_max_batch_size(settings.encoder.max_batch_size)
-        self.encode.set_batch_wait_timeout_s(settings.encoder.batch_wait_timeout_s)
-        self.understand.set_max_batch_size(settings.encoder.max_batch_size)
-        self.understand.set_batch_wait_timeout_s(settings.encoder.batch_wait_timeout_s)
+        configure_batching(settings.encoder, self.encode, self.understand)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
-    async def encode(self, prompts: list) -> list:
+    async def encode(self, prompts: list[MLLMPrompt]) -> list[torch.Tensor]:
         """Hidden states (L_i, D) in bfloat16, one per prompt, computed in one thinker pass."""
         self.batch_sizes[len(prompts)] += 1
         # In a thread, so the replica keeps gathering the next batch meanwhile.
@@ -53,7 +61,7 @@ class EncoderDeployment:
         return [h.cpu() for h in hidden]
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
-    async def understand(self, requests: list) -> list:
+    async def understand(self, requests: list[UnderstandRequest]) -> list[str]:
         """One text answer per request, generated in one batch."""
         self.batch_sizes[len(requests)] += 1
         return await asyncio.to_thread(
@@ -63,12 +71,12 @@ class EncoderDeployment:
             max_new_tokens=self.settings.understand_max_new_tokens,
         )
 
-    def _locked(self, fn, *args, **kwargs):
+    def _locked(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """Run a model call under the model lock (encode and understand batches share the thinker)."""
         with self._model_lock:
             return fn(*args, **kwargs)
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, object]:
         """Batch-size histogram of this replica and its load time."""
         return {"batch_sizes": dict(self.batch_sizes), "load_s": self.load_s}
 

@@ -12,10 +12,17 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter, defaultdict
+from typing import TYPE_CHECKING
 
 from ray import serve
 
+from workers.batching import configure_batching
 from workers.settings import WorkerSettings
+
+if TYPE_CHECKING:
+    import torch
+
+    from model.requests import GenerationRequest
 
 
 class SamplerDeployment:
@@ -35,16 +42,15 @@ class SamplerDeployment:
         self.precision = apply_precision(self.sampler, settings.resolved_precision)
         self.load_s = time.monotonic() - started
         self.batch_sizes: Counter[int] = Counter()
-        self.generate.set_max_batch_size(settings.sampler.max_batch_size)
-        self.generate.set_batch_wait_timeout_s(settings.sampler.batch_wait_timeout_s)
+        configure_batching(settings.sampler, self.generate)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
-    async def generate(self, requests: list) -> list:
+    async def generate(self, requests: list[GenerationRequest]) -> list[torch.Tensor]:
         """(C, N) float32 audio per request; compatible requests share one sampling loop."""
         groups: dict[int, list[int]] = defaultdict(list)
         for i, request in enumerate(requests):
             groups[request.batch_key].append(i)
-        out: list = [None] * len(requests)
+        out: dict[int, torch.Tensor] = {}
         for idx in groups.values():
             self.batch_sizes[len(idx)] += 1
             group = [requests[i] for i in idx]
@@ -56,9 +62,9 @@ class SamplerDeployment:
             audio = await asyncio.to_thread(self.sampler.generate, group, pad_to=pad_to)  # (len(idx), C, N)
             for i, clip in zip(idx, audio, strict=True):
                 out[i] = clip.cpu()
-        return out
+        return [out[i] for i in range(len(requests))]
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, object]:
         """Batch-size histogram (sampling loops by size) of this replica and its load time."""
         return {"batch_sizes": dict(self.batch_sizes), "load_s": self.load_s, "precision": str(self.precision)}
 

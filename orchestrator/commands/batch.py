@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from workers.settings import DEFAULT_PRESET
+
 RELEASED_MODEL_HINT = (
     "      To run the released model: download the Audio-Omni checkpoint (model.ckpt) and "
     "Qwen/Qwen2.5-Omni-3B, set QWEN_OMNI_MODEL_PATH to the Qwen folder, then on a GPU machine:\n"
@@ -38,7 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder to write results into")
     model = parser.add_argument_group("model")
     model.add_argument(
-        "--preset", default="small", help="model preset (small, tiny, full); default small, the packaged model"
+        "--preset",
+        default=DEFAULT_PRESET,
+        help=f"model preset (small, tiny, full); default {DEFAULT_PRESET}, the packaged model",
     )
     model.add_argument("--config", default=None, help="a model_config.json (overrides --preset)")
     model.add_argument("--weights", default=None, help="checkpoint (model.ckpt, safetensors or converted folder)")

@@ -20,8 +20,10 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
+
+from workers.settings import DEFAULT_PRESET, WorkerSettings
 
 HOUSEKEEPING_EVERY_S = 1.0
 BATCH_STATS_EVERY_S = 10.0
@@ -66,8 +68,8 @@ class Service:
         self.options = options
         if worker_settings.backlog_redis_url is None:
             # Backlog-driven autoscaling reads the same Redis this service reports into.
-            worker_settings = replace(
-                worker_settings, backlog_redis_url=settings.redis_url, backlog_prefix=settings.redis_prefix
+            worker_settings = worker_settings.replace(
+                backlog_redis_url=settings.redis_url, backlog_prefix=settings.redis_prefix
             )
         self.worker_settings = worker_settings
         self.redis = redis.Redis.from_url(settings.redis_url)
@@ -202,7 +204,11 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     conn.add_argument("--ray-address", default=None, help="Ray cluster to join (default: start a local one)")
     conn.add_argument("--num-cpus", type=float, default=None, help="CPUs of a local Ray (default: all)")
     model = parser.add_argument_group("model")
-    model.add_argument("--preset", default=None, help="model preset (tiny, small, full); default tiny")
+    model.add_argument(
+        "--preset",
+        default=None,
+        help=f"model preset (small, tiny, full); default AUDIO_OMNI_PRESET, else {DEFAULT_PRESET}",
+    )
     model.add_argument("--config", default=None, help="a model_config.json (overrides --preset)")
     model.add_argument("--weights", default=None, help="checkpoint (model.ckpt, safetensors or converted folder)")
     model.add_argument("--device", default=None, help="cpu or cuda")
@@ -225,16 +231,13 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     run.add_argument("--max-input-audio-s", type=float, default=300.0, help="input audio length limit (s)")
 
 
-def _worker_settings(args: argparse.Namespace) -> Any:
-    from workers.settings import WorkerSettings
-
+def _worker_settings(args: argparse.Namespace) -> WorkerSettings:
     ws = WorkerSettings.from_env(
         preset=args.preset, config_path=args.config, weights=args.weights, device=args.device, app_name=args.app_name
     )
     sampler, encoder = ws.sampler, ws.encoder
     if args.max_batch_size is not None:
-        sampler = replace(
-            sampler,
+        sampler = sampler.replace(
             max_batch_size=args.max_batch_size,
             max_ongoing_requests=max(sampler.max_ongoing_requests, args.max_batch_size),
         )
@@ -243,8 +246,7 @@ def _worker_settings(args: argparse.Namespace) -> Any:
         ("encoder", args.encoder_min_replicas, args.encoder_max_replicas),
     ):
         pool = sampler if pool_name == "sampler" else encoder
-        pool = replace(
-            pool,
+        pool = pool.replace(
             min_replicas=pool.min_replicas if lo is None else lo,
             max_replicas=pool.max_replicas if hi is None else hi,
         )
@@ -252,7 +254,7 @@ def _worker_settings(args: argparse.Namespace) -> Any:
             sampler = pool
         else:
             encoder = pool
-    return replace(ws, sampler=sampler, encoder=encoder)
+    return ws.replace(sampler=sampler, encoder=encoder)
 
 
 def run(args: argparse.Namespace) -> int:

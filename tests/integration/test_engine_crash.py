@@ -45,7 +45,7 @@ def _engine(app_name: str, consumer: str, env: dict, log: Path) -> subprocess.Po
 
     cmd = [
         sys.executable, "-m", "orchestrator.cli", "serve",
-        "--no-deploy", "--app-name", app_name,
+        "--no-deploy", "--app-name", app_name, "--preset", "tiny",  # the preset the pools were deployed with
         "--ray-address", ray.get_runtime_context().gcs_address,
         "--lease-s", "3", "--max-in-flight", "4", "--consumer", consumer, "--drain",
     ]  # fmt: skip

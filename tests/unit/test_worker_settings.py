@@ -154,7 +154,8 @@ def test_bad_values_are_refused_with_the_value_and_the_rule(env, message):
 
 
 def test_keyword_construction_checks_the_same_rules():
-    with pytest.raises(ValueError, match=r"initial_replicas \(5\) must lie in \[min_replicas, max_replicas\] = \[1, 2\]"):
+    rule = r"initial_replicas \(5\) must lie in \[min_replicas, max_replicas\] = \[1, 2\]"
+    with pytest.raises(ValueError, match=rule):
         PoolSettings(max_replicas=2, initial_replicas=5)
     with pytest.raises(ValueError, match="Extra inputs are not permitted"):
         WorkerSettings(presets="tiny")
@@ -167,3 +168,31 @@ def test_settings_are_frozen_and_survive_pickling_unchanged(monkeypatch):
     assert copy == s and copy.preset == "tiny" and copy.sampler.max_batch_size == 4
     with pytest.raises(ValueError, match="frozen"):
         s.preset = "full"  # type: ignore[misc]
+
+
+def test_replace_checks_the_copy_and_reads_no_environment(monkeypatch):
+    s = WorkerSettings.from_env({"AUDIO_OMNI_PRESET": "tiny"})
+    monkeypatch.setenv("AUDIO_OMNI_DEVICE", "cuda")
+    copy = s.replace(sampler=s.sampler.replace(max_batch_size=16), backlog_prefix="p:")
+    assert (copy.preset, copy.device, copy.sampler.max_batch_size, copy.backlog_prefix) == ("tiny", "cpu", 16, "p:")
+    assert s.sampler.max_batch_size == PoolSettings().max_batch_size  # the original is unchanged
+    with pytest.raises(ValueError, match=r"max_ongoing_requests \(32\) must be >= max_batch_size \(64\)"):
+        s.sampler.replace(max_batch_size=64)
+    with pytest.raises(ValueError, match=r"sampler.graceful_shutdown_timeout_s \(60.0\) must exceed max_job_s"):
+        s.replace(sampler=s.sampler.replace(graceful_shutdown_timeout_s=60.0))
+
+
+def test_serve_and_batch_default_to_the_same_preset():
+    import argparse
+
+    from orchestrator.commands import batch, serve
+    from workers.settings import DEFAULT_PRESET
+
+    parsed = {}
+    for module in (batch, serve):
+        parser = argparse.ArgumentParser()
+        module.add_arguments(parser, module.__name__.rsplit(".", 1)[1])
+        args = parser.parse_args(["x.jsonl", "--out", "o"] if module is batch else [])
+        parsed[module.__name__] = args
+    assert parsed["orchestrator.commands.batch"].preset == DEFAULT_PRESET == WorkerSettings().preset
+    assert serve._worker_settings(parsed["orchestrator.commands.serve"]).preset == DEFAULT_PRESET
