@@ -17,12 +17,14 @@ from orchestrator.storage import (
     InputNotAllowed,
     InputNotFound,
     InputPolicy,
+    InputResolver,
     InputTooLarge,
     ObjectNotFound,
     RetryableError,
     S3Storage,
     StorageError,
     StorageUnavailable,
+    input_resolver_from_settings,
     make_s3_client,
     storage_from_settings,
 )
@@ -51,16 +53,21 @@ def raw(s3_endpoint):
 
 @pytest.fixture()
 def store(s3_endpoint, s3_bucket) -> S3Storage:
-    policy = InputPolicy([f"s3://{s3_bucket}/uploads/{{tenant}}/"])
     return S3Storage(
         s3_bucket,
         client=_client(s3_endpoint),
         prefix="results/",
-        policy=policy,
         multipart_threshold_bytes=MIN_PART_BYTES,
         multipart_chunk_bytes=MIN_PART_BYTES,
         max_concurrency=2,
     )
+
+
+@pytest.fixture()
+def inputs(store: S3Storage, s3_bucket) -> InputResolver:
+    """The input rules of a service: the tenant's own upload folder, plus its own results."""
+    policy = InputPolicy([f"s3://{s3_bucket}/uploads/{{tenant}}/"])
+    return InputResolver(store, policy, s3_client=store.client)
 
 
 def _keys(raw, bucket: str) -> list[str]:
@@ -103,7 +110,7 @@ def test_multipart_above_threshold(store: S3Storage, raw, s3_bucket):
     assert "-" not in store.head(small).etag  # below the threshold: one PUT
 
 
-def test_tampered_object_is_detected_on_read(store: S3Storage, raw, s3_bucket):
+def test_tampered_object_is_detected_on_read(store: S3Storage, inputs: InputResolver, raw, s3_bucket):
     key = store.result_key("acme", "j2", "wav")
     store.put(key, WAV)
     recorded = raw.head_object(Bucket=s3_bucket, Key=key)["Metadata"]
@@ -114,7 +121,7 @@ def test_tampered_object_is_detected_on_read(store: S3Storage, raw, s3_bucket):
     assert caught.value.expected == hashlib.sha256(WAV).hexdigest()
     assert store.get(key, verify=False) == b"RIFF-tampered"
     with pytest.raises(ChecksumMismatch):
-        store.read_input(store.uri(key), tenant="acme", max_bytes=1 << 20)
+        inputs.read(store.uri(key), tenant="acme", max_bytes=1 << 20)
 
 
 def test_presigned_url_serves_the_bytes(store: S3Storage):
@@ -147,14 +154,14 @@ def test_put_result_is_deterministic_and_idempotent(store: S3Storage, raw, s3_bu
     assert store.head(first.metadata_key).content_type == "application/json"
 
 
-def test_input_policy_against_real_objects(store: S3Storage, raw, s3_bucket):
+def test_input_policy_against_real_objects(store: S3Storage, inputs: InputResolver, raw, s3_bucket):
     for key in ("uploads/acme/in.wav", "uploads/globex/in.wav"):
         raw.put_object(Bucket=s3_bucket, Key=key, Body=WAV)
     own = store.put_result(tenant="acme", job_id="j5", data=WAV, metadata={})
     limit = 1 << 20
-    assert store.read_input(f"s3://{s3_bucket}/uploads/acme/in.wav", tenant="acme", max_bytes=limit) == WAV
+    assert inputs.read(f"s3://{s3_bucket}/uploads/acme/in.wav", tenant="acme", max_bytes=limit) == WAV
     # A tenant may read back its own results (editing a generated clip).
-    assert store.read_input(own.result_uri, tenant="acme", max_bytes=limit) == WAV
+    assert inputs.read(own.result_uri, tenant="acme", max_bytes=limit) == WAV
     refused = [
         f"s3://{s3_bucket}/uploads/globex/in.wav",  # another tenant's uploads, object exists
         own.result_uri.replace("/acme/", "/globex/"),  # another tenant's results
@@ -163,20 +170,20 @@ def test_input_policy_against_real_objects(store: S3Storage, raw, s3_bucket):
     ]
     for uri in refused:
         with pytest.raises(InputNotAllowed, match="refused"):
-            store.read_input(uri, tenant="acme", max_bytes=limit)
+            inputs.read(uri, tenant="acme", max_bytes=limit)
     with pytest.raises(InputNotAllowed, match="tenant 'globex' may read"):
-        store.read_input(f"s3://{s3_bucket}/uploads/acme/in.wav", tenant="globex", max_bytes=limit)
+        inputs.read(f"s3://{s3_bucket}/uploads/acme/in.wav", tenant="globex", max_bytes=limit)
 
 
-def test_input_size_limit_and_missing_object(store: S3Storage, raw, s3_bucket):
+def test_input_size_limit_and_missing_object(inputs: InputResolver, raw, s3_bucket):
     raw.put_object(Bucket=s3_bucket, Key="uploads/acme/big.wav", Body=WAV)
     uri = f"s3://{s3_bucket}/uploads/acme/big.wav"
     with pytest.raises(InputTooLarge, match=rf"is {len(WAV)} bytes, over the limit of 1000 bytes"):
-        store.read_input(uri, tenant="acme", max_bytes=1000)
-    assert store.read_input(uri, tenant="acme", max_bytes=len(WAV)) == WAV
+        inputs.read(uri, tenant="acme", max_bytes=1000)
+    assert inputs.read(uri, tenant="acme", max_bytes=len(WAV)) == WAV
     missing = f"s3://{s3_bucket}/uploads/acme/none.wav"
     with pytest.raises(InputNotFound, match="input not found") as caught:
-        store.read_input(missing, tenant="acme", max_bytes=1000)
+        inputs.read(missing, tenant="acme", max_bytes=1000)
     assert caught.value.uri == missing
 
 
@@ -186,8 +193,9 @@ def test_unreachable_endpoint_is_retryable():
         port = s.getsockname()[1]
     client = _client(f"http://127.0.0.1:{port}", max_attempts=1, connect_timeout_s=1, read_timeout_s=1)
     store = S3Storage("results", client=client)
+    inputs = InputResolver(store, InputPolicy(), s3_client=client)
     with pytest.raises(StorageUnavailable, match="transient") as caught:
-        store.read_input("s3://results/acme/j/j.wav", tenant="acme", max_bytes=10)
+        inputs.read("s3://results/acme/j/j.wav", tenant="acme", max_bytes=10)
     assert isinstance(caught.value, RetryableError)
     with pytest.raises(StorageUnavailable):
         store.put("acme/j/j.wav", b"x")
@@ -216,4 +224,24 @@ def test_factory_builds_working_s3_storage(s3_endpoint, s3_bucket, raw):
     assert loc.result_key == "svc/acme/j6/j6.flac"
     assert raw.get_object(Bucket=s3_bucket, Key=loc.result_key)["Body"].read() == WAV
     raw.put_object(Bucket=s3_bucket, Key="in/acme/x.wav", Body=b"abc")
-    assert store.read_input(f"s3://{s3_bucket}/in/acme/x.wav", tenant="acme", max_bytes=3) == b"abc"
+    inputs = input_resolver_from_settings(
+        store, bucket=s3_bucket, prefix="svc", allowed_input_s3=[f"s3://{s3_bucket}/in/{{tenant}}/"]
+    )
+    assert inputs.s3_client is store.client  # service mode reads inputs with the storage's client
+    assert inputs.read(f"s3://{s3_bucket}/in/acme/x.wav", tenant="acme", max_bytes=3) == b"abc"
+    assert inputs.read(loc.result_uri, tenant="acme", max_bytes=len(WAV)) == WAV
+
+
+def test_key_of_inverts_uri_for_own_objects_only(store: S3Storage, s3_bucket):
+    key = store.result_key("acme", "j7", "wav")
+    assert store.key_of(store.uri(key)) == key
+    assert store.key_of(f"s3://{s3_bucket}/uploads/acme/in.wav") == "uploads/acme/in.wav"
+    for uri in (
+        f"s3://other-{s3_bucket}/{key}",
+        f"s3://{s3_bucket}/",
+        f"s3://{s3_bucket}/results/acme/../globex/x.wav",
+        f"s3://{s3_bucket}/results//x.wav",
+        f"s3:/{s3_bucket}/{key}",
+        f"file:///{s3_bucket}/{key}",
+    ):
+        assert store.key_of(uri) is None, uri

@@ -14,11 +14,13 @@ from orchestrator.storage import (
     InputNotAllowed,
     InputNotFound,
     InputPolicy,
+    InputResolver,
     InputTooLarge,
     LocalStorage,
     ObjectNotFound,
     PermanentError,
     S3Location,
+    input_resolver_from_settings,
     metadata_key,
     result_key,
     storage_from_settings,
@@ -34,13 +36,13 @@ def store(tmp_path: Path) -> LocalStorage:
 
 
 @pytest.fixture()
-def embedded(tmp_path: Path) -> tuple[LocalStorage, Path]:
+def embedded(tmp_path: Path) -> tuple[InputResolver, Path]:
     """Embedded storage whose inputs must lie under tmp_path/inputs."""
     root = tmp_path / "inputs"
     (root / "clips").mkdir(parents=True)
     (root / "clips" / "a.wav").write_bytes(WAV)
     policy = InputPolicy(input_root=root, embedded=True)
-    return LocalStorage(tmp_path / "out", policy=policy), root
+    return InputResolver(LocalStorage(tmp_path / "out"), policy), root
 
 
 # --------------------------------------------------------------------------- keys
@@ -151,9 +153,7 @@ def test_put_result_writes_result_then_metadata_beside_it(store: LocalStorage):
         tenant="acme", job_id="j9", batch_id="b1", data=WAV, ext="wav", metadata={"seed": 7, "task": "tts"}
     )
     assert again == loc
-    files = sorted(
-        p.name for p in (store.root / "runs" / "acme" / "b1").iterdir() if not p.name.startswith(".")
-    )
+    files = sorted(p.name for p in (store.root / "runs" / "acme" / "b1").iterdir() if not p.name.startswith("."))
     assert files == ["j9.json", "j9.wav"]
 
 
@@ -176,19 +176,19 @@ def test_put_result_metadata_only_and_validation(store: LocalStorage):
 
 def test_local_input_under_root_is_read(embedded):
     store, root = embedded
-    assert store.read_input("clips/a.wav", tenant="acme", max_bytes=1 << 20) == WAV
-    assert store.read_input(str(root / "clips" / "a.wav"), tenant="acme", max_bytes=1 << 20) == WAV
-    assert store.read_input((root / "clips" / "a.wav").as_uri(), tenant="acme", max_bytes=1 << 20) == WAV
+    assert store.read("clips/a.wav", tenant="acme", max_bytes=1 << 20) == WAV
+    assert store.read(str(root / "clips" / "a.wav"), tenant="acme", max_bytes=1 << 20) == WAV
+    assert store.read((root / "clips" / "a.wav").as_uri(), tenant="acme", max_bytes=1 << 20) == WAV
 
 
 def test_local_input_size_limit_and_missing(embedded):
     store, _ = embedded
     with pytest.raises(InputTooLarge, match=rf"{len(WAV)} bytes, over the limit of 100 bytes"):
-        store.read_input("clips/a.wav", tenant="acme", max_bytes=100)
+        store.read("clips/a.wav", tenant="acme", max_bytes=100)
     with pytest.raises(InputNotFound, match=r"clips/nope\.wav"):
-        store.read_input("clips/nope.wav", tenant="acme", max_bytes=100)
+        store.read("clips/nope.wav", tenant="acme", max_bytes=100)
     with pytest.raises(ValueError, match="max_bytes 0 is invalid"):
-        store.read_input("clips/a.wav", tenant="acme", max_bytes=0)
+        store.read("clips/a.wav", tenant="acme", max_bytes=0)
 
 
 def test_local_escapes_are_refused(embedded, tmp_path: Path):
@@ -208,14 +208,14 @@ def test_local_escapes_are_refused(embedded, tmp_path: Path):
     }
     for uri, rule in cases.items():
         with pytest.raises(InputNotAllowed, match=rule) as caught:
-            store.read_input(uri, tenant="acme", max_bytes=1 << 20)
+            store.read(uri, tenant="acme", max_bytes=1 << 20)
         assert caught.value.uri == uri
 
 
 def test_symlink_inside_root_is_allowed(embedded):
     store, root = embedded
     os.symlink(root / "clips" / "a.wav", root / "alias.wav")
-    assert store.read_input("alias.wav", tenant="acme", max_bytes=1 << 20) == WAV
+    assert store.read("alias.wav", tenant="acme", max_bytes=1 << 20) == WAV
 
 
 REFUSED_EVERYWHERE = {
@@ -281,16 +281,19 @@ def test_bad_policy_rules_are_refused():
 
 
 def test_embedded_s3_input_without_client_is_refused(tmp_path: Path):
-    store = LocalStorage(tmp_path, policy=InputPolicy(["uploads"], embedded=True))
-    with pytest.raises(InputNotAllowed, match="no S3 client"):
-        store.read_input("s3://uploads/acme/a.wav", tenant="acme", max_bytes=10)
+    inputs = InputResolver(LocalStorage(tmp_path), InputPolicy(["uploads"], embedded=True))
+    inputs.check("s3://uploads/acme/a.wav", tenant="acme")  # allowed by the rules ...
+    with pytest.raises(InputNotAllowed, match="no S3 client"):  # ... but there is nothing to read it with
+        inputs.read("s3://uploads/acme/a.wav", tenant="acme", max_bytes=10)
 
 
 def test_factory_builds_embedded_storage_and_checks_arguments(tmp_path: Path):
     store = storage_from_settings(local_root=tmp_path / "out", input_root=tmp_path, prefix="p")
     assert isinstance(store, LocalStorage)
     assert store.prefix == "p/"
-    assert store.policy.embedded
+    inputs = input_resolver_from_settings(store, local_root=tmp_path / "out", input_root=tmp_path, prefix="p")
+    assert inputs.policy.embedded and inputs.policy.input_root == tmp_path.resolve()
+    assert inputs.s3_client is None  # no S3 input rules: no client
     with pytest.raises(ValueError, match="exactly one of bucket"):
         storage_from_settings(bucket="b-1", local_root=tmp_path)
     with pytest.raises(ValueError, match="exactly one of bucket"):
@@ -315,3 +318,65 @@ def test_errors_survive_pickling():
         assert type(copy) is type(error)
         assert str(copy) == str(error)
         assert vars(copy) == vars(error)
+
+
+# --------------------------------------------------------------------------- own objects (key_of)
+
+
+def test_key_of_inverts_uri_and_rejects_anything_else(store: LocalStorage, tmp_path: Path):
+    key = store.result_key("acme", "job-1", "wav")
+    assert store.key_of(store.uri(key)) == key
+    assert store.key_of(store.uri("runs/acme/uploads/u1.wav")) == "runs/acme/uploads/u1.wav"
+    outside = (tmp_path / "elsewhere" / "a.wav").as_uri()
+    for uri in (
+        outside,
+        "s3://bucket/runs/acme/a.wav",
+        "runs/acme/a.wav",  # a key, not a URI
+        store.uri(key).replace("file://", "file://otherhost"),
+        store.uri(key) + "?x=1",
+        store.uri(key).replace("/acme/", "/acme/../globex/"),
+        store.uri(key).replace("/acme/", "/.hidden/"),
+        "",
+    ):
+        assert store.key_of(uri) is None, uri
+
+
+def test_a_tenant_reads_its_own_results_and_no_one_elses(tmp_path: Path):
+    """The embedded-mode rule the API and the engine share: file:// under the tenant's own prefix."""
+    store = LocalStorage(tmp_path / "out", prefix="runs/")
+    inputs = InputResolver(store, InputPolicy(embedded=True))  # no input root: only own objects
+    mine = store.put_result(tenant="acme", job_id="j1", metadata={}, data=WAV).result_uri
+    theirs = store.put_result(tenant="globex", job_id="j2", metadata={}, data=WAV).result_uri
+    assert mine is not None and theirs is not None
+    inputs.check(mine, tenant="acme")
+    assert inputs.read(mine, tenant="acme", max_bytes=1 << 20) == WAV
+    with pytest.raises(InputNotAllowed, match="local inputs need an input root") as caught:
+        inputs.check(theirs, tenant="acme")
+    assert caught.value.uri == theirs
+    with pytest.raises(InputNotFound, match="j3"):
+        inputs.read(store.uri(store.result_key("acme", "j3", "wav")), tenant="acme", max_bytes=100)
+    with pytest.raises(InputTooLarge, match="over the limit of 10 bytes"):
+        inputs.read(mine, tenant="acme", max_bytes=10)
+    # A damaged object is caught by its recorded checksum.
+    store.path(store.result_key("acme", "j1", "wav")).write_bytes(b"RIFF" + bytes(4))
+    with pytest.raises(ChecksumMismatch):
+        inputs.read(mine, tenant="acme", max_bytes=1 << 20)
+
+
+def test_tenant_rules_are_asked_only_for_s3_uris_the_deployment_refuses(tmp_path: Path):
+    asked: list[str] = []
+
+    def rules(tenant: str) -> InputPolicy | None:
+        asked.append(tenant)
+        return InputPolicy(["s3://team-audio/"]) if tenant == "acme" else None
+
+    inputs = InputResolver(LocalStorage(tmp_path), InputPolicy(["shared"], embedded=True), tenant_rules=rules)
+    inputs.check("s3://shared/a.wav", tenant="acme")
+    assert asked == []  # allowed by the deployment: no lookup
+    inputs.check("s3://team-audio/a.wav", tenant="acme")
+    assert asked == ["acme"]
+    with pytest.raises(InputNotAllowed, match="tenant 'globex' may read"):
+        inputs.check("s3://team-audio/a.wav", tenant="globex")
+    with pytest.raises(InputNotAllowed, match="unknown scheme"):
+        inputs.check("ftp://team-audio/a.wav", tenant="acme")
+    assert asked == ["acme", "globex"]
