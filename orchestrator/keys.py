@@ -20,6 +20,8 @@ Layout under prefix `P` (default `aomni:`)::
     P tenant-keys:{tenant}    set of the key digests of a tenant
     P tenant-rate:{tenant}    GCRA state of the tenant's submissions-per-minute limit
     P tenant-inflight:{tenant} sorted set: unfinished job ids of the tenant (in-flight quota)
+    P autoscale:backlog       hash: engine id -> its backlog report (`workers.autoscaling`); spelled by
+                              `workers.settings.backlog_key`, which the Serve pods use on their own
 
 For Redis Cluster, give a prefix with a hash tag (e.g. `{aomni}:`): the queue's scripts touch
 keys they discover at run time, which must all live in one slot.
@@ -31,6 +33,7 @@ import re
 from dataclasses import dataclass
 
 from orchestrator.jobs import PRIORITIES, Priority
+from workers.settings import backlog_key
 
 __all__ = ["DEFAULT_PREFIX", "RedisKeys"]
 
@@ -137,6 +140,13 @@ class RedisKeys:
     def tenant_in_flight(self, tenant_id: str) -> str:
         """Sorted set of one tenant's unfinished job ids (in-flight quota)."""
         return f"{self.prefix}tenant-inflight:{tenant_id}"
+
+    # ----------------------------------------------------------------------- autoscaling
+
+    @property
+    def autoscale_backlog(self) -> str:
+        """Hash of the engines' backlog reports, read by the pools' autoscaling policy."""
+        return backlog_key(self.prefix)
 
     # ----------------------------------------------------------------------- ops
 

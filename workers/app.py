@@ -42,18 +42,13 @@ def _autoscaling_config(pool: PoolSettings, settings: WorkerSettings, which: str
             "policy_function": "workers.autoscaling:BacklogPolicy",
             "policy_kwargs": {
                 "redis_url": settings.backlog_redis_url,
-                "backlog_key": backlog_key(settings.backlog_prefix),
+                "backlog_key": settings.backlog_key,
                 "pool": which,
                 "jobs_per_replica": settings.backlog_jobs_per_replica,
                 "target_ongoing_requests": pool.target_ongoing_requests,
             },
         }
     return config
-
-
-def backlog_key(prefix: str) -> str:
-    """The Redis hash the engine writes pending work per pool into (read by `BacklogPolicy`)."""
-    return f"{prefix}autoscale:backlog"
 
 
 def build_apps(settings: WorkerSettings) -> dict[str, Application]:

@@ -32,7 +32,7 @@ from pydantic_settings.sources.utils import parse_env_vars
 if TYPE_CHECKING:
     from model.config import AudioOmniConfig
 
-__all__ = ["DEFAULT_PRESET", "ENV_PREFIX", "MAX_JOB_S", "PoolSettings", "Precision", "WorkerSettings"]
+__all__ = ["DEFAULT_PRESET", "ENV_PREFIX", "MAX_JOB_S", "PoolSettings", "Precision", "WorkerSettings", "backlog_key"]
 
 ENV_PREFIX = "AUDIO_OMNI_"
 # The model every command runs unless told otherwise: the packaged small model (docs/model.md).
@@ -41,6 +41,15 @@ DEFAULT_PRESET = "small"
 MAX_JOB_S = 600.0
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+def backlog_key(prefix: str) -> str:
+    """The Redis hash the engines write pending work per pool into (read by `BacklogPolicy`).
+
+    Spelled here because the Serve pods build it without the orchestrator; `orchestrator.keys`
+    lists it with the other keys as `RedisKeys.autoscale_backlog`.
+    """
+    return f"{prefix}autoscale:backlog"
 
 
 class PoolSettings(BaseModel):
@@ -186,6 +195,11 @@ class WorkerSettings(BaseSettings):
         # BaseSettings.__init__ takes `_build_sources`; the signature type checkers derive lists fields only.
         build: Callable[..., WorkerSettings] = cls
         return build(_build_sources=((InitSettingsSource(cls, init), *env), init))
+
+    @property
+    def backlog_key(self) -> str:
+        """The Redis hash of the engines' backlog reports (under `backlog_prefix`)."""
+        return backlog_key(self.backlog_prefix)
 
     @property
     def resolved_precision(self) -> Literal["fp32", "bf16", "fp16"]:

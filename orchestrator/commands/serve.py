@@ -148,14 +148,14 @@ class Service:
 
     def close(self) -> None:
         """After the engines ended: stop housekeeping, withdraw the backlog report, delete the pools."""
-        from workers.app import backlog_key, shutdown
+        from workers.app import shutdown
         from workers.autoscaling import withdraw_backlog
 
         self._stop.set()
         if getattr(self, "_housekeeper", None) is not None:
             self._housekeeper.join(timeout=5)
         try:
-            withdraw_backlog(self.redis, backlog_key(self.worker_settings.backlog_prefix), self.options.consumer)
+            withdraw_backlog(self.redis, self.worker_settings.backlog_key, self.options.consumer)
         except Exception as exc:  # Redis gone at exit: the report ages out by itself
             print(f"audio-omni serve: could not withdraw the backlog report: {exc}", file=sys.stderr)
         if self.options.deploy and not self.options.keep_pools:
@@ -166,10 +166,9 @@ class Service:
 
     def _housekeeping(self) -> None:
         """Publish the backlog (autoscaling) and refresh the queue-depth and batch-size metrics."""
-        from workers.app import backlog_key
         from workers.autoscaling import backlog_report, publish_backlog
 
-        key = backlog_key(self.worker_settings.backlog_prefix)
+        key = self.worker_settings.backlog_key
         next_batch_stats = 0.0
         while not self._stop.is_set():
             try:

@@ -196,3 +196,10 @@ def test_serve_and_batch_default_to_the_same_preset():
         parsed[module.__name__] = args
     assert parsed["orchestrator.commands.batch"].preset == DEFAULT_PRESET == WorkerSettings().preset
     assert serve._worker_settings(parsed["orchestrator.commands.serve"]).preset == DEFAULT_PRESET
+
+
+def test_the_backlog_key_is_the_one_orchestrator_keys_lists():
+    from orchestrator.keys import RedisKeys
+
+    s = WorkerSettings(backlog_prefix="dep1:")
+    assert s.backlog_key == RedisKeys("dep1:").autoscale_backlog == "dep1:autoscale:backlog"
