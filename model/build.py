@@ -55,11 +55,16 @@ def build_sampler(
     weights: str | os.PathLike[str] | dict[str, torch.Tensor] | None = None,
     device: str | torch.device = "cpu",
     seed: int = 0,
+    for_jobs: bool = True,
 ) -> SamplerPart:
     """The sampler part in float32 (its precision policy is set at run time, not in the weights).
 
-    Without `weights` the parameters are random but deterministic (seeded by `seed`).
+    Without `weights` the parameters are random but deterministic (seeded by `seed`). `for_jobs`
+    refuses a config the job pipeline cannot run (`AudioOmniConfig.require_job_support`); tools that
+    only check components against stored inputs (`audio-omni verify`) pass False.
     """
+    if for_jobs:
+        config.require_job_support()
     device = torch.device(device)
     if weights is None:
         with torch.random.fork_rng(devices=[]):
@@ -112,6 +117,6 @@ def build_pipeline(
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> AudioOmniPipeline:
     """Both parts in one process (tests, benchmarks, single-machine use)."""
+    sampler = build_sampler(config, weights=weights, device=device)  # first: it refuses configs jobs cannot run
     encoder = build_encoder(config, weights=weights, device=device, cache_dir=cache_dir)
-    sampler = build_sampler(config, weights=weights, device=device)
     return AudioOmniPipeline(config, encoder, sampler)

@@ -20,6 +20,7 @@ import os
 import pickle
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -27,6 +28,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from model.config import AudioOmniConfig
 from model.melcodec import CODEC_KEYS
 from model.vae import (
     diffusers_tensor_to_released,
@@ -394,6 +396,24 @@ def convert_checkpoint(src: str | os.PathLike[str], dst_dir: str | os.PathLike[s
     return written
 
 
+# --------------------------------------------------------------------------- sizes the schema omits
+
+MEL_FRAMES_KEY = "conditioner.conditioners.audio_input_prompt.proj_sequence_features.weight"
+
+
+def fit_config_to_weights(config: AudioOmniConfig, sd: Mapping[str, torch.Tensor]) -> AudioOmniConfig:
+    """`config` with the sizes the released schema does not record taken from the weights.
+
+    That is the mel conditioner's frame count (the in-features of its sequence projection, which
+    the reference hard-codes). Every other shape follows from the config, and strict loading
+    checks it.
+    """
+    weight = sd.get(MEL_FRAMES_KEY)
+    if weight is None or weight.ndim != 2 or int(weight.shape[1]) == config.mel.num_frames:
+        return config
+    return replace(config, mel=replace(config.mel, num_frames=int(weight.shape[1])))
+
+
 # --------------------------------------------------------------------------- layout
 
 
@@ -415,3 +435,15 @@ def released_layout(module: torch.nn.Module) -> list[tuple[str, tuple[int, ...],
             )
         )
     return rows
+
+
+def released_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every tensor `module` saves, under its released name and in its released shape (the inverse of
+    `load_into`): what a checkpoint of this part would hold."""
+    vae_stages = num_stages(module.vae) if hasattr(module, "vae") else None
+    return {
+        internal_to_released(ikey, vae_num_stages=vae_stages): (
+            diffusers_tensor_to_released(ikey, t) if ikey.startswith(_VAE_INTERNAL) else t
+        )
+        for ikey, t in module.state_dict().items()
+    }

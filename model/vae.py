@@ -70,7 +70,21 @@ def build_vae(cfg: VAEConfig | MelCodecConfig, *, sample_rate: int = 44100) -> C
             audio_channels=cfg.io_channels,
             sampling_rate=sample_rate,
         )
+        if cfg.encoder_latent_dim != cfg.encoder_channels:
+            _widen_encoder_output(vae, cfg.encoder_latent_dim)
     return vae.eval()
+
+
+def _widen_encoder_output(vae: AutoencoderOobleck, out_channels: int) -> None:
+    """Give the encoder's closing conv `out_channels` outputs (the released `encoder.latent_dim`).
+
+    diffusers ties that width to the encoder's first width (`encoder_hidden_size`); the released
+    schema does not. Only this conv changes: same kernel, padding and weight-norm layout, so its
+    released names (`encoder.layers.<N+2>.weight_g/_v`, `bias`) are unchanged.
+    """
+    old = vae.encoder.conv2
+    conv = torch.nn.Conv1d(old.in_channels, out_channels, kernel_size=old.kernel_size, padding=old.padding)
+    vae.encoder.conv2 = torch.nn.utils.weight_norm(conv)
 
 
 def num_stages(vae: Codec) -> int | None:

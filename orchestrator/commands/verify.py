@@ -1,4 +1,10 @@
-"""`audio-omni verify`: load a config and weights with our loader and recompute reference vectors."""
+"""`audio-omni verify`: load a config and weights with our loader and recompute reference vectors.
+
+Any config the released schema allows is loaded, including ones the job pipeline refuses (a mel
+conditioner with its own sample rate, say): each component runs on the inputs stored in the
+vectors. The mel conditioner's frame count, which the schema does not record, comes from the
+weights. Exit status: 0 all checks pass, 1 a check fails (or none ran), 2 the inputs cannot be read.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
@@ -15,27 +22,50 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--device", default="cpu")
 
 
+def _fail(message: str) -> int:
+    print(f"audio-omni verify: {message}", file=sys.stderr)
+    return 2
+
+
+def _read_vectors(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(name -> tensor, case) of a vectors file; `ValueError` when it is unreadable or has no case."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            vectors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+    except SafetensorError as exc:
+        raise ValueError(f"{path} is not a readable safetensors file: {exc}") from exc
+    if "case" not in meta:
+        raise ValueError(f"{path} has no `case` metadata (the run parameters of the vector set)")
+    try:
+        case = json.loads(meta["case"])
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: its `case` metadata is not valid JSON: {exc}") from exc
+    if not isinstance(case, dict):
+        raise ValueError(f"{path}: its `case` metadata must be a JSON object, got {type(case).__name__}")
+    return vectors, case
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
-    from safetensors import safe_open
 
     from model.build import build_encoder, build_sampler
+    from model.checkpoint import fit_config_to_weights, load_part_state_dict
     from model.config import load_config
     from model.verify import Verifier
 
     vectors_path = Path(args.vectors)
     if not vectors_path.is_file():
-        print(f"audio-omni verify: vectors file not found: {vectors_path}", file=sys.stderr)
-        return 2
-    with safe_open(str(vectors_path), framework="pt") as fh:
-        meta = fh.metadata() or {}
-        vectors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
-    if "case" not in meta:
-        print(f"audio-omni verify: {vectors_path} has no `case` metadata", file=sys.stderr)
-        return 2
-    case = json.loads(meta["case"])
-    config = load_config(args.config)
-    sampler = build_sampler(config, weights=args.weights, device=args.device)
+        return _fail(f"vectors file not found: {vectors_path}")
+    try:
+        vectors, case = _read_vectors(vectors_path)
+        sampler_sd = load_part_state_dict(args.weights, "sampler")
+        config = fit_config_to_weights(load_config(args.config), sampler_sd)
+        sampler = build_sampler(config, weights=sampler_sd, device=args.device, for_jobs=False)
+    except (ValueError, FileNotFoundError) as exc:
+        return _fail(str(exc))
     try:
         encoder = build_encoder(config, weights=args.weights, device=args.device, dtype=torch.float32)
     except ValueError as exc:
