@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any, TextIO
 
 import structlog
+from structlog.typing import FilteringBoundLogger
 
 _configured = False
 
 
-def configure(*, json: bool = True, level: str = "INFO", stream=None) -> None:
+def configure(*, json: bool = True, level: str = "INFO", stream: TextIO | None = None) -> None:
     """Route structlog to `stream` (stderr) as one JSON object per line (or a console format)."""
     global _configured
     numeric = logging.getLevelName(level.upper())
@@ -35,7 +37,7 @@ def configure(*, json: bool = True, level: str = "INFO", stream=None) -> None:
     _configured = True
 
 
-def get_logger(name: str, **bound):
+def get_logger(name: str, **bound: Any) -> FilteringBoundLogger:
     """A structlog logger with `logger=name` and any extra fields bound."""
     if not _configured:
         configure(level="WARNING")

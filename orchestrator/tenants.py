@@ -136,15 +136,15 @@ class TenantLimits(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max_in_flight: int = Field(DEFAULT_MAX_IN_FLIGHT, ge=1, le=MAX_IN_FLIGHT_LIMIT, strict=True)
+    max_in_flight: int = Field(default=DEFAULT_MAX_IN_FLIGHT, ge=1, le=MAX_IN_FLIGHT_LIMIT, strict=True)
     submissions_per_minute: int = Field(
-        DEFAULT_SUBMISSIONS_PER_MINUTE, ge=1, le=MAX_SUBMISSIONS_PER_MINUTE, strict=True
+        default=DEFAULT_SUBMISSIONS_PER_MINUTE, ge=1, le=MAX_SUBMISSIONS_PER_MINUTE, strict=True
     )
-    max_duration_s: float = Field(MAX_DURATION_S, gt=0, le=MAX_DURATION_S)
-    max_steps: int = Field(MAX_STEPS, ge=1, le=MAX_STEPS, strict=True)
+    max_duration_s: float = Field(default=MAX_DURATION_S, gt=0, le=MAX_DURATION_S)
+    max_steps: int = Field(default=MAX_STEPS, ge=1, le=MAX_STEPS, strict=True)
     # Extra S3 locations (`bucket`, `s3://bucket/prefix/`, `{tenant}` allowed) the tenant may name
     # as inputs, beyond its own prefix in the results bucket.
-    allowed_input_s3: tuple[str, ...] = Field((), max_length=MAX_ALLOWED_INPUT_RULES)
+    allowed_input_s3: tuple[str, ...] = Field(default=(), max_length=MAX_ALLOWED_INPUT_RULES)
 
     @field_validator("allowed_input_s3")
     @classmethod

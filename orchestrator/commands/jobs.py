@@ -18,7 +18,13 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from orchestrator.jobs import BatchStatus, JobRecord
+    from orchestrator.queue import JobQueue
+    from orchestrator.settings import Settings
+    from orchestrator.storage import Storage
 
 WATCH_EVERY_S = 1.0
 MAX_BATCH_LIST = 100_000
@@ -104,7 +110,7 @@ def _parse_object(text: str, where: str) -> dict[str, Any]:
     return value
 
 
-def _submit(args: argparse.Namespace, queue: Any, settings: Any) -> int:
+def _submit(args: argparse.Namespace, queue: JobQueue, settings: Settings) -> int:
     specs, is_batch = _read_specs(args.spec)
     if args.tenant:
         for spec in specs:
@@ -123,7 +129,7 @@ def _submit(args: argparse.Namespace, queue: Any, settings: Any) -> int:
 # --------------------------------------------------------------------------- status
 
 
-def _job_view(record: Any) -> dict[str, Any]:
+def _job_view(record: JobRecord) -> dict[str, Any]:
     view = {
         "job_id": record.job_id,
         "status": record.status.value,
@@ -140,7 +146,7 @@ def _job_view(record: Any) -> dict[str, Any]:
     return {k: v for k, v in view.items() if v is not None}
 
 
-def _batch_view(batch: Any) -> dict[str, Any]:
+def _batch_view(batch: BatchStatus) -> dict[str, Any]:
     return {
         "batch_id": batch.batch_id,
         "total": batch.total,
@@ -151,7 +157,7 @@ def _batch_view(batch: Any) -> dict[str, Any]:
     }
 
 
-def _status(args: argparse.Namespace, queue: Any, settings: Any) -> int:
+def _status(args: argparse.Namespace, queue: JobQueue, settings: Settings) -> int:
     from orchestrator.errors import JobNotFound
 
     record = queue.get(args.id)
@@ -180,7 +186,7 @@ def _status(args: argparse.Namespace, queue: Any, settings: Any) -> int:
     return 0
 
 
-def _watch(queue: Any, batch: Any) -> Any:
+def _watch(queue: JobQueue, batch: BatchStatus) -> BatchStatus:
     """A live progress bar over the batch until every job has finished; returns the last status."""
     from tqdm import tqdm
 
@@ -197,7 +203,7 @@ def _watch(queue: Any, batch: Any) -> Any:
 # --------------------------------------------------------------------------- cancel
 
 
-def _cancel(args: argparse.Namespace, queue: Any, settings: Any) -> int:
+def _cancel(args: argparse.Namespace, queue: JobQueue, settings: Settings) -> int:
     status = queue.cancel(args.job_id)
     note = " (cancel requested; it stops at its next stage)" if status.value == "running" else ""
     print(f"{args.job_id}: {status.value}{note}")
@@ -207,7 +213,7 @@ def _cancel(args: argparse.Namespace, queue: Any, settings: Any) -> int:
 # --------------------------------------------------------------------------- results
 
 
-def _records(queue: Any, id_: str) -> list[Any]:
+def _records(queue: JobQueue, id_: str) -> list[JobRecord]:
     from orchestrator.errors import JobNotFound
     from orchestrator.jobs import batch_job_id
 
@@ -220,22 +226,22 @@ def _records(queue: Any, id_: str) -> list[Any]:
     if batch.total > MAX_BATCH_LIST:
         raise ValueError(f"batch {id_} has {batch.total} jobs; listing is limited to {MAX_BATCH_LIST}")
     ids = [batch_job_id(id_, i) for i in range(batch.total)]
-    out = []
+    out: list[JobRecord] = []
     for start in range(0, len(ids), 500):
         out.extend(r for r in queue.get_many(ids[start : start + 500]) if r is not None)
     return out
 
 
-def _key_of(uri: str, storage: Any) -> str:
-    prefix = f"s3://{storage.bucket}/"
-    if not uri.startswith(prefix):
-        raise ValueError(f"result {uri} is not in the configured bucket {storage.bucket!r}")
-    return uri[len(prefix) :]
+def _key_of(uri: str, storage: Storage) -> str:
+    key = storage.key_of(uri)
+    if key is None:
+        raise ValueError(f"result {uri} is not in the configured result storage (S3_BUCKET / --s3-bucket)")
+    return key
 
 
-def _results(args: argparse.Namespace, queue: Any, settings: Any) -> int:
+def _results(args: argparse.Namespace, queue: JobQueue, settings: Settings) -> int:
     records = _records(queue, args.id)
-    storage = None
+    storage: Storage | None = None
     if args.out is not None or args.urls:
         from orchestrator.storage import storage_from_settings
 

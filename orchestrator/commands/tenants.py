@@ -15,6 +15,10 @@ from __future__ import annotations
 import argparse
 import sys
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from orchestrator.tenants import TenantLimits
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
@@ -51,10 +55,11 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     state.add_argument("--enable", action="store_true")
 
 
-def _limits(args: argparse.Namespace, base=None):
+def _limits(args: argparse.Namespace, base: TenantLimits | None = None) -> TenantLimits:
+    """`base` (default: the default limits) with the limit flags that were given applied."""
     from orchestrator.tenants import TenantLimits
 
-    changes = {
+    changes: dict[str, object] = {
         "max_in_flight": args.max_in_flight,
         "submissions_per_minute": args.per_minute,
         "max_duration_s": args.max_duration_s,
@@ -66,6 +71,16 @@ def _limits(args: argparse.Namespace, base=None):
     return TenantLimits.model_validate({**current, **changes})
 
 
+# The flag that sets each limit, to name it in an error.
+_FLAGS = {
+    "max_in_flight": "--max-in-flight",
+    "submissions_per_minute": "--per-minute",
+    "max_duration_s": "--max-duration-s",
+    "max_steps": "--max-steps",
+    "allowed_input_s3": "--allow-input",
+}
+
+
 def _when(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ") if ts else "-"
 
@@ -73,6 +88,7 @@ def _when(ts: float) -> str:
 def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
+    from orchestrator.jobs import format_validation_error
     from orchestrator.settings import Settings
     from orchestrator.tenants import TenantExists, TenantNotFound, TenantStore
 
@@ -127,7 +143,11 @@ def run(args: argparse.Namespace) -> int:
     except (TenantExists, TenantNotFound) as exc:
         print(f"audio-omni tenants: {exc}", file=sys.stderr)
         return 1
-    except (ValidationError, ValueError) as exc:
+    except ValidationError as exc:
+        for field, message in format_validation_error(exc):
+            print(f"audio-omni tenants: {_FLAGS.get(field, field)}: {message}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
         print(f"audio-omni tenants: {exc}", file=sys.stderr)
         return 2
     finally:
