@@ -164,3 +164,27 @@ def test_invalid_json_file(tmp_path: Path):
     p.write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         AudioOmniConfig.from_json(p)
+
+
+def test_schema_sizes_the_release_does_not_use_load():
+    d = _released()
+    d["model"]["pretransform"]["config"]["encoder"]["config"]["channels"] = 64  # output stays 128
+    mel = d["model"]["conditioning"]["configs"][3]["config"]
+    mel.update(target_sample_rate=16000, hop_length=160, num_frames=1001)
+    cfg = AudioOmniConfig.from_dict(d)
+    assert (cfg.vae.encoder_channels, cfg.vae.encoder_latent_dim) == (64, 128)
+    assert (cfg.mel.sample_rate, cfg.mel.hop_length, cfg.mel.num_frames) == (16000, 160, 1001)
+    assert cfg.mel.window_samples == 160000 and cfg.mel.window_s == 10.0
+    assert AudioOmniConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match=r"target_sample_rate = 16000 differs from the model's sample_rate = 44100"):
+        cfg.require_job_support()
+    get_preset("full").require_job_support()  # the release runs jobs
+
+
+def test_mel_window_gives_exactly_the_frame_count():
+    d = _released()
+    d["model"]["conditioning"]["configs"][3]["config"]["hop_length"] = 512  # frame count stays 1723
+    mel = AudioOmniConfig.from_dict(d).mel
+    assert mel.num_frames == 1723 and mel.window_samples == 1722 * 512  # nearest to 10 s that gives 1723
+    assert mel.window_samples // mel.hop_length + 1 == mel.num_frames
+    assert "num_frames" not in AudioOmniConfig.from_dict(d).to_dict()["model"]["conditioning"]["configs"][3]["config"]

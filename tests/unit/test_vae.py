@@ -12,7 +12,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from model.config import AudioOmniConfig, get_preset
+from model.config import AudioOmniConfig, VAEConfig, get_preset
 from model.vae import (
     RELEASED_PREFIX,
     build_vae,
@@ -193,9 +193,7 @@ def test_bad_inputs_raise(tiny_vae):
 def test_tiny_preset_decodes_ten_seconds_of_stereo():
     cfg = get_preset("tiny")
     vae = fold_weight_norm(build_vae(cfg.vae, sample_rate=cfg.sample_rate))
-    latents = torch.randn(
-        1, cfg.vae.latent_dim, cfg.latent_length, generator=torch.Generator().manual_seed(0)
-    )
+    latents = torch.randn(1, cfg.vae.latent_dim, cfg.latent_length, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         decode(vae, latents)  # warm-up: the first call at a new length picks conv kernels
         start = time.perf_counter()
@@ -205,3 +203,27 @@ def test_tiny_preset_decodes_ten_seconds_of_stereo():
     assert audio.shape == (1, 2, cfg.output_samples)
     assert audio.shape[-1] >= 10 * cfg.sample_rate
     assert torch.isfinite(audio).all()
+
+
+def test_encoder_output_width_may_differ_from_its_first_width():
+    """The released schema lets the encoder's latent_dim differ from its channels; diffusers ties them."""
+    cfg = VAEConfig(
+        encoder_channels=8,
+        decoder_channels=12,
+        c_mults=(1, 2),
+        strides=(2, 4),
+        encoder_latent_dim=16,
+        latent_dim=8,
+        downsampling_ratio=8,
+        io_channels=2,
+    )
+    vae = build_vae(cfg)
+    wav = torch.randn(1, 2, 64, generator=torch.Generator().manual_seed(0))
+    assert encode_raw(vae, wav).shape == (1, 16, 8)
+    sd = released_vae_state(vae)
+    # the closing conv keeps its released name (layers.N+2 for N stages), 16 outputs from 8 * 2 inputs
+    assert sd["encoder.layers.4.weight_v"].shape == (16, 16, 3)
+    assert sd["encoder.layers.0.weight_v"].shape == (8, 2, 7)
+    other = build_vae(cfg)
+    load_released_vae_state(other, sd)
+    assert torch.equal(encode_raw(other, wav), encode_raw(vae, wav))
