@@ -40,6 +40,7 @@ class Settings(BaseSettings):
         extra="ignore",
         populate_by_name=True,
         case_sensitive=False,
+        hide_input_in_errors=True,  # an error names the field and the rule, never echoes a secret
     )
 
     # ----------------------------------------------------------------------- Redis / queue
