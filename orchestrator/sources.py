@@ -49,7 +49,9 @@ class ClaimedJob:
 
 
 @dataclass
-class Outcome:
+class JobOutcome:
+    """What a `ManifestSource` recorded for one job (the queue keeps the same in Redis)."""
+
     job_id: str
     status: JobStatus
     error: str | None = None
@@ -65,8 +67,11 @@ class JobSource(Protocol):
     def claim(self, max_jobs: int, block_s: float) -> list[ClaimedJob]: ...
     def renew(self, job: ClaimedJob) -> None: ...
     def is_cancel_requested(self, job: ClaimedJob) -> bool: ...
-    def ack_success(self, job: ClaimedJob, *, result_uri: str | None, timings: dict, extra: dict) -> None: ...
-    def fail(self, job: ClaimedJob, error: BaseException, *, retry: bool, timings: dict) -> None: ...
+    def set_stage(self, job: ClaimedJob, stage: str, timings: dict[str, float]) -> None: ...
+    def ack_success(
+        self, job: ClaimedJob, *, result_uri: str | None, timings: dict[str, float], extra: dict[str, Any]
+    ) -> None: ...
+    def fail(self, job: ClaimedJob, error: BaseException, *, retry: bool, timings: dict[str, float]) -> None: ...
     def cancel(self, job: ClaimedJob) -> None: ...
     def pending(self) -> int: ...
     def exhausted(self) -> bool: ...
@@ -89,7 +94,9 @@ class ManifestSource:
         self.max_attempts = max_attempts
         self._lock = threading.Lock()
         self._queue: deque[ClaimedJob] = deque()
-        self.outcomes: dict[str, Outcome] = {}
+        self.outcomes: dict[str, JobOutcome] = {}
+        self.specs: dict[str, JobSpec] = {}  # every valid line's spec, by job id
+        self.stages: dict[str, str] = {}  # the stage each running job is in
         self.invalid: dict[str, str] = {}
         index = 0
         for line_no, line in enumerate(raw.decode("utf-8").splitlines(), start=1):
@@ -108,8 +115,9 @@ class ManifestSource:
             except (json.JSONDecodeError, PermanentError) as exc:
                 reason = f"line {line_no}: {exc}"
                 self.invalid[job_id] = reason
-                self.outcomes[job_id] = Outcome(job_id, JobStatus.FAILED, error=reason, attempts=0)
+                self.outcomes[job_id] = JobOutcome(job_id, JobStatus.FAILED, error=reason, attempts=0)
                 continue
+            self.specs[job_id] = spec
             self._queue.append(ClaimedJob(job_id, spec))
         self.total = index
         self._running = 0
@@ -138,7 +146,7 @@ class ManifestSource:
             due = [j for t, j in self._delayed if t <= now]
             self._delayed = [(t, j) for t, j in self._delayed if t > now]
             self._queue.extend(due)
-            out = []
+            out: list[ClaimedJob] = []
             while self._queue and len(out) < max_jobs:
                 out.append(self._queue.popleft())
             self._running += len(out)
@@ -152,30 +160,30 @@ class ManifestSource:
     def is_cancel_requested(self, job: ClaimedJob) -> bool:
         return False
 
-    def _finish(self, job: ClaimedJob, outcome: Outcome) -> None:
+    def set_stage(self, job: ClaimedJob, stage: str, timings: dict[str, float]) -> None:
+        with self._lock:
+            self.stages[job.job_id] = stage
+
+    def _finish(self, job: ClaimedJob, outcome: JobOutcome) -> None:
         with self._lock:
             self._running -= 1
             self.outcomes[job.job_id] = outcome
 
     def ack_success(self, job: ClaimedJob, *, result_uri: str | None, timings: dict, extra: dict) -> None:
-        self._finish(
-            job, Outcome(job.job_id, JobStatus.SUCCEEDED, None, result_uri, timings, extra, job.attempt)
-        )
+        self._finish(job, JobOutcome(job.job_id, JobStatus.SUCCEEDED, None, result_uri, timings, extra, job.attempt))
 
     def fail(self, job: ClaimedJob, error: BaseException, *, retry: bool, timings: dict) -> None:
         if retry and job.attempt < self.max_attempts:
             with self._lock:
                 self._running -= 1
                 backoff_s = 0.2 * 2 ** (job.attempt - 1)
-                self._delayed.append(
-                    (time.monotonic() + backoff_s, ClaimedJob(job.job_id, job.spec, job.attempt + 1))
-                )
+                self._delayed.append((time.monotonic() + backoff_s, ClaimedJob(job.job_id, job.spec, job.attempt + 1)))
             return
         status = JobStatus.DEAD if retry else JobStatus.FAILED
-        self._finish(job, Outcome(job.job_id, status, str(error), timings=timings, attempts=job.attempt))
+        self._finish(job, JobOutcome(job.job_id, status, str(error), timings=timings, attempts=job.attempt))
 
     def cancel(self, job: ClaimedJob) -> None:
-        self._finish(job, Outcome(job.job_id, JobStatus.CANCELLED, "cancelled", attempts=job.attempt))
+        self._finish(job, JobOutcome(job.job_id, JobStatus.CANCELLED, "cancelled", attempts=job.attempt))
 
     def pending(self) -> int:
         with self._lock:
@@ -216,7 +224,7 @@ class RedisSource:
     def is_cancel_requested(self, job: ClaimedJob) -> bool:
         return self.queue.is_cancel_requested(job.job_id)
 
-    def set_stage(self, job: ClaimedJob, stage: str, timings: dict) -> None:
+    def set_stage(self, job: ClaimedJob, stage: str, timings: dict[str, float]) -> None:
         """Show the job's current stage (and the stage timings so far) on its record."""
         self.queue.set_stage(job.token, stage, timings=timings)
 

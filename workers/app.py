@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from ray.serve import Application
     from ray.serve.handle import DeploymentHandle
 
-    from model.mllm import MLLMPrompt, UnderstandRequest
+    from model.mllm import MLLMEncoder, MLLMPrompt, UnderstandRequest
+    from model.parts import SamplerPart
     from model.requests import GenerationRequest
 
 ENCODER = "encoder"
@@ -166,33 +167,66 @@ class ServePools:
 
 
 class InProcessPools:
-    """The same calls over model parts in this process (no batching across calls)."""
+    """The pools' three calls over model parts in this process: no Ray, no batching across calls.
 
-    def __init__(self, encoder: Any, sampler: Any) -> None:
+    Built from the same `WorkerSettings` as the deployments, and used the same way: weights and
+    precision as the sampler replica applies them, the same understanding token budget, and the
+    same batch-invariant padding (`pad_to` the sampler's batch size), so a sampling request gives
+    the same audio here as in a replica's batch. One model call at a time: torch already uses every
+    core. `calls` counts the calls per pool.
+    """
+
+    def __init__(
+        self,
+        encoder: MLLMEncoder,
+        sampler: SamplerPart,
+        *,
+        understand_max_new_tokens: int = 512,
+        pad_to: int | None = None,
+    ) -> None:
         import threading
 
+        if not 1 <= understand_max_new_tokens <= 8192:
+            raise ValueError(
+                f"understand_max_new_tokens {understand_max_new_tokens} is invalid: expected an integer in [1, 8192]"
+            )
+        if pad_to is not None and not 1 <= pad_to <= 1024:
+            raise ValueError(f"pad_to {pad_to} is invalid: expected an integer in [1, 1024] or None")
         self.encoder = encoder
         self.sampler = sampler
-        self._lock = threading.Lock()  # one model call at a time: torch already uses every core
+        self.understand_max_new_tokens = understand_max_new_tokens
+        self.pad_to = pad_to
+        self.calls: dict[str, int] = {"encode": 0, "understand": 0, "generate": 0}
+        self._lock = threading.Lock()
 
     @classmethod
     def build(cls, settings: WorkerSettings) -> InProcessPools:
         from model.build import build_encoder, build_sampler
+        from model.precision import apply_precision
 
         config = settings.load_config()
+        sampler = build_sampler(config, weights=settings.resolved_weights, device=settings.device)
+        apply_precision(sampler, settings.resolved_precision)
         return cls(
             build_encoder(config, weights=settings.resolved_weights, device=settings.device),
-            build_sampler(config, weights=settings.resolved_weights, device=settings.device),
+            sampler,
+            understand_max_new_tokens=settings.understand_max_new_tokens,
+            pad_to=settings.sampler.max_batch_size if settings.batch_invariant else None,
         )
 
-    def encode(self, prompt: Any) -> Any:
+    def encode(self, prompt: MLLMPrompt) -> torch.Tensor:
+        """Hidden states (L, D) of one prompt."""
         with self._lock:
-            return self.encoder.encode([prompt])[0]
+            self.calls["encode"] += 1
+            return self.encoder.encode([prompt])[0].cpu()
 
-    def understand(self, request: Any, max_new_tokens: int = 512) -> str:
+    def understand(self, request: UnderstandRequest) -> str:
         with self._lock:
-            return self.encoder.understand([request], max_new_tokens=max_new_tokens)[0]
+            self.calls["understand"] += 1
+            return self.encoder.understand([request], max_new_tokens=self.understand_max_new_tokens)[0]
 
-    def generate(self, request: Any) -> Any:
+    def generate(self, request: GenerationRequest) -> torch.Tensor:
+        """(C, N) float32 audio of one segment."""
         with self._lock:
-            return self.sampler.generate([request])[0]
+            self.calls["generate"] += 1
+            return self.sampler.generate([request], pad_to=self.pad_to)[0].cpu()

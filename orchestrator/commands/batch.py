@@ -13,6 +13,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from orchestrator.jobs import JobSpec
+    from orchestrator.sources import ManifestSource
+    from workers.settings import WorkerSettings
 
 from workers.settings import DEFAULT_PRESET
 
@@ -61,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _worker_settings(args: argparse.Namespace):
+def _worker_settings(args: argparse.Namespace) -> WorkerSettings:
     from workers.settings import PoolSettings, WorkerSettings
 
     gpu = 0.5 if args.device.startswith("cuda") else 0.0
@@ -89,7 +95,7 @@ def _worker_settings(args: argparse.Namespace):
     )
 
 
-def _prepare_demo_inputs(source) -> None:
+def _prepare_demo_inputs(source: ManifestSource) -> None:
     """The demo's inputs are generated, not committed: run `make_inputs.py` beside the manifest."""
     missing = [p for p in source.local_inputs() if not p.exists()]
     script = source.path.parent / "make_inputs.py"
@@ -98,12 +104,12 @@ def _prepare_demo_inputs(source) -> None:
         subprocess.run([sys.executable, str(script), str(source.path.parent)], check=True, stdout=subprocess.DEVNULL)
 
 
-def _summary(source, results: dict, out: Path) -> str:
+def _summary(source: ManifestSource) -> str:
     rows = [("job", "task", "status", "seconds", "output / answer / error")]
     for job_id in sorted(source.outcomes, key=lambda j: int(j.rsplit("-", 1)[-1])):
         o = source.outcomes[job_id]
-        spec = getattr(source, "specs", {}).get(job_id)
-        task = spec if spec else "-"
+        spec = source.specs.get(job_id)
+        task = _task_label(spec) if spec is not None else "-"
         seconds = f"{sum(o.timings.values()):.2f}" if o.timings else "-"
         if o.status.value == "succeeded":
             text = o.extra.get("text")
@@ -126,10 +132,10 @@ def run(args: argparse.Namespace) -> int:
     from orchestrator.logging import configure
 
     configure(level=os.environ.get("AUDIO_OMNI_LOG_LEVEL", "WARNING"))
-    from orchestrator.engine import Engine, EngineSettings
-    from orchestrator.sinks import ResultSink
+    from orchestrator.engine import Engine, EngineSettings, JobResult
+    from orchestrator.errors import Outcome
     from orchestrator.sources import ManifestSource
-    from orchestrator.storage import InputPolicy, LocalStorage
+    from orchestrator.storage import InputPolicy, InputResolver, LocalStorage
 
     if not args.manifest.is_file():
         print(f"audio-omni batch: manifest {args.manifest} not found", file=sys.stderr)
@@ -138,10 +144,11 @@ def run(args: argparse.Namespace) -> int:
     config = settings.load_config()
     print(_model_notice(settings, args), file=sys.stderr)
     source = ManifestSource(args.manifest, max_attempts=args.max_attempts)
-    source.specs = {j.job_id: _task_label(j.spec) for j in source._queue}
     _prepare_demo_inputs(source)
     input_root = (args.input_root or args.manifest.parent).resolve()
-    storage = LocalStorage(args.out, policy=InputPolicy(embedded=True, input_root=input_root))
+    storage = LocalStorage(args.out)
+    # The one set of input rules of this run: files under the input root, and earlier results.
+    inputs = InputResolver(storage, InputPolicy(embedded=True, input_root=input_root))
     version = settings.model_version
 
     import ray
@@ -158,14 +165,15 @@ def run(args: argparse.Namespace) -> int:
         bar = tqdm(total=source.total, unit="job", disable=args.no_progress, file=sys.stderr)
         bar.update(len(source.invalid))
 
-        def on_done(result) -> None:
-            if result.outcome != "retry":
+        def on_done(result: JobResult) -> None:
+            if result.outcome is not Outcome.RETRY:
                 bar.update(1)
             bar.set_postfix_str(f"last: {result.outcome}")
 
         engine = Engine(
             source,
-            ResultSink(storage),
+            storage,
+            inputs,
             pools,
             config,
             EngineSettings(max_in_flight=args.max_in_flight, model_version=version),
@@ -180,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
         finally:
             ray.shutdown()
     elapsed = time.monotonic() - started
-    print(_summary(source, {}, args.out))
+    print(_summary(source))
     ok = sum(1 for o in source.outcomes.values() if o.status.value == "succeeded")
     print(f"\n{ok}/{source.total} jobs succeeded in {elapsed:.1f} s; sampler batch sizes {hist}")
     print(f"results and metadata JSON are in {args.out.resolve()}/")
@@ -189,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
     return 0 if ok == source.total else 1
 
 
-def _model_notice(settings, args: argparse.Namespace) -> str:
+def _model_notice(settings: WorkerSettings, args: argparse.Namespace) -> str:
     """What the user is running: random weights, the embedded small model, or their checkpoint."""
     weights = settings.resolved_weights
     if weights is None:
@@ -199,5 +207,5 @@ def _model_notice(settings, args: argparse.Namespace) -> str:
     return f"model: {args.config or args.preset} with weights {weights}"
 
 
-def _task_label(spec) -> str:
+def _task_label(spec: JobSpec) -> str:
     return f"edit:{spec.op.value}" if spec.op is not None else spec.task.value

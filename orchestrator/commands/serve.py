@@ -23,6 +23,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from model.limits import MAX_INPUT_AUDIO_S
 from workers.settings import DEFAULT_PRESET, WorkerSettings
 
 HOUSEKEEPING_EVERY_S = 1.0
@@ -42,7 +43,7 @@ class ServiceOptions:
     keep_pools: bool = False  # leave the pools running on exit
     drain: bool = False  # exit once the queue is empty and no job runs
     model_version: str | None = None
-    max_input_audio_s: float = 300.0  # longer input audio fails its job
+    max_input_audio_s: float = MAX_INPUT_AUDIO_S  # longer input audio fails its job
 
     def __post_init__(self) -> None:
         if not 1 <= self.engines <= 64:
@@ -51,8 +52,11 @@ class ServiceOptions:
             raise ValueError(f"max_in_flight must be in [1, 1024], got {self.max_in_flight}")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ValueError(f"metrics_port must be in [0, 65535], got {self.metrics_port}")
-        if not 0 < self.max_input_audio_s <= 3600:
-            raise ValueError(f"max_input_audio_s must be in (0, 3600], got {self.max_input_audio_s}")
+        if not 0 < self.max_input_audio_s <= MAX_INPUT_AUDIO_S:
+            raise ValueError(
+                f"max_input_audio_s {self.max_input_audio_s:g} is invalid: "
+                f"expected seconds in (0, {MAX_INPUT_AUDIO_S:g}]"
+            )
 
 
 class Service:
@@ -86,8 +90,8 @@ class Service:
         """Deploy (or connect to) the pools, start the engine loops, housekeeping and /metrics."""
         from orchestrator.engine import Engine, EngineSettings
         from orchestrator.queue import JobQueue
-        from orchestrator.sinks import ResultSink
         from orchestrator.sources import RedisSource
+        from orchestrator.storage import input_resolver_from_settings
         from orchestrator.tenants import TenantStore
         from workers.app import ServePools, deploy
 
@@ -101,23 +105,18 @@ class Service:
             model_version=version,
             max_input_audio_s=self.options.max_input_audio_s,
         )
-        sink = ResultSink(self.storage)
-        # A tenant's own input buckets (checked by the API at submit) are allowed again when read.
+        # The same input rules as the API's: the deployment's, each tenant's own prefix in the
+        # result bucket, and each tenant's own allowed buckets (from the tenant store).
         tenants = TenantStore.from_settings(self.settings, client=self.redis)
+        inputs = input_resolver_from_settings(
+            self.storage, tenant_rules=tenants.input_policy, **self.settings.storage_kwargs(embedded=False)
+        )
         for i in range(self.options.engines):
             # One queue object per loop (its reclaim timer is per consumer); the connection pool is shared.
             queue = JobQueue.from_settings(self.settings, client=self.redis)
             source = RedisSource(queue, consumer=f"{self.options.consumer}-{i}")
             self.engines.append(
-                Engine(
-                    source,
-                    sink,
-                    self.pools,
-                    config,
-                    engine_settings,
-                    metrics=self.metrics,
-                    tenant_policy=tenants.input_policy,
-                )
+                Engine(source, self.storage, inputs, self.pools, config, engine_settings, metrics=self.metrics)
             )
         self._queue = JobQueue.from_settings(self.settings, client=self.redis)
         if self.options.metrics_port is not None:
@@ -227,7 +226,12 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     run.add_argument("--metrics-port", type=int, default=None, help="serve /metrics on this port")
     run.add_argument("--metrics-addr", default="127.0.0.1", help="address of /metrics (default loopback)")
     run.add_argument("--drain", action="store_true", help="exit once the queue is empty and nothing runs")
-    run.add_argument("--max-input-audio-s", type=float, default=300.0, help="input audio length limit (s)")
+    run.add_argument(
+        "--max-input-audio-s",
+        type=float,
+        default=MAX_INPUT_AUDIO_S,
+        help=f"input audio length limit in seconds (default and most {MAX_INPUT_AUDIO_S:g})",
+    )
 
 
 def _worker_settings(args: argparse.Namespace) -> WorkerSettings:

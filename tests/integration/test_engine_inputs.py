@@ -1,19 +1,25 @@
-"""The engine reads a job's inputs with the same rules the API admitted them by (real Redis, S3 endpoint)."""
+"""The engine reads a job's inputs with the same rules and the same decoder the API admits them by
+(real Redis, S3 endpoint): one `InputResolver`, one `audio_io`."""
 
 from __future__ import annotations
 
 import io
+import struct
 
 import boto3
 import numpy as np
 import pytest
 import soundfile as sf
 
-from orchestrator.engine import EngineSettings, spec_to_inputs
+from model.config import get_preset
+from orchestrator.audio_io import BadAudio, probe_audio
+from orchestrator.errors import PermanentError
 from orchestrator.jobs import JobSpec
-from orchestrator.sources import ClaimedJob
-from orchestrator.storage import InputNotAllowed, InputPolicy, S3Storage, make_s3_client
+from orchestrator.model_inputs import InputLimits, spec_to_inputs
+from orchestrator.storage import InputNotAllowed, InputPolicy, InputResolver, S3Storage, make_s3_client
 from orchestrator.tenants import TenantLimits, TenantStore
+
+pytestmark = pytest.mark.integration
 
 RATE = 44100
 
@@ -38,6 +44,19 @@ def own_bucket(s3_endpoint, s3_bucket):
     boto.delete_bucket(Bucket=name)
 
 
+def _edit(tenant: str, uri: str) -> JobSpec:
+    return JobSpec.model_validate(
+        {"task": "edit", "op": "remove", "prompt": "tone", "input_audio_uri": uri, "tenant": tenant}
+    )
+
+
+def _load(spec: JobSpec, inputs: InputResolver):
+    return spec_to_inputs(spec, seed=1, tenant=spec.tenant, inputs=inputs, config=CONFIG, limits=InputLimits())
+
+
+CONFIG = get_preset("tiny")
+
+
 def test_a_tenants_own_input_bucket_is_read_for_it_and_nobody_else(
     redis_url, redis_prefix, s3_endpoint, s3_bucket, own_bucket
 ):
@@ -45,43 +64,71 @@ def test_a_tenants_own_input_bucket_is_read_for_it_and_nobody_else(
     tenants.create("tenant-a")
     tenants.create("tenant-b", TenantLimits(allowed_input_s3=(f"s3://{own_bucket}/{{tenant}}/",)))
     client = make_s3_client(endpoint_url=s3_endpoint, region="us-east-1", addressing_style="path")
-    storage = S3Storage(s3_bucket, client=client, policy=InputPolicy())
-    settings = EngineSettings()
+    storage = S3Storage(s3_bucket, client=client)
+    inputs = InputResolver(storage, InputPolicy(), tenant_rules=tenants.input_policy, s3_client=client)
 
-    def job(tenant: str, key: str) -> ClaimedJob:
-        spec = JobSpec.model_validate(
-            {
-                "task": "edit",
-                "op": "remove",
-                "prompt": "tone",
-                "input_audio_uri": f"s3://{own_bucket}/{key}",
-                "tenant": tenant,
-            }
-        )
-        return ClaimedJob("j-" + tenant, spec)
-
-    b = job("tenant-b", "tenant-b/in.wav")
-    x = spec_to_inputs(b.spec, b, storage, settings, tenants.input_policy)
-    assert x.audio.shape == (RATE,) and float(x.audio.abs().max()) > 0.09
-    # Without the tenant's rules (the old behaviour) the deployment policy alone refuses it.
+    b = _edit("tenant-b", f"s3://{own_bucket}/tenant-b/in.wav")
+    x = _load(b, inputs)
+    assert x.audio is not None and x.audio.shape == (CONFIG.sample_rate,)
+    assert float(x.audio.abs().max()) > 0.09
+    # Without the tenant's rules the deployment policy alone refuses it.
     with pytest.raises(InputNotAllowed):
-        spec_to_inputs(b.spec, b, storage, settings)
+        _load(b, InputResolver(storage, InputPolicy(), s3_client=client))
     # Tenant B's rule names its own folder only; tenant A has no rule for that bucket at all.
-    other = job("tenant-b", "tenant-a/in.wav")
     with pytest.raises(InputNotAllowed):
-        spec_to_inputs(other.spec, other, storage, settings, tenants.input_policy)
-    a = job("tenant-a", "tenant-a/in.wav")
+        _load(_edit("tenant-b", f"s3://{own_bucket}/tenant-a/in.wav"), inputs)
+    a = _edit("tenant-a", f"s3://{own_bucket}/tenant-a/in.wav")
     assert tenants.input_policy("tenant-a") is None and tenants.input_policy("nobody") is None
     with pytest.raises(InputNotAllowed):
-        spec_to_inputs(a.spec, a, storage, settings, tenants.input_policy)
+        _load(a, inputs)
     # Inputs the deployment's own policy allows never cost a tenant lookup.
-    storage_open = S3Storage(s3_bucket, client=client, policy=InputPolicy([f"s3://{own_bucket}/"]))
     looked_up: list[str] = []
 
     def counting(tenant_id: str):
         looked_up.append(tenant_id)
         return tenants.input_policy(tenant_id)
 
-    spec_to_inputs(a.spec, a, storage_open, settings, counting)
+    open_inputs = InputResolver(storage, InputPolicy([f"s3://{own_bucket}/"]), tenant_rules=counting, s3_client=client)
+    _load(a, open_inputs)
     assert looked_up == []
     tenants.close()
+
+
+def _riff(fmt: bytes, data: bytes, *, riff_size: int | None = None) -> bytes:
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data
+    return b"RIFF" + struct.pack("<I", len(body) if riff_size is None else riff_size) + body
+
+
+def _fmt(bits: int, *, channels: int = 1, rate: int = 16000) -> bytes:
+    block = channels * ((bits + 7) // 8)
+    return struct.pack("<HHIIHH", 1, channels, rate, rate * block, block, bits)
+
+
+_PCM16 = (np.sin(np.arange(1600) / 5) * 8000).astype("<i2").tobytes()
+HOSTILE = {
+    "7-bit PCM": _riff(_fmt(7), _PCM16[:1600]),
+    "RIFF size lies": _riff(_fmt(16), _PCM16, riff_size=10_000_000),
+    "data chunk longer than the file": _riff(_fmt(16), _PCM16)[:-1000],
+    "not audio at all": b"this is not a sound file" * 10,
+    "empty": b"",
+    "zero channels": _riff(_fmt(16, channels=0), _PCM16),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_a_hostile_file_read_as_an_s3_input_gets_the_upload_routes_answer(name, s3_endpoint, s3_bucket):
+    """The engine decodes with `audio_io`, as the upload route probes: same refusal, same message."""
+    client = make_s3_client(endpoint_url=s3_endpoint, region="us-east-1", addressing_style="path")
+    storage = S3Storage(s3_bucket, client=client)
+    key = f"acme/uploads/{name.replace(' ', '-')}.wav"
+    if HOSTILE[name]:
+        storage.put(key, HOSTILE[name])
+    else:  # S3 takes an empty object as well; write it around the checksum path
+        client.put_object(Bucket=s3_bucket, Key=key, Body=b"")
+    inputs = InputResolver(storage, InputPolicy(), s3_client=client)
+    with pytest.raises(BadAudio) as at_the_door:
+        probe_audio(HOSTILE[name], max_duration_s=InputLimits().max_audio_s, what="input audio")
+    with pytest.raises(PermanentError) as in_the_engine:
+        _load(_edit("acme", storage.uri(key)), inputs)
+    assert str(in_the_engine.value) == str(at_the_door.value)
+    assert " object at 0x" not in str(in_the_engine.value) and "BytesIO" not in str(in_the_engine.value)
