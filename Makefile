@@ -25,8 +25,12 @@ services: $(STAMP) ## start Redis and the S3 endpoint on loopback (no-op when al
 services-stop:
 	bash infra/local/services.sh stop
 
+# ruff lint and format check over the tree; mypy over the packages pyproject's [tool.mypy] lists
+# (orchestrator, workers, training: untyped definitions refused).
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 test: $(STAMP) services lint
 	TEST_S3_ENDPOINT=http://127.0.0.1:$(S3_PORT) $(BIN)/python -m pytest -q
