@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
-from orchestrator.api._storage_compat import LegacyInputRules
 from orchestrator.api.deps import InputChecker, Services
 from orchestrator.api.errors import install_error_handlers
 from orchestrator.api.middleware import BodyLimitMiddleware, MetricsMiddleware
@@ -14,7 +13,7 @@ from orchestrator.api.routes import batches, jobs, ops, uploads
 from orchestrator.api.settings import ApiSettings
 from orchestrator.metrics import ApiMetrics
 from orchestrator.queue import JobQueue
-from orchestrator.storage import Storage
+from orchestrator.storage import Storage, input_resolver_from_settings
 from orchestrator.tenants import TenantStore
 
 if TYPE_CHECKING:
@@ -37,17 +36,22 @@ def create_app(
 ) -> FastAPI:
     """Build the API over a queue, a storage and a tenant store (all shared by the requests).
 
-    `inputs` decides which URIs a tenant may name as job inputs; by default the same
-    `InputResolver` the engine reads through, built from `storage` (the deployment's policy) and
-    `tenants` (each tenant's own rules). `settings` is kept on `app.state` for introspection; the
-    limits of the HTTP layer come from `api_settings`. A storage that cannot presign URLs (a local
-    folder: embedded mode) gets its results served as bytes."""
+    `inputs` decides which URIs a tenant may name as job inputs: give the process's one
+    `InputResolver` (`input_resolver_from_settings`, the object the engine reads through, with the
+    deployment's rules). Without it, a resolver with no deployment rules: each tenant's own storage
+    prefix (uploads, results) and its own allowed buckets from `tenants`.
+
+    `settings` is kept on `app.state` for introspection; the limits of the HTTP layer come from
+    `api_settings`. A storage that cannot presign URLs (a local folder: embedded mode) gets its
+    results served as bytes."""
     limits = api_settings or ApiSettings()
+    if inputs is None:
+        inputs = input_resolver_from_settings(storage, tenant_rules=tenants.input_policy)
     services = Services(
         queue=queue,
         storage=storage,
         tenants=tenants,
-        inputs=inputs if inputs is not None else LegacyInputRules(storage, tenants),
+        inputs=inputs,
         limits=limits,
         metrics=ApiMetrics(),
     )

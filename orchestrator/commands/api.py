@@ -10,6 +10,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
@@ -25,23 +29,26 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--proxy-headers", action="store_true", help="trust X-Forwarded-* (behind a load balancer)")
 
 
-def build_app(args: argparse.Namespace):
+def build_app(args: argparse.Namespace) -> FastAPI:
     """The app for these arguments (separate from `run` so it can be checked without serving)."""
     from orchestrator.api import ApiSettings, create_app
     from orchestrator.queue import JobQueue
     from orchestrator.settings import Settings
-    from orchestrator.storage import storage_from_settings
+    from orchestrator.storage import input_resolver_from_settings, storage_from_settings
     from orchestrator.tenants import TenantStore
 
     settings = Settings.from_env(
         redis_url=args.redis_url, redis_prefix=args.redis_prefix, s3_bucket=args.bucket, output_root=args.out
     )
     embedded = settings.s3_bucket is None and settings.output_root is not None
-    storage = storage_from_settings(**settings.storage_kwargs(embedded=embedded))
+    storage_kwargs = settings.storage_kwargs(embedded=embedded)
+    storage = storage_from_settings(**storage_kwargs)
     queue = JobQueue.from_settings(settings)
     tenants = TenantStore.from_settings(settings, client=queue.redis)
+    # The engine builds its resolver from the same settings: the door and the engine apply the same input rules.
+    inputs = input_resolver_from_settings(storage, tenant_rules=tenants.input_policy, **storage_kwargs)
     api_settings = ApiSettings(max_upload_bytes=args.max_upload_mb * 1024 * 1024, max_batch_jobs=args.max_batch_jobs)
-    return create_app(settings, queue=queue, storage=storage, tenants=tenants, api_settings=api_settings)
+    return create_app(settings, queue=queue, storage=storage, tenants=tenants, api_settings=api_settings, inputs=inputs)
 
 
 def run(args: argparse.Namespace) -> int:

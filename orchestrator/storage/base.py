@@ -231,6 +231,9 @@ class Storage(ABC):
     """
 
     prefix: str = ""
+    presigns_urls: bool = True
+    """Whether `url` gives a URL a remote client can fetch (S3: presigned); False for a local
+    folder, whose `file://` URIs only this machine can open (the API then serves the bytes)."""
 
     @abstractmethod
     def put(self, key: str, data: Data, *, content_type: str | None = None) -> ObjectInfo:

@@ -37,6 +37,8 @@ class LocalStorage(Storage):
     extension (files carry no type), so `put`'s `content_type` is ignored.
     """
 
+    presigns_urls = False  # `url` is a file:// URI: the API serves these results as bytes
+
     def __init__(
         self,
         root: str | os.PathLike[str],

@@ -22,7 +22,7 @@ import soundfile as sf
 from orchestrator.api import ApiSettings, create_app, serve_in_thread
 from orchestrator.client import ApiError, Client
 from orchestrator.queue import JobQueue
-from orchestrator.storage import S3Storage, make_s3_client
+from orchestrator.storage import S3Storage, input_resolver_from_settings, make_s3_client
 from orchestrator.tenants import TenantLimits, TenantStore
 
 pytestmark = pytest.mark.integration
@@ -225,8 +225,9 @@ def test_upload_is_decoded_stored_under_the_tenant_and_usable_as_input(api):
     edit = {"task": "edit", "op": "remove", "prompt": "the hum", "input_audio_uri": upload["uri"]}
     job = api.http.post("/v1/jobs", json=edit)
     assert job.status_code == 201, job.text
-    # What the engine will do with it: the storage policy lets this tenant read its own upload.
-    assert api.storage.read_input(upload["uri"], tenant="acme", max_bytes=1 << 20) == audio
+    # What the engine will do with it: the input rules let this tenant read its own upload.
+    inputs = input_resolver_from_settings(api.storage, tenant_rules=api.tenants.input_policy)
+    assert inputs.read(upload["uri"], tenant="acme", max_bytes=1 << 20) == audio
 
 
 def test_healthz_metrics_and_openapi(api):

@@ -2,7 +2,7 @@
 
 Each bad file is sent twice: to `POST /v1/uploads` (real API over HTTP, real Redis, the moto S3
 endpoint) and, as the same bytes stored in the bucket under the tenant's prefix, through the
-engine's input path (the storage's input read, then `audio_io.decode_audio` with the engine's own
+engine's input path (the `InputResolver` read, then `audio_io.decode_audio` with the engine's own
 input limit). Both must refuse it with the same reason, one that names the problem; good WAV and
 FLAC files are accepted by both. `test_probe_and_decode_agree` checks the same set without services.
 """
@@ -24,7 +24,7 @@ from orchestrator.api import create_app, serve_in_thread
 from orchestrator.audio_io import MAX_CHANNELS, BadAudio, decode_audio, probe_audio
 from orchestrator.engine import EngineSettings
 from orchestrator.queue import JobQueue
-from orchestrator.storage import S3Storage, make_s3_client
+from orchestrator.storage import S3Storage, input_resolver_from_settings, make_s3_client
 from orchestrator.tenants import TenantStore
 
 MODEL_RATE_HZ = 44_100  # the rate the engine decodes model audio at (the released config's)
@@ -121,14 +121,15 @@ def api(redis_url, redis_prefix, s3_endpoint, s3_bucket):
     tenants = TenantStore(queue.redis, prefix=redis_prefix)
     tenants.create(TENANT)
     key = tenants.issue_key(TENANT)
-    app = create_app(None, queue=queue, storage=storage, tenants=tenants)
+    inputs = input_resolver_from_settings(storage, tenant_rules=tenants.input_policy)  # the engine's too
+    app = create_app(None, queue=queue, storage=storage, tenants=tenants, inputs=inputs)
     with serve_in_thread(app) as url, httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}) as http:
-        yield SimpleNamespace(http=http, storage=storage)
+        yield SimpleNamespace(http=http, storage=storage, inputs=inputs)
     queue.close()
 
 
 def _read_as_engine(api, uri: str) -> bytes:
-    return api.storage.read_input(uri, tenant=TENANT, max_bytes=EngineSettings().max_input_bytes)
+    return api.inputs.read(uri, tenant=TENANT, max_bytes=EngineSettings().max_input_bytes)
 
 
 @pytest.mark.integration

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from orchestrator.api._storage_compat import key_of, presigns_urls
 from orchestrator.api.deps import CurrentTenant, JobId, OwnJob, Services, ServicesDep, admit, check_spec
 from orchestrator.api.errors import COMMON_ERRORS, documented
 from orchestrator.api.views import CancelView, JobView, ResultView
@@ -101,7 +100,7 @@ def get_result(job_id: JobId, job: OwnJob, tenant: CurrentTenant, services: Serv
         raise ApiError(409, "not_ready", f"job {job_id!r} is {job.status.value}{reason}; no result", "job_id")
     storage = services.storage
     key = _own_key(services, tenant, job.result_uri)
-    if not presigns_urls(storage):  # embedded mode: the API serves the bytes itself
+    if not storage.presigns_urls:  # embedded mode: the API serves the bytes itself
         name = key.rsplit("/", 1)[-1]
         return Response(
             storage.get(key),
@@ -131,7 +130,7 @@ def get_result(job_id: JobId, job: OwnJob, tenant: CurrentTenant, services: Serv
 def _own_key(services: Services, tenant: Tenant, uri: str) -> str:
     """The storage key of a result URI, checked to lie under the tenant's own prefix."""
     storage = services.storage
-    key = key_of(storage, uri)
-    if key is None or not key.startswith(f"{storage.prefix}{tenant.tenant_id}/"):
+    key = storage.key_of(uri)
+    if key is None or not key.startswith(storage.tenant_prefix(tenant.tenant_id)):
         raise ApiError(404, "not_found", "the result is not stored where this API can serve it")
     return key

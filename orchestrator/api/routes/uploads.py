@@ -41,6 +41,6 @@ def upload(
         raise ApiError(422, "invalid_audio", str(exc), "file") from None
     upload_id = uuid.uuid4().hex
     storage = services.storage
-    key = f"{storage.prefix}{tenant.tenant_id}/uploads/{upload_id}.{info.format}"
+    key = f"{storage.tenant_prefix(tenant.tenant_id)}uploads/{upload_id}.{info.format}"
     stored = storage.put(key, data)
     return UploadView.of(upload_id, storage.uri(key), stored.size_bytes, stored.sha256 or "", info)
