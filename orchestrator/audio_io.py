@@ -254,7 +254,7 @@ def _sf_reason(exc: BaseException) -> str:
     """libsndfile's own reason, without the "Error opening <_io.BytesIO object at 0x...>: " prefix
     soundfile puts before it."""
     if isinstance(exc, sf.LibsndfileError):
-        return exc.error_string.rstrip(".")
+        return exc.error_string.removeprefix("Error : ").rstrip(".")
     text = str(exc)
     if "<" in text and ">: " in text:
         text = text.split(">: ", 1)[1]

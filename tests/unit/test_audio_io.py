@@ -95,6 +95,28 @@ def test_bad_inputs_are_permanent_and_named(data, match):
         assert "0x" not in str(info.value) and "<" not in str(info.value)
 
 
+def _extensible(valid_bits: int, container_bits: int) -> bytes:
+    """A mono WAVE_FORMAT_EXTENSIBLE PCM file of 100 frames at 8 kHz with these sample widths."""
+    import struct
+
+    block = container_bits // 8
+    fmt = struct.pack("<HHIIHH", 0xFFFE, 1, 8000, 8000 * block, block, container_bits)
+    guid_pcm = b"\x01\x00\x00\x00\x00\x00\x10\x00\x80\x00\x00\xaa\x00\x38\x9b\x71"  # KSDATAFORMAT_SUBTYPE_PCM
+    fmt += struct.pack("<HHI", 22, valid_bits, 0x4) + guid_pcm  # cbSize, valid bits, channel mask, sub-format
+    data = bytes(100 * block)
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def test_extensible_wav_sample_widths():
+    assert probe_audio(_extensible(24, 32), max_duration_s=1).frames == 100  # 24 valid bits in 32
+    assert probe_audio(_extensible(16, 16), max_duration_s=1).frames == 100
+    with pytest.raises(BadAudio, match="has 20-bit integer PCM samples"):
+        probe_audio(_extensible(20, 24), max_duration_s=1)
+    with pytest.raises(BadAudio, match="has 12-bit integer PCM samples"):
+        decode_audio(_extensible(12, 12), sample_rate=8000, max_duration_s=1)
+
+
 def test_other_libsndfile_formats_are_refused_by_name():
     aiff = _wav(np.zeros(1000, dtype=np.float32), 44100, "AIFF", "PCM_16")
     with pytest.raises(BadAudio, match="is AIFF audio; only WAV and FLAC are accepted"):
