@@ -22,7 +22,7 @@ import soundfile as sf
 from orchestrator.api import ApiSettings, create_app, serve_in_thread
 from orchestrator.client import ApiError, Client
 from orchestrator.queue import JobQueue
-from orchestrator.storage import S3Storage, input_resolver_from_settings, make_s3_client
+from orchestrator.storage import LocalStorage, S3Storage, input_resolver_from_settings, make_s3_client
 from orchestrator.tenants import TenantLimits, TenantStore
 
 pytestmark = pytest.mark.integration
@@ -228,6 +228,39 @@ def test_upload_is_decoded_stored_under_the_tenant_and_usable_as_input(api):
     # What the engine will do with it: the input rules let this tenant read its own upload.
     inputs = input_resolver_from_settings(api.storage, tenant_rules=api.tenants.input_policy)
     assert inputs.read(upload["uri"], tenant="acme", max_bytes=1 << 20) == audio
+
+
+def test_embedded_mode_serves_result_bytes_and_reads_only_own_files(redis_url, redis_prefix, tmp_path):
+    """A local folder as storage (embedded mode): results come back as bytes, and a tenant may name
+    files under its own prefix of that folder as inputs, nobody else's."""
+    queue = JobQueue(redis_url, prefix=redis_prefix, lease_s=30)
+    storage = LocalStorage(tmp_path / "out")
+    tenants = TenantStore(queue.redis, prefix=redis_prefix)
+    keys = {}
+    for tenant in ("acme", "other"):
+        tenants.create(tenant)
+        keys[tenant] = tenants.issue_key(tenant)
+    app = create_app(None, queue=queue, storage=storage, tenants=tenants)
+    with serve_in_thread(app) as url:
+        acme = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {keys['acme']}"})
+        other = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {keys['other']}"})
+        upload = acme.post("/v1/uploads", files={"file": ("src.wav", wav_bytes(), "audio/wav")}).json()
+        assert upload["uri"].startswith((tmp_path / "out" / "acme" / "uploads").as_uri())
+        edit = {"task": "edit", "op": "remove", "prompt": "the hum", "input_audio_uri": upload["uri"]}
+        job = acme.post("/v1/jobs", json=edit)
+        assert job.status_code == 201, job.text
+        assert_error(other.post("/v1/jobs", json=edit), 403, "input_not_allowed", "input_audio_uri")
+        outside = {**edit, "input_audio_uri": (tmp_path / "elsewhere.wav").as_uri()}
+        assert_error(acme.post("/v1/jobs", json=outside), 403, "input_not_allowed", "input_audio_uri")
+
+        audio = wav_bytes(0.3)
+        finish(SimpleNamespace(queue=queue, storage=storage), job.json()["job_id"], audio)
+        result = acme.get(f"/v1/jobs/{job.json()['job_id']}/result")
+        assert result.status_code == 200 and result.headers["content-type"] == "audio/wav"
+        assert result.content == audio
+        acme.close()
+        other.close()
+    queue.close()
 
 
 def test_healthz_metrics_and_openapi(api):
