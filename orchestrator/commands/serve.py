@@ -21,10 +21,16 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from model.limits import MAX_INPUT_AUDIO_S
 from workers.settings import DEFAULT_PRESET, WorkerSettings
+
+if TYPE_CHECKING:
+    from orchestrator.engine import Engine
+    from orchestrator.settings import Settings
+    from orchestrator.storage import Storage
+    from workers.app import ServePools
 
 HOUSEKEEPING_EVERY_S = 1.0
 BATCH_STATS_EVERY_S = 10.0
@@ -62,7 +68,14 @@ class ServiceOptions:
 class Service:
     """The pools plus N engine loops on one Redis queue and one S3 bucket (Ray already connected)."""
 
-    def __init__(self, settings: Any, worker_settings: Any, options: ServiceOptions, *, storage: Any = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        worker_settings: WorkerSettings,
+        options: ServiceOptions,
+        *,
+        storage: Storage | None = None,
+    ) -> None:
         import redis
 
         from orchestrator.metrics import EngineMetrics
@@ -79,8 +92,8 @@ class Service:
         self.redis = redis.Redis.from_url(settings.redis_url)
         self.storage = storage or storage_from_settings(**settings.storage_kwargs(embedded=False))
         self.metrics = EngineMetrics()
-        self.engines: list[Any] = []
-        self.pools: Any = None
+        self.engines: list[Engine] = []
+        self.pools: ServePools | None = None  # set by start()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -96,7 +109,8 @@ class Service:
         from workers.app import ServePools, deploy
 
         ws = self.worker_settings
-        self.pools = deploy(ws) if self.options.deploy else ServePools.connect(ws.app_name, timeout_s=ws.max_job_s)
+        pools = deploy(ws) if self.options.deploy else ServePools.connect(ws.app_name, timeout_s=ws.max_job_s)
+        self.pools = pools
         config = ws.load_config()
         version = self.options.model_version or ws.model_version
         engine_settings = EngineSettings(
@@ -116,7 +130,7 @@ class Service:
             queue = JobQueue.from_settings(self.settings, client=self.redis)
             source = RedisSource(queue, consumer=f"{self.options.consumer}-{i}")
             self.engines.append(
-                Engine(source, self.storage, inputs, self.pools, config, engine_settings, metrics=self.metrics)
+                Engine(source, self.storage, inputs, pools, config, engine_settings, metrics=self.metrics)
             )
         self._queue = JobQueue.from_settings(self.settings, client=self.redis)
         if self.options.metrics_port is not None:
@@ -182,7 +196,7 @@ class Service:
                 publish_backlog(self.redis, key, self.options.consumer, report)
                 if time.monotonic() >= next_batch_stats:
                     next_batch_stats = time.monotonic() + BATCH_STATS_EVERY_S
-                    for replica, hist in self.pools.sampler_replica_stats().items():
+                    for replica, hist in (self.pools.sampler_replica_stats() if self.pools else {}).items():
                         self.metrics.observe_batch_sizes(hist, replica=replica)
             except Exception as exc:  # Redis or a replica blip: next tick tries again
                 print(f"audio-omni serve: housekeeping failed: {exc}", file=sys.stderr)
