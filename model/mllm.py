@@ -6,8 +6,11 @@ Two halves live on two kinds of worker (ARCHITECTURE.md, "The flow of one job"):
   prompts (plus optional 16 kHz audio / uint8 video) into per-item hidden states of layer `layer_idx`
   (-2: the input of the last decoder layer), un-padded and, when longer than `pad_length`, linearly
   resampled to `pad_length` rows, all in bfloat16 (spec §4.1 steps 1-3). `understand` generates text.
-* `OmniProjection` (sampler pool) pads those rows, applies the weightless bf16 RMS norm and the
-  `proj_features` Linear, giving the first `pad_length` cross-attention tokens of the DiT.
+* `OmniProjection` (sampler pool, `model.conditioners.omni`) pads those rows, applies the weightless
+  bf16 RMS norm and the `proj_features` Linear, giving the first `pad_length` cross-attention tokens
+  of the DiT.
+
+Processor loading (with or without torchvision) lives in `model.mllm_processor`.
 
 Weight names: the thinker's tensors sit under `THINKER_PREFIX` and the projection's under
 `PROJECTION_PREFIX` in the released checkpoint (spec §2.4, §2.5).
@@ -15,7 +18,6 @@ Weight names: the thinker's tensors sit under `THINKER_PREFIX` and the projectio
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,22 +26,21 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 from transformers import (
-    AutoTokenizer,
     Qwen2_5OmniConfig,
     Qwen2_5OmniProcessor,
     Qwen2_5OmniThinkerConfig,
     Qwen2_5OmniThinkerForConditionalGeneration,
-    Qwen2VLImageProcessor,
-    WhisperFeatureExtractor,
 )
-from transformers.feature_extraction_utils import BatchFeature
-from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ChannelDimension, PILImageResampling
-from transformers.processing_utils import ProcessorMixin, VideosKwargs
-from transformers.utils import is_torchvision_available
-from transformers.video_processing_utils import BaseVideoProcessor
+from transformers.processing_utils import ProcessorMixin
 
+from model.conditioners.omni import OmniProjection
+from model.mllm_processor import (
+    TorchvisionFreeQwen2VLVideoProcessor,
+    assemble_processor,
+    has_processor_files,
+    load_processor,
+)
 from model.prompts import (
     ASR_INSTRUCTION,
     ASR_MAX_NEW_TOKENS,
@@ -54,19 +55,32 @@ QWEN_SAMPLE_RATE_HZ = 16_000
 QWEN_MAX_AUDIO_S = 30.0  # Whisper features cover 30 s; longer audio would be cut silently
 DEFAULT_PAD_LENGTH = 2048
 DEFAULT_LAYER_IDX = -2
-RMS_EPS = 1e-6
 
 AUDIO_TOKEN = "<|AUDIO|>"
 _MEDIA_FEATURE_KEYS = frozenset({"input_features", "pixel_values", "pixel_values_videos"})
 VIDEO_TOKEN = "<|VIDEO|>"
 
+__all__ = [
+    "AUDIO_TOKEN",
+    "DEFAULT_LAYER_IDX",
+    "DEFAULT_PAD_LENGTH",
+    "PROJECTION_PREFIX",
+    "QWEN_MAX_AUDIO_S",
+    "QWEN_SAMPLE_RATE_HZ",
+    "THINKER_PREFIX",
+    "VIDEO_TOKEN",
+    "MLLMEncoder",
+    "MLLMPrompt",
+    "OmniProjection",  # the sampler-side half, model.conditioners.omni
+    "TorchvisionFreeQwen2VLVideoProcessor",  # processor loading, model.mllm_processor
+    "UnderstandRequest",
+    "assemble_processor",
+    "load_processor",
+    "select_hidden",
+]
+
 
 # --------------------------------------------------------------------------- tensor helpers
-
-
-def rms_norm(x: torch.Tensor, eps: float = RMS_EPS) -> torch.Tensor:
-    """`x * rsqrt(mean(x^2) + eps)` over the last axis, no weight, in `x`'s own dtype (spec §4)."""
-    return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps)
 
 
 def select_hidden(hidden: torch.Tensor, attention_mask: torch.Tensor, pad_length: int) -> list[torch.Tensor]:
@@ -100,218 +114,6 @@ def select_hidden(hidden: torch.Tensor, attention_mask: torch.Tensor, pad_length
             real = real.squeeze(0).t()  # (pad_length, D)
         rows.append(real)
     return rows
-
-
-class OmniProjection(nn.Module):
-    """Hidden rows of the thinker -> DiT cross-attention tokens (`omni_prompt.proj_features`).
-
-    forward(features) takes per-item (L_i, D) rows, keeps the first `pad_length` (longer inputs are
-    truncated: interpolation already happened on the encoder side), right-pads with zeros, applies
-    the weightless RMS norm in bfloat16, casts to the Linear's dtype and projects to `out_dim`.
-    Returns tokens (B, pad_length, out_dim) and a bool mask (B, pad_length), True on real rows;
-    padded rows equal the Linear's bias and are masked in cross-attention.
-    """
-
-    def __init__(self, *, in_features: int, out_dim: int = 768, pad_length: int) -> None:
-        super().__init__()
-        if in_features < 1 or out_dim < 1:
-            raise ValueError(f"in_features and out_dim must be >= 1, got {in_features} and {out_dim}")
-        if pad_length < 1:
-            raise ValueError(f"pad_length must be >= 1, got {pad_length}")
-        self.in_features = in_features
-        self.pad_length = pad_length
-        self.proj_features = nn.Linear(in_features, out_dim)
-
-    def forward(self, features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        normed, mask = self.pad_and_norm(features)  # (B, P, D) bf16, (B, P)
-        return self.proj_features(normed.to(self.proj_features.weight.dtype)), mask  # (B, P, out_dim)
-
-    def pad_and_norm(self, features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The bf16 padded, RMS-normed rows (B, pad_length, D) and the bool mask (B, pad_length)."""
-        if len(features) == 0:
-            raise ValueError("features must hold at least one item")
-        weight = self.proj_features.weight
-        padded = torch.zeros(
-            len(features), self.pad_length, self.in_features, dtype=torch.bfloat16, device=weight.device
-        )  # (B, P, D)
-        mask = torch.zeros(len(features), self.pad_length, dtype=torch.bool, device=weight.device)
-        for i, rows in enumerate(features):
-            if rows.ndim != 2 or rows.shape[1] != self.in_features:
-                raise ValueError(
-                    f"features[{i}] must be (L, {self.in_features}), got shape {tuple(rows.shape)}"
-                )
-            if rows.shape[0] == 0:
-                raise ValueError(f"features[{i}] has no rows; every prompt has at least one token")
-            length = min(rows.shape[0], self.pad_length)
-            padded[i, :length] = rows[:length].to(device=weight.device, dtype=torch.bfloat16)
-            mask[i, :length] = True
-        return rms_norm(padded), mask  # norm done in bf16 (spec §8 item 23)
-
-
-# --------------------------------------------------------------------------- processor loading
-
-
-class _VideoKwargs(VideosKwargs, total=False):
-    min_pixels: int
-    max_pixels: int
-    patch_size: int
-    temporal_patch_size: int
-    merge_size: int
-    min_frames: int
-    max_frames: int
-
-
-class TorchvisionFreeQwen2VLVideoProcessor(BaseVideoProcessor):
-    """Qwen2-VL video preprocessing for machines without torchvision (CPU CI).
-
-    transformers' `Qwen2VLVideoProcessor` resizes with torchvision, which has no build for this
-    project's torch on CPU. This class keeps its configuration schema and outputs
-    (`pixel_values_videos`, `video_grid_thw`) and delegates the per-frame work to the PIL-based
-    `Qwen2VLImageProcessor._preprocess` (same smart resize, CLIP normalisation and patch layout;
-    resampling may differ from torchvision's in the last bits). Where torchvision exists the library
-    class is used instead (`load_processor`). It serialises under the library's class name, so a
-    folder written with it loads the real class elsewhere.
-    """
-
-    resample = PILImageResampling.BICUBIC
-    size = {"shortest_edge": 128 * 28 * 28, "longest_edge": 28 * 28 * 768}  # noqa: RUF012 - library schema
-    image_mean = OPENAI_CLIP_MEAN
-    image_std = OPENAI_CLIP_STD
-    do_resize = True
-    do_rescale = True
-    do_normalize = True
-    do_convert_rgb = True
-    patch_size = 14
-    temporal_patch_size = 2
-    merge_size = 2
-    min_frames = 4
-    max_frames = 768
-    do_sample_frames = False
-    valid_kwargs = _VideoKwargs
-    model_input_names = ["pixel_values_videos", "video_grid_thw"]  # noqa: RUF012 - library schema
-
-    def to_dict(self) -> dict[str, Any]:
-        output = super().to_dict()
-        output["video_processor_type"] = "Qwen2VLVideoProcessor"
-        return output
-
-    def _further_process_kwargs(
-        self, size=None, min_pixels=None, max_pixels=None, resample=None, **kwargs
-    ) -> dict:
-        if min_pixels is not None and max_pixels is not None:
-            size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
-        # The base class would map `resample` to a torchvision mode; keep the PIL filter instead.
-        kwargs = super()._further_process_kwargs(size=size, resample=None, **kwargs)
-        kwargs["interpolation"] = resample
-        return kwargs
-
-    def _preprocess(
-        self,
-        videos: list[torch.Tensor],
-        do_resize: bool,
-        size,
-        interpolation,
-        do_rescale: bool,
-        rescale_factor: float,
-        do_normalize: bool,
-        image_mean,
-        image_std,
-        patch_size: int,
-        temporal_patch_size: int,
-        merge_size: int,
-        do_convert_rgb: bool = True,
-        return_tensors=None,
-        **kwargs,
-    ) -> BatchFeature:
-        frames_processor = Qwen2VLImageProcessor()
-        pixel_values: list[torch.Tensor] = []
-        grids: list[list[int]] = []
-        for video in videos:  # each (T, C, H, W)
-            patches, grid = frames_processor._preprocess(
-                list(video.cpu().numpy()),
-                do_resize=do_resize,
-                size={"shortest_edge": size.shortest_edge, "longest_edge": size.longest_edge},
-                resample=interpolation,
-                do_rescale=do_rescale,
-                rescale_factor=rescale_factor,
-                do_normalize=do_normalize,
-                image_mean=image_mean,
-                image_std=image_std,
-                patch_size=patch_size,
-                temporal_patch_size=temporal_patch_size,
-                merge_size=merge_size,
-                do_convert_rgb=do_convert_rgb,
-                input_data_format=ChannelDimension.FIRST,
-            )
-            pixel_values.append(torch.from_numpy(patches))  # (grid_t * grid_h * grid_w, C * t * p * p)
-            grids.append(list(grid))
-        return BatchFeature(
-            data={"pixel_values_videos": torch.cat(pixel_values), "video_grid_thw": torch.tensor(grids)},
-            tensor_type=return_tensors,
-        )
-
-
-class _TorchvisionFreeOmniProcessor(Qwen2_5OmniProcessor):
-    # Only used to construct the processor: the library checks the video processor against its
-    # torchvision-only base class, which is a placeholder when torchvision is missing.
-    def check_argument_for_proper_class(self, argument_name, argument):
-        if argument_name == "video_processor" and isinstance(argument, TorchvisionFreeQwen2VLVideoProcessor):
-            return type(argument)
-        return super().check_argument_for_proper_class(argument_name, argument)
-
-
-def assemble_processor(
-    *,
-    tokenizer: Any,
-    feature_extractor: WhisperFeatureExtractor,
-    image_processor: Any,
-    video_processor: Any,
-    chat_template: str | None = None,
-) -> Qwen2_5OmniProcessor:
-    """A `Qwen2_5OmniProcessor` from its parts; accepts the torchvision-free video processor."""
-    if isinstance(video_processor, TorchvisionFreeQwen2VLVideoProcessor):
-        processor = _TorchvisionFreeOmniProcessor(
-            image_processor, video_processor, feature_extractor, tokenizer, chat_template=chat_template
-        )
-        # Same object layout; from here on it is the library class (saved, compared and used as such).
-        processor.__class__ = Qwen2_5OmniProcessor
-        return processor
-    return Qwen2_5OmniProcessor(
-        image_processor, video_processor, feature_extractor, tokenizer, chat_template=chat_template
-    )
-
-
-def load_processor(path: str | Path) -> Qwen2_5OmniProcessor:
-    """Load the Qwen2.5-Omni processor saved in a local folder (never downloads).
-
-    With torchvision installed this is `Qwen2_5OmniProcessor.from_pretrained`. Without it, the same
-    files are read part by part and the video part is `TorchvisionFreeQwen2VLVideoProcessor`.
-    """
-    path = Path(path)
-    if not path.is_dir():
-        raise ValueError(f"processor folder {str(path)!r} does not exist")
-    if is_torchvision_available():
-        return Qwen2_5OmniProcessor.from_pretrained(path, local_files_only=True)
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    return assemble_processor(
-        tokenizer=tokenizer,
-        feature_extractor=WhisperFeatureExtractor.from_pretrained(path, local_files_only=True),
-        image_processor=Qwen2VLImageProcessor.from_pretrained(path, local_files_only=True),
-        video_processor=TorchvisionFreeQwen2VLVideoProcessor.from_pretrained(path, local_files_only=True),
-        chat_template=_read_chat_template(path) or tokenizer.chat_template,
-    )
-
-
-def _read_chat_template(path: Path) -> str | None:
-    if (path / "chat_template.jinja").is_file():
-        return (path / "chat_template.jinja").read_text(encoding="utf-8")
-    if (path / "chat_template.json").is_file():
-        return json.loads((path / "chat_template.json").read_text(encoding="utf-8"))["chat_template"]
-    return None
-
-
-def _has_processor_files(path: Path) -> bool:
-    return (path / "tokenizer_config.json").is_file() or (path / "tokenizer.json").is_file()
 
 
 # --------------------------------------------------------------------------- the encoder
@@ -392,7 +194,7 @@ class MLLMEncoder:
         if not (path / "config.json").is_file():
             raise ValueError(f"no config.json in the MLLM folder {str(path)!r}")
         config = Qwen2_5OmniConfig.from_pretrained(path, local_files_only=True)
-        processor = load_processor(path) if _has_processor_files(path) else None
+        processor = load_processor(path) if has_processor_files(path) else None
         return cls.from_config(
             config.thinker_config,
             processor,
@@ -444,9 +246,7 @@ class MLLMEncoder:
     # ----------------------------------------------------------------------- conditioning
 
     @torch.no_grad()
-    def hidden_states(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **mm_inputs: Any
-    ) -> torch.Tensor:
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **mm_inputs: Any) -> torch.Tensor:
         """Thinker `hidden_states[layer_idx]` (B, S, D) for token ids (B, S) and processor extras
         (audio features, video patches, grids). With the default -2 this is the raw output of the
         second-to-last decoder layer (the last entry is the final-normed output)."""
@@ -517,9 +317,7 @@ class MLLMEncoder:
             input_ids = inputs.pop("input_ids")
             attention_mask = inputs.pop("attention_mask")
             hidden = self.hidden_states(input_ids, attention_mask, use_audio_in_video=False, **inputs)
-            for i, item_rows in zip(
-                indices, select_hidden(hidden, attention_mask, self.pad_length), strict=True
-            ):
+            for i, item_rows in zip(indices, select_hidden(hidden, attention_mask, self.pad_length), strict=True):
                 rows[i] = item_rows
         return [r for r in rows if r is not None]
 
@@ -544,9 +342,7 @@ class MLLMEncoder:
         videos: list[torch.Tensor] = []
         for i, request in enumerate(requests):
             if not isinstance(request.question, str) or not request.question.strip():
-                raise ValueError(
-                    f"requests[{i}].question must be a non-empty string, got {request.question!r}"
-                )
+                raise ValueError(f"requests[{i}].question must be a non-empty string, got {request.question!r}")
             audio = _check_audio(request.audio, f"requests[{i}].audio")
             video = _check_video(request.video, f"requests[{i}].video")
             conversation = understanding_conversation(
@@ -558,9 +354,7 @@ class MLLMEncoder:
             # ProcessorMixin's template call directly: Qwen's override only adds a root-logger warning
             # for every system prompt but its own (ASR, custom systems), which is noise here.
             texts.append(
-                ProcessorMixin.apply_chat_template(
-                    processor, conversation, add_generation_prompt=True, tokenize=False
-                )
+                ProcessorMixin.apply_chat_template(processor, conversation, add_generation_prompt=True, tokenize=False)
             )
             if audio is not None:
                 audios.append(audio)
@@ -580,11 +374,7 @@ class MLLMEncoder:
         tokenizer = processor.tokenizer
         # Stop at the end of the assistant turn; a thinker built from config has no generation config.
         stop_ids = sorted(
-            {
-                tid
-                for tid in (tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id)
-                if tid is not None
-            }
+            {tid for tid in (tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id) if tid is not None}
         )
         generated = self.thinker.generate(
             **inputs,
@@ -596,9 +386,7 @@ class MLLMEncoder:
         )  # (B, S + new)
         # Decode only the new tokens: the reference API decoded the prompt too (spec §8 item 19).
         new_tokens = generated[:, inputs["input_ids"].shape[1] :]
-        answers = tokenizer.batch_decode(
-            new_tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False
-        )
+        answers = tokenizer.batch_decode(new_tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
         return [answer.strip() for answer in answers]
 
     def transcribe(
@@ -606,9 +394,7 @@ class MLLMEncoder:
     ) -> list[str]:
         """Transcribe voice prompts (16 kHz mono) with the thinker, as the reference UI does for a
         voice prompt given without its text (spec §5.3)."""
-        requests = [
-            UnderstandRequest(question=ASR_INSTRUCTION, audio=audio, system=SYS_ASR) for audio in audios
-        ]
+        requests = [UnderstandRequest(question=ASR_INSTRUCTION, audio=audio, system=SYS_ASR) for audio in audios]
         return self.understand(requests, max_new_tokens=max_new_tokens)
 
     # ----------------------------------------------------------------------- internals
@@ -627,9 +413,7 @@ class MLLMEncoder:
             if isinstance(value, torch.Tensor):
                 # Media features follow the thinker's dtype (bf16 in production); ids, masks, grids and
                 # seconds-per-grid keep theirs.
-                value = (
-                    value.to(self.device, self.dtype) if key in _MEDIA_FEATURE_KEYS else value.to(self.device)
-                )
+                value = value.to(self.device, self.dtype) if key in _MEDIA_FEATURE_KEYS else value.to(self.device)
             moved[key] = value
         return moved
 
@@ -649,8 +433,7 @@ def _check_processor_matches(config: Qwen2_5OmniThinkerConfig, processor: Qwen2_
             )
     if len(tokenizer) > config.text_config.vocab_size:
         raise ValueError(
-            f"tokenizer has {len(tokenizer)} tokens but the thinker's vocab_size is "
-            f"{config.text_config.vocab_size}"
+            f"tokenizer has {len(tokenizer)} tokens but the thinker's vocab_size is {config.text_config.vocab_size}"
         )
 
 
@@ -678,8 +461,7 @@ def _check_video(video: np.ndarray | torch.Tensor | None, name: str) -> torch.Te
     frames = torch.as_tensor(video)
     if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[1] != 3 or frames.shape[0] < 1:
         raise ValueError(
-            f"{name} must be uint8 frames (T>=1, 3, H, W), "
-            f"got dtype {frames.dtype} shape {tuple(frames.shape)}"
+            f"{name} must be uint8 frames (T>=1, 3, H, W), got dtype {frames.dtype} shape {tuple(frames.shape)}"
         )
     return frames.cpu()
 
