@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+from orchestrator.jobs import validate_id  # one id rule for jobs, tenants and storage keys
 from orchestrator.storage.errors import ChecksumMismatch
 
 __all__ = [
@@ -63,29 +64,15 @@ SIDECAR_SUFFIX = ".sha256"
 TMP_PREFIX = ".tmp-"
 READ_CHUNK = 1024 * 1024
 
-# Ids start with a letter, digit or underscore so that a key segment is never a hidden file name
-# (which keeps our own sidecar and temp files out of the key space) and never looks like a flag.
-_ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+# Ids (`validate_id`) and key segments start with a letter, digit or underscore so that a segment is
+# never a hidden file name (which keeps our own sidecar and temp files out of the key space) and
+# never looks like a flag.
 _KEY_SEGMENT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=+@-]*")
 MAX_KEY_CHARS = 1024
 BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 
 # --------------------------------------------------------------------------- keys
-
-
-def validate_id(value: Any, what: str = "id") -> str:
-    """Return `value` if it is a valid tenant / job / batch id, else raise `ValueError`.
-
-    Allowed: 1-64 characters from `[A-Za-z0-9_.-]`, starting with a letter, digit or `_`, and
-    containing no `..`.
-    """
-    if not isinstance(value, str) or not _ID_RE.fullmatch(value) or ".." in value:
-        raise ValueError(
-            f"{what} {value!r} is invalid: expected 1-64 characters from [A-Za-z0-9_.-], "
-            "starting with a letter, digit or '_', without '..'"
-        )
-    return value
 
 
 def _validate_ext(ext: Any, allowed: frozenset[str]) -> str:

@@ -27,6 +27,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from orchestrator.jobs import MAX_URI_CHARS
 from orchestrator.storage.base import BUCKET_RE, Storage, int_in_range, validate_id, validate_key
 from orchestrator.storage.errors import InputNotAllowed, InputNotFound, ObjectNotFound
 from orchestrator.storage.local import read_local_file
@@ -35,7 +36,6 @@ from orchestrator.storage.s3 import S3Client, read_s3_object
 __all__ = ["InputPolicy", "InputResolver", "S3Location", "TenantRules"]
 
 _SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
-_MAX_URI_CHARS = 2048
 # Cloud instance-metadata endpoints: never fetched, named in the refusal so the reason is clear.
 _METADATA_HOSTS = frozenset(
     {
@@ -148,8 +148,8 @@ class InputPolicy:
         validate_id(tenant, "tenant")
         if not isinstance(uri, str) or not uri:
             raise InputNotAllowed(str(uri), "the URI must be a non-empty string")
-        if len(uri) > _MAX_URI_CHARS:
-            raise InputNotAllowed(uri[:80] + "...", f"the URI is longer than {_MAX_URI_CHARS} characters")
+        if len(uri) > MAX_URI_CHARS:
+            raise InputNotAllowed(uri[:80] + "...", f"the URI is longer than {MAX_URI_CHARS} characters")
         if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in uri):
             raise InputNotAllowed(uri, "control characters are not allowed in input URIs")
         match = _SCHEME_RE.match(uri)
@@ -277,7 +277,7 @@ class InputResolver:
     def _locate(self, uri: str, tenant: str) -> str | S3Location | Path:
         """A storage key (the tenant's own object), a policy-approved S3 location or local path."""
         validate_id(tenant, "tenant")
-        if isinstance(uri, str) and len(uri) <= _MAX_URI_CHARS:
+        if isinstance(uri, str) and len(uri) <= MAX_URI_CHARS:
             key = self.storage.key_of(uri)
             if key is not None and key.startswith(self.storage.tenant_prefix(tenant)):
                 return key
