@@ -27,7 +27,11 @@ import json
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import redis
+    import redis.asyncio as aredis
 
 logger = logging.getLogger("ray.serve")
 
@@ -44,7 +48,9 @@ def backlog_report(queued: int, encoder: int, sampler: int, *, now_s: float | No
     return json.dumps({"t": round(t, 3), "queued": int(queued), "encoder": int(encoder), "sampler": int(sampler)})
 
 
-def publish_backlog(client: Any, key: str, engine_id: str, report: str, *, stale_s: float = DEFAULT_STALE_S) -> None:
+def publish_backlog(
+    client: redis.Redis, key: str, engine_id: str, report: str, *, stale_s: float = DEFAULT_STALE_S
+) -> None:
     """Store one engine's report (a `redis.Redis` client). The hash expires if every engine stops."""
     pipe = client.pipeline(transaction=False)
     pipe.hset(key, engine_id, report)
@@ -52,7 +58,7 @@ def publish_backlog(client: Any, key: str, engine_id: str, report: str, *, stale
     pipe.execute()
 
 
-def withdraw_backlog(client: Any, key: str, engine_id: str) -> None:
+def withdraw_backlog(client: redis.Redis, key: str, engine_id: str) -> None:
     """Remove an engine's report (it is shutting down)."""
     client.hdel(key, engine_id)
 
@@ -75,6 +81,13 @@ def waiting_work(raw: Mapping[Any, Any], pool: str, *, now_s: float, stale_s: fl
             newest, queued = t, int(report.get("queued", 0))
         upstream += int(report.get(pool, 0))
     return max(0, queued) + max(0, upstream)
+
+
+class AutoscalingContextLike(Protocol):
+    """What the policy reads of Serve's `AutoscalingContext`."""
+
+    @property
+    def total_num_requests(self) -> float | None: ...
 
 
 class BacklogPolicy:
@@ -113,8 +126,8 @@ class BacklogPolicy:
         self.waiting = 0
         self._last_poll_s = 0.0  # last poll started (monotonic)
         self._last_ok_s = time.monotonic()  # last poll that read Redis
-        self._task: asyncio.Task | None = None
-        self._client: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._client: aredis.Redis | None = None
 
     async def _poll_async(self) -> None:
         try:
@@ -165,7 +178,7 @@ class BacklogPolicy:
         """Replicas for `ongoing` requests at the pool and `waiting` jobs still to come to it."""
         return max(ongoing / self.target_ongoing_requests, (ongoing + waiting) / self.jobs_per_replica)
 
-    def __call__(self, ctx: Any) -> tuple[float, dict[str, Any]]:
+    def __call__(self, ctx: AutoscalingContextLike) -> tuple[float, dict[str, Any]]:
         self._maybe_poll()
         ongoing = float(ctx.total_num_requests or 0.0)
         desired = self.desired_replicas(ongoing, self.waiting)
