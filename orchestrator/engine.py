@@ -34,6 +34,7 @@ from orchestrator.storage import Data, ResultLocation
 
 if TYPE_CHECKING:
     import torch
+    from structlog.typing import FilteringBoundLogger
 
     from model.config import AudioOmniConfig
     from model.mllm import MLLMPrompt, UnderstandRequest
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Engine", "EngineMetricsSink", "EngineSettings", "JobResult", "Pools", "ResultStore"]
 
+A = TypeVar("A")
 T = TypeVar("T")
 
 # Stages after which a generating job still has to reach the sampler pool.
@@ -132,7 +134,7 @@ class _PoolError(RetryableError):
     """A pool call failed (replica died, model raised): transient from the job's point of view."""
 
 
-def _call(stage: str, fn: Callable[[Any], T], arg: Any) -> T:
+def _call(stage: str, fn: Callable[[A], T], arg: A) -> T:
     try:
         return fn(arg)
     except Exception as exc:
@@ -309,7 +311,7 @@ class Engine:
         with timer.stage(stage):
             yield
 
-    def _execute(self, job: ClaimedJob, timer: _Timer, log: Any) -> tuple[str, dict[str, Any]]:
+    def _execute(self, job: ClaimedJob, timer: _Timer, log: FilteringBoundLogger) -> tuple[str, dict[str, Any]]:
         from model.pipeline import plan_task
 
         spec = job.spec

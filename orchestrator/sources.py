@@ -21,7 +21,7 @@ from orchestrator.errors import InvalidJobSpec, LeaseLost, PermanentError
 from orchestrator.jobs import JobSpec, JobStatus, batch_job_id, parse_spec
 
 if TYPE_CHECKING:
-    from orchestrator.queue import JobQueue
+    from orchestrator.queue import Claim, JobQueue
 
 URI_FIELDS = ("input_audio_uri", "voice_prompt_uri", "video_uri", "sync_feature_uri")
 
@@ -33,7 +33,7 @@ class ClaimedJob:
     job_id: str
     spec: JobSpec
     attempt: int = 1
-    token: Any = None  # source-specific (the Redis claim)
+    token: Claim | None = None  # the Redis claim (RedisSource); None for a manifest job
 
     @property
     def tenant(self) -> str:
@@ -217,8 +217,14 @@ class RedisSource:
         # The queue derives the seed exactly as `JobSpec.effective_seed`, so `ClaimedJob.seed` agrees.
         return [ClaimedJob(c.job_id, _with_batch(c.spec, c.batch_id), attempt=c.attempt, token=c) for c in claims]
 
+    @staticmethod
+    def _claim(job: ClaimedJob) -> Claim:
+        if job.token is None:
+            raise ValueError(f"job {job.job_id} was not claimed from the Redis queue (it carries no claim)")
+        return job.token
+
     def renew(self, job: ClaimedJob) -> None:
-        if not self.queue.renew(job.token):
+        if not self.queue.renew(self._claim(job)):
             raise LeaseLost(job.job_id, "renew")
 
     def is_cancel_requested(self, job: ClaimedJob) -> bool:
@@ -226,20 +232,20 @@ class RedisSource:
 
     def set_stage(self, job: ClaimedJob, stage: str, timings: dict[str, float]) -> None:
         """Show the job's current stage (and the stage timings so far) on its record."""
-        self.queue.set_stage(job.token, stage, timings=timings)
+        self.queue.set_stage(self._claim(job), stage, timings=timings)
 
     def ack_success(self, job: ClaimedJob, *, result_uri: str | None, timings: dict, extra: dict) -> None:
         if not result_uri:
             raise ValueError(f"job {job.job_id}: ack_success needs a result URI, got {result_uri!r}")
-        self.queue.ack_success(job.token, result_uri, extra, timings=timings)
+        self.queue.ack_success(self._claim(job), result_uri, extra, timings=timings)
 
     def fail(self, job: ClaimedJob, error: BaseException, *, retry: bool, timings: dict) -> None:
         # A retryable error may name its own delay (e.g. storage asked to back off).
         delay_s = getattr(error, "retry_after_s", None) if retry else None
-        self.queue.fail(job.token, str(error), retryable=retry, delay_s=delay_s, timings=timings)
+        self.queue.fail(self._claim(job), str(error), retryable=retry, delay_s=delay_s, timings=timings)
 
     def cancel(self, job: ClaimedJob) -> None:
-        self.queue.ack_cancelled(job.token)
+        self.queue.ack_cancelled(self._claim(job))
 
     def pending(self) -> int:
         """Jobs waiting in the queue (all priorities, delayed retries included)."""
