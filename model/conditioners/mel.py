@@ -1,4 +1,4 @@
-"""Mel conditioner: a 10-s mono 44.1 kHz waveform -> `seq_len` prefix tokens.
+"""Mel conditioner: a mono waveform at its own rate (10 s at 44.1 kHz in the release) -> `seq_len` tokens.
 
 Checkpoint id `audio_input_prompt`. The waveform becomes a natural-log magnitude mel spectrogram
 (torchaudio `MelSpectrogram` semantics, re-done here in plain torch), a linear map over the fixed
@@ -112,10 +112,11 @@ def fit_window(wav: torch.Tensor, num_samples: int) -> torch.Tensor:
 class MelConditioner(nn.Module):
     """Mel conditioner (`audio_input_prompt`): (B, N) waveform -> (B, seq_len, out_dim) tokens.
 
-    The frame projection is fixed-size, so N must give exactly `num_frames` frames
-    (440832..441087 samples for the released 1723). The released Python API masked 70-100 % of a
-    TTS voice prompt's frames at random at inference (a bug); nothing is masked here unless
-    `mask_spans` asks for it. `empty_audio_feat` is kept for weight compatibility and is unused.
+    The frame projection is fixed-size, so N must give exactly `num_frames` frames (440832..441087
+    samples for the released 1723 at hop 256; `MelConfig.window_samples` picks one). The released
+    Python API masked 70-100 % of a TTS voice prompt's frames at random at inference (a bug);
+    nothing is masked here unless `mask_spans` asks for it. `empty_audio_feat` is kept for weight
+    compatibility and is unused.
     """
 
     def __init__(
