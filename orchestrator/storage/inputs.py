@@ -284,7 +284,7 @@ class InputResolver:
         try:
             return self.policy.check(uri, tenant=tenant)
         except InputNotAllowed:
-            if self.tenant_rules is None or not uri.lower().startswith("s3://"):
+            if self.tenant_rules is None or not isinstance(uri, str) or not uri.lower().startswith("s3://"):
                 raise
             own = self.tenant_rules(tenant)
             if own is None:
