@@ -155,8 +155,7 @@ class SpeechConditioner(nn.Module):
     def _check_ids(self, token_ids: torch.Tensor) -> None:
         if token_ids.dim() != 2 or token_ids.dtype != torch.long:
             raise ValueError(
-                "token_ids must be a (B, L) int64 tensor, "
-                f"got shape {tuple(token_ids.shape)} {token_ids.dtype}"
+                f"token_ids must be a (B, L) int64 tensor, got shape {tuple(token_ids.shape)} {token_ids.dtype}"
             )
         if token_ids.numel():
             low, high = int(token_ids.min()), int(token_ids.max())

@@ -184,9 +184,7 @@ def test_load_into_meta_module_and_dtype(tiny_sd, tiny_cfg):
     load_into(module, tiny_sd, part="sampler")
     assert not any(t.is_meta for t in module.state_dict().values())
     assert module.sync.proj.weight.dtype == torch.float32
-    assert torch.equal(
-        module.sync.proj.weight, tiny_sd["conditioner.conditioners.sync_feature.proj.weight"].float()
-    )
+    assert torch.equal(module.sync.proj.weight, tiny_sd["conditioner.conditioners.sync_feature.proj.weight"].float())
     real = _sampler_module(tiny_sd, tiny_cfg)
     load_into(real, tiny_sd, part="sampler", dtype=torch.bfloat16)
     assert real.dit.timestep_features.weight.dtype == torch.bfloat16

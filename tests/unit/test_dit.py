@@ -15,9 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from model.dit import DiffusionTransformer
 
 DIT_PREFIX = "model.model."
-FULL_DIT = dict(
-    io_channels=64, embed_dim=2048, depth=36, num_heads=32, cond_token_dim=768, global_cond_dim=768
-)
+FULL_DIT = dict(io_channels=64, embed_dim=2048, depth=36, num_heads=32, cond_token_dim=768, global_cond_dim=768)
 
 
 def load_tiny_dit(parity_dir: Path) -> DiffusionTransformer:
@@ -113,9 +111,7 @@ def test_velocity_matches_reference_for_every_case_call(tiny_dit, vectors, case,
     assert calls, "the vectors' case lists no DiT calls"
     for call in calls:
         with torch.no_grad():
-            v = tiny_dit.guided_velocity(
-                *dit_inputs, cfg_scale=call["cfg_scale"], scale_phi=call["scale_phi"]
-            )
+            v = tiny_dit.guided_velocity(*dit_inputs, cfg_scale=call["cfg_scale"], scale_phi=call["scale_phi"])
         err = max_err(v, vectors[call["name"]])
         print(f"{call['name']} (cfg {call['cfg_scale']}, phi {call['scale_phi']}): max abs err {err:.3g}")
         assert err < (1e-4 if call["cfg_scale"] == 1 else 5e-4), call
@@ -351,9 +347,7 @@ def test_flops_per_forward_matches_hand_count() -> None:
     self_attn = 8 * 128 * 384 + 8 * 8 * 128 * 2 + 8 * 128 * 128  # qkv, QK^T + AV, out: 540672
     cross_attn = 8 * 128 * 128 + 4 * 128 * 256 + 8 * 4 * 128 * 2 + 8 * 128 * 128  # 401408
     feed_forward = 8 * 128 * 1024 + 8 * 512 * 128  # 1572864
-    per_item = (
-        timestep_mlp + context_mlp + global_mlp + latent_io + 2 * (self_attn + cross_attn + feed_forward)
-    )
+    per_item = timestep_mlp + context_mlp + global_mlp + latent_io + 2 * (self_attn + cross_attn + feed_forward)
     assert per_item == 5892736
     assert dit.flops_per_forward(batch=2, latent_len=5, prefix_len=3, context_len=4) == 2 * 2 * per_item
 

@@ -64,11 +64,7 @@ def parity(parity_dir: Path):
     weight = state[PROJECTION_PREFIX + "proj_features.weight"]
     projection = OmniProjection(in_features=weight.shape[1], out_dim=weight.shape[0], pad_length=pad_length)
     projection.load_state_dict(
-        {
-            k[len(PROJECTION_PREFIX) :]: v
-            for k, v in state.items()
-            if k.startswith(PROJECTION_PREFIX + "proj_")
-        },
+        {k[len(PROJECTION_PREFIX) :]: v for k, v in state.items() if k.startswith(PROJECTION_PREFIX + "proj_")},
         strict=True,
     )
     return encoder, projection, vectors, case
@@ -78,9 +74,7 @@ def test_parity_hidden_states(parity):
     encoder, _, vectors, case = parity
     mask = vectors["omni.in.attention_mask"]
     hidden = encoder.hidden_states(vectors["omni.in.input_ids"], mask)
-    assert len(encoder.thinker.config.text_config.layer_types) + 1 == int(
-        vectors["omni.dbg.num_hidden_states"]
-    )
+    assert len(encoder.thinker.config.text_config.layer_types) + 1 == int(vectors["omni.dbg.num_hidden_states"])
     error = (hidden - vectors[case["hidden_name"]])[mask.bool()].abs().max().item()
     assert error < 1e-5, f"hidden_states[-2] max abs error {error:.3g}"
 
@@ -128,9 +122,7 @@ def test_select_hidden_aligns_mask_and_resamples_in_bf16():
     long_mask = torch.tensor([[1, 1, 1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 0, 0, 1, 1]])  # longer than S
     rows = select_hidden(hidden, long_mask, pad_length=4)
     assert all(r.dtype == torch.bfloat16 for r in rows)
-    expected0 = F.interpolate(
-        hidden[0].to(torch.bfloat16).t()[None], size=4, mode="linear", align_corners=False
-    )[0].t()
+    expected0 = F.interpolate(hidden[0].to(torch.bfloat16).t()[None], size=4, mode="linear", align_corners=False)[0].t()
     assert torch.equal(rows[0], expected0)
     assert torch.equal(rows[1], hidden[1, 2:4].to(torch.bfloat16))
 
@@ -174,11 +166,7 @@ def _noise(seconds: float = 1.0, seed: int = 0) -> np.ndarray:
 def test_tiny_processor_round_trip(tmp_path: Path):
     built = build_tiny_processor(tmp_path)
     assert type(built) is Qwen2_5OmniProcessor
-    loaded = (
-        Qwen2_5OmniProcessor.from_pretrained(tmp_path)
-        if is_torchvision_available()
-        else load_processor(tmp_path)
-    )
+    loaded = Qwen2_5OmniProcessor.from_pretrained(tmp_path) if is_torchvision_available() else load_processor(tmp_path)
     assert type(loaded) is Qwen2_5OmniProcessor
     saved = json.loads((tmp_path / "processor_config.json").read_text())
     assert saved["video_processor"]["video_processor_type"] == "Qwen2VLVideoProcessor"
@@ -239,9 +227,7 @@ def test_encode_text_and_audio(tiny_encoder: MLLMEncoder):
 def test_encode_video(tiny_encoder: MLLMEncoder):
     frames = torch.randint(0, 256, (4, 3, 56, 56), dtype=torch.uint8)  # (T, 3, H, W)
     text = generation_prompt(Task.VIDEO_TO_AUDIO, prompt="")
-    rows = tiny_encoder.encode(
-        [MLLMPrompt(text, video=frames), MLLMPrompt(text, video=torch.zeros_like(frames))]
-    )
+    rows = tiny_encoder.encode([MLLMPrompt(text, video=frames), MLLMPrompt(text, video=torch.zeros_like(frames))])
     assert rows[0].shape == (tiny_encoder.pad_length, tiny_encoder.hidden_size)  # many video tokens
     assert rows[1].shape[0] < tiny_encoder.pad_length  # a black video is dropped, markers stay text
 
@@ -268,9 +254,7 @@ def test_understand_returns_only_the_answer(tiny_encoder: MLLMEncoder):
     answers = tiny_encoder.understand(
         [
             UnderstandRequest(question),
-            UnderstandRequest(
-                question, audio=_noise(0.5), video=torch.randint(0, 256, (2, 3, 56, 56)).byte()
-            ),
+            UnderstandRequest(question, audio=_noise(0.5), video=torch.randint(0, 256, (2, 3, 56, 56)).byte()),
         ],
         max_new_tokens=6,
     )

@@ -29,9 +29,7 @@ def setup(parity_dir):
     config = json.loads((parity_dir / "tiny_config.json").read_text())
     cfgs = {c["id"]: c["config"] for c in config["model"]["conditioning"]["configs"]}
     weights = load_file(str(parity_dir / "tiny_state_dict.safetensors"))
-    sync = SyncConditioner(
-        seq_in=cfgs["sync_feature"]["sync_seq_dim"], seq_out=cfgs["sync_feature"]["sync_output_dim"]
-    )
+    sync = SyncConditioner(seq_in=cfgs["sync_feature"]["sync_seq_dim"], seq_out=cfgs["sync_feature"]["sync_output_dim"])
     sync.load_state_dict(_own(weights, "sync_feature"), strict=True)
     mel = MelConditioner(seq_len=cfgs["audio_input_prompt"]["seq_len"])
     mel.load_state_dict(_own(weights, "audio_input_prompt"), strict=True)
@@ -44,12 +42,8 @@ def test_global_cond_of_sampling_run(setup):
     assert items[0]["sync_feature"] == "samp.in.sync_feature0_f16"
     assert items[1]["sync_feature"] == "zeros(1,240,768)"
     assert [item["TASK_TTS"] for item in items] == [False, False]
-    features = torch.cat(
-        [tensors["samp.in.sync_feature0_f16"].float(), sync.null_features(1)]
-    )  # (2, 240, 768)
-    audio = torch.cat(
-        [tensors["mel.in.wav0_pcm16"].float() / 32768, torch.zeros(1, 441000)]
-    )  # mel items 0, 1
+    features = torch.cat([tensors["samp.in.sync_feature0_f16"].float(), sync.null_features(1)])  # (2, 240, 768)
+    audio = torch.cat([tensors["mel.in.wav0_pcm16"].float() / 32768, torch.zeros(1, 441000)])  # mel items 0, 1
     with torch.no_grad():
         sync_tokens, sync_mask = sync(features)
         mel_tokens, _ = mel(audio)
