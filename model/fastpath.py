@@ -126,9 +126,7 @@ def compile_dit(dit: nn.Module, mode: str = "default") -> nn.Module:
         raise ValueError(f"unknown compile mode {mode!r}; allowed: {list(COMPILE_MODES)}")
     trunk = getattr(dit, "transformer", None)
     if not isinstance(trunk, nn.Module):
-        raise ValueError(
-            f"expected a DiffusionTransformer with a `transformer` trunk, got {type(dit).__name__}"
-        )
+        raise ValueError(f"expected a DiffusionTransformer with a `transformer` trunk, got {type(dit).__name__}")
     trunk.compile(mode=mode, dynamic=False)
     return dit
 

@@ -77,9 +77,7 @@ def sequence_lengths(config: AudioOmniConfig) -> tuple[int, int, int]:
     return config.latent_length, prefix, context
 
 
-def activation_bytes(
-    config: AudioOmniConfig, batch: int, precision: str | Precision, *, guided: bool = True
-) -> int:
+def activation_bytes(config: AudioOmniConfig, batch: int, precision: str | Precision, *, guided: bool = True) -> int:
     """Upper estimate of the DiT's peak activation bytes for one sampling step of ``batch`` items.
 
     Rows are ``2 * batch`` when ``guided`` (conditional and unconditional in one forward). At the

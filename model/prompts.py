@@ -44,9 +44,7 @@ EDIT_STYLE_TRANSFER_TEMPLATE = "Change the sound of '{source}' to '{target}'."
 
 # Transcribing a voice prompt that came without its text (spec §5.3, gradio path).
 SYS_ASR = "You are a speech recognition assistant. Transcribe the given audio accurately."
-ASR_INSTRUCTION = (
-    "Please transcribe the speech in this audio clip. Output only the transcription text, nothing else."
-)
+ASR_INSTRUCTION = "Please transcribe the speech in this audio clip. Output only the transcription text, nothing else."
 ASR_MAX_NEW_TOKENS = 256
 
 # Markers of the Qwen2.5-Omni chat format; the processor expands the media tokens to one token per
@@ -70,10 +68,7 @@ def wrap(system: str, user: str) -> str:
 
 def wrap_video(system: str, user: str) -> str:
     """Like `wrap`, with the video markers on a new line after the user text (even an empty one)."""
-    return (
-        f"{IM_START}system\n{system}{IM_END}\n{IM_START}user\n{user}\n{VIDEO_MARKER}{IM_END}\n"
-        f"{IM_START}assistant\n"
-    )
+    return f"{IM_START}system\n{system}{IM_END}\n{IM_START}user\n{user}\n{VIDEO_MARKER}{IM_END}\n{IM_START}assistant\n"
 
 
 def generation_prompt(task: Task, *, prompt: str = "", edit_target: str | None = None) -> str:

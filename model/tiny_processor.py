@@ -265,9 +265,7 @@ def tiny_mllm_dir(cache_dir: str | Path) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=".tiny-qwen-", dir=cache_dir))
     try:
         processor = build_tiny_processor(staging)
-        config = Qwen2_5OmniConfig(
-            thinker_config=tiny_thinker_config(processor).to_dict(), enable_audio_output=False
-        )
+        config = Qwen2_5OmniConfig(thinker_config=tiny_thinker_config(processor).to_dict(), enable_audio_output=False)
         config.save_pretrained(str(staging))
         try:
             os.rename(staging, target)

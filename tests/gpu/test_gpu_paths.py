@@ -57,9 +57,7 @@ def sample(dit, precision, inputs, rows=slice(None), steps=4):
 def test_low_precision_close_to_fp32_on_cuda(setup, precision) -> None:
     dits, inputs = setup
     torch.backends.cuda.matmul.allow_tf32 = False
-    err = rel_err(
-        sample(dits[precision], precision, inputs), sample(dits[Precision.FP32], Precision.FP32, inputs)
-    )
+    err = rel_err(sample(dits[precision], precision, inputs), sample(dits[Precision.FP32], Precision.FP32, inputs))
     assert err < REL_TOL[precision], err
 
 

@@ -33,11 +33,7 @@ def test_tiny_quick_run_prints_one_json_object(tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result == json.loads(out_file.read_text())
-    assert (
-        result["errors"] == []
-        and result["device_type"] == "cpu"
-        and result["peak"]["bf16_dense_tflops"] is None
-    )
+    assert result["errors"] == [] and result["device_type"] == "cpu" and result["peak"]["bf16_dense_tflops"] is None
     rows = {(r["style"], r["precision"], r["batch"]) for r in result["sampling"]}
     assert rows == {("batched", p, b) for p in ("bf16", "fp32") for b in (1, 2)} | {("reference", "fp16", 1)}
     for row in result["sampling"]:

@@ -16,8 +16,7 @@ SPEC_SYSTEM_STRINGS = {
     "original piece of music based on the user's request. Focus on melody, harmony, rhythm, and "
     "instrumentation to capture the desired mood.",
     "SYS_TTS": "Generate speech from the input text.",
-    "SYS_V2A": "You are a professional foley artist. Understand this video and create the sounds for this "
-    "video.",
+    "SYS_V2A": "You are a professional foley artist. Understand this video and create the sounds for this video.",
     "SYS_V2M": "You are a versatile music producer. Create a high-quality background music track that fits "
     "the style, energy, and mood of this video.",
     "SYS_EDIT": "You are a professional sound engineer. Your task is to precisely edit the provided audio "
@@ -47,9 +46,7 @@ def test_wrappers():
 
 def test_text_to_audio_appends_a_period_even_after_one():
     text = generation_prompt(Task.TEXT_TO_AUDIO, prompt="A clock ticking.")
-    assert text == (
-        HEAD + SPEC_SYSTEM_STRINGS["SYS_T2A"] + "<|im_end|>\n<|im_start|>user\nA clock ticking.." + TAIL
-    )
+    assert text == (HEAD + SPEC_SYSTEM_STRINGS["SYS_T2A"] + "<|im_end|>\n<|im_start|>user\nA clock ticking.." + TAIL)
     assert text.endswith("A clock ticking..<|im_end|>\n<|im_start|>assistant\n")
 
 
@@ -130,8 +127,6 @@ def test_understanding_conversation_orders_video_audio_text():
 
 def test_audio_marker_goes_before_the_assistant_turn():
     text = with_audio_marker(wrap("S", "U"))
-    assert text == (
-        "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|audio_bos|><|AUDIO|><|audio_eos|>" + TAIL
-    )
+    assert text == ("<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|audio_bos|><|AUDIO|><|audio_eos|>" + TAIL)
     with pytest.raises(ValueError, match="assistant turn"):
         with_audio_marker("no chat format")

@@ -40,9 +40,7 @@ def vectors(parity_dir):
 def tiny(parity_dir) -> SpeechConditioner:
     config = json.loads((parity_dir / "tiny_config.json").read_text())
     (entry,) = [c for c in config["model"]["conditioning"]["configs"] if c["id"] == "speech_prompt"]
-    module = SpeechConditioner(
-        seq_len=entry["config"]["seq_len"], proj_seq_len=entry["config"]["proj_seq_len"]
-    )
+    module = SpeechConditioner(seq_len=entry["config"]["seq_len"], proj_seq_len=entry["config"]["proj_seq_len"])
     weights = load_file(str(parity_dir / "tiny_state_dict.safetensors"))
     own = {k.removeprefix(PREFIX): v.float() for k, v in weights.items() if k.startswith(PREFIX)}
     module.load_state_dict(own, strict=True)
