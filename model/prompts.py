@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from model.limits import MAX_PROMPT_CHARS
 from model.tasks import Task
 
 SYS_T2A = (
@@ -46,6 +47,88 @@ EDIT_STYLE_TRANSFER_TEMPLATE = "Change the sound of '{source}' to '{target}'."
 SYS_ASR = "You are a speech recognition assistant. Transcribe the given audio accurately."
 ASR_INSTRUCTION = "Please transcribe the speech in this audio clip. Output only the transcription text, nothing else."
 ASR_MAX_NEW_TOKENS = 256
+
+# Knowledge-augmented generation (`reasoning: true`): before generating, the thinker rewrites the
+# request into one concrete description, and that answer becomes the generating step's prompt. These
+# strings are this system's own (the released model was not trained on them): what to describe per
+# task, then what the answer must look like, then the request.
+_REASONING_WHAT = {
+    Task.TEXT_TO_AUDIO: (
+        "one concrete description of the sound to generate. Name the sound sources (voices included), "
+        "what they do, and the place and distance they are heard from"
+    ),
+    Task.TEXT_TO_MUSIC: (
+        "one concrete description of the music to generate. Name the genre, the instruments or voices, "
+        "the tempo, and the mood"
+    ),
+    Task.VIDEO_TO_AUDIO: (
+        "one concrete description of the sound that should accompany the video. Name the sound "
+        "sources (voices included), what they do, and the place they are heard in"
+    ),
+    Task.VIDEO_TO_MUSIC: (
+        "one concrete description of the background music for the video. Name the genre, the "
+        "instruments, the tempo, and the mood"
+    ),
+}
+_REASONING_SOUND = (
+    "one concrete name of the sound to {verb}, as a short phrase such as 'a dog barking nearby'. "
+    "Name the source and what it does"
+)
+_REASONING_EDIT_VERBS = {
+    Task.EDIT_ADD: "add to a recording",
+    Task.EDIT_REMOVE: "remove from a recording",
+    Task.EDIT_EXTRACT: "extract from a recording",
+    Task.EDIT_STYLE_TRANSFER: "change in a recording",
+}
+REASONING_TASKS = (*_REASONING_WHAT, *_REASONING_EDIT_VERBS)  # the tasks `reasoning: true` applies to
+_REASONING_FORM = {
+    "sentence": "one sentence of at most 40 words, with no full stop at its end",
+    "phrase": "one phrase of at most 12 words, with no full stop at its end",
+}
+REASONING_TEMPLATE = (
+    "Rewrite the request below as {what}. Use what you know about how such things really sound, and "
+    "keep every detail the request gives. Answer in English with the description only: {form}, "
+    "without quotation marks, preamble or explanation.\nRequest: {request}"
+)
+
+
+def _reasoning_parts(task: Task) -> tuple[str, str]:
+    if task in _REASONING_WHAT:
+        return _REASONING_WHAT[task], _REASONING_FORM["sentence"]
+    if task in _REASONING_EDIT_VERBS:
+        return _REASONING_SOUND.format(verb=_REASONING_EDIT_VERBS[task]), _REASONING_FORM["phrase"]
+    allowed = ", ".join(t.value for t in REASONING_TASKS)
+    raise ValueError(f"reasoning applies to tasks whose prompt describes a sound ({allowed}), not {task.value}")
+
+
+def reasoning_question(task: Task | str, prompt: str) -> str:
+    """The question the thinker answers before a `reasoning: true` generation (an `understand` step
+    without media): rewrite `prompt`, the request of a `task` job, into one concrete description.
+    The answer is used as the generating step's prompt.
+
+    Refused (ValueError) for a task whose prompt the thinker does not read as a description (TTS and
+    voice conversion speak a transcript; understanding generates nothing), for an empty prompt, and
+    for a prompt over MAX_REASONING_PROMPT_CHARS (the question must stay a valid understanding prompt).
+    """
+    if not isinstance(task, Task):
+        task = Task.parse(str(task))
+    what, form = _reasoning_parts(task)
+    request = prompt.strip() if isinstance(prompt, str) else ""
+    if not request:
+        raise ValueError(f"reasoning on {task.value} needs a non-empty prompt to rewrite")
+    if len(request) > MAX_REASONING_PROMPT_CHARS:
+        raise ValueError(
+            f"prompt has {len(request)} characters; with reasoning the limit is {MAX_REASONING_PROMPT_CHARS} "
+            "(the rewrite instruction shares the question's limit)"
+        )
+    return REASONING_TEMPLATE.format(what=what, form=form, request=request)
+
+
+# The longest instruction around the request; the whole question stays within MAX_PROMPT_CHARS.
+MAX_REASONING_PROMPT_CHARS = MAX_PROMPT_CHARS - max(
+    len(REASONING_TEMPLATE.format(what=what, form=form, request=""))
+    for what, form in (_reasoning_parts(t) for t in REASONING_TASKS)
+)
 
 # Markers of the Qwen2.5-Omni chat format; the processor expands the media tokens to one token per
 # media frame before tokenizing.

@@ -130,3 +130,44 @@ def test_audio_marker_goes_before_the_assistant_turn():
     assert text == ("<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|audio_bos|><|AUDIO|><|audio_eos|>" + TAIL)
     with pytest.raises(ValueError, match="assistant turn"):
         with_audio_marker("no chat format")
+
+
+# ---------------------------------------------------------------------------------------- reasoning
+
+
+@pytest.mark.parametrize("task", prompts.REASONING_TASKS)
+def test_reasoning_question_asks_for_one_description_and_ends_with_the_request(task):
+    question = prompts.reasoning_question(task, "  a storm at sea  ")
+    assert question.endswith("\nRequest: a storm at sea")
+    assert question.startswith("Rewrite the request below as one concrete ")
+    assert "description only" in question and "no full stop at its end" in question
+    assert len(question) <= prompts.MAX_PROMPT_CHARS
+    # accepted by task name too
+    assert prompts.reasoning_question(task.value, "a storm at sea") == question
+
+
+def test_reasoning_question_differs_by_kind_of_output():
+    t2a = prompts.reasoning_question(Task.TEXT_TO_AUDIO, "rain")
+    t2m = prompts.reasoning_question(Task.TEXT_TO_MUSIC, "rain")
+    edit = prompts.reasoning_question(Task.EDIT_REMOVE, "rain")
+    assert "sound to generate" in t2a and "one sentence" in t2a
+    assert "music to generate" in t2m and "tempo" in t2m
+    assert "remove from a recording" in edit and "one phrase" in edit  # it is pasted into the edit template
+
+
+@pytest.mark.parametrize("task", [Task.TTS, Task.VOICE_CONVERSION, Task.UNDERSTAND])
+def test_reasoning_is_refused_where_the_prompt_is_not_a_description(task):
+    with pytest.raises(ValueError, match=f"reasoning applies to tasks .* not {task.value}"):
+        prompts.reasoning_question(task, "hello")
+
+
+def test_reasoning_question_refuses_empty_and_over_long_requests():
+    with pytest.raises(ValueError, match="non-empty prompt"):
+        prompts.reasoning_question(Task.TEXT_TO_AUDIO, "   ")
+    limit = prompts.MAX_REASONING_PROMPT_CHARS
+    longest = max(
+        len(prompts.reasoning_question(t, "x" * limit)) for t in prompts.REASONING_TASKS
+    )  # the limit is tight: the longest instruction fills the question exactly
+    assert longest == prompts.MAX_PROMPT_CHARS
+    with pytest.raises(ValueError, match=f"{limit + 1} characters; with reasoning the limit is {limit}"):
+        prompts.reasoning_question(Task.TEXT_TO_AUDIO, "x" * (limit + 1))
