@@ -30,6 +30,7 @@ __all__ = [
     "MAX_DURATION_S",
     "MAX_INPUT_AUDIO_S",
     "MAX_PROMPT_CHARS",
+    "MAX_REFERENCED_TEXT_CHARS",
     "MAX_SEED",
     "MAX_STEPS",
     "MAX_TRANSCRIPT_CHARS",
@@ -54,5 +55,8 @@ MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 2000  # prompt, question, edit description, style source or target
 MAX_TRANSCRIPT_CHARS = 2000  # text to speak
 MAX_VOICE_PROMPT_TEXT_CHARS = 1000  # what the voice prompt says
+# A workflow step's text answer pasted into a later step's text field (`{{step.text}}`) is cut to
+# this many characters, so a reference can be checked against the field's limit at submission.
+MAX_REFERENCED_TEXT_CHARS = 1000
 
 VOICE_PROMPT_MAX_S = 6.0  # the released model was trained with <= 6 s voice prompts (longer ones are cut)
