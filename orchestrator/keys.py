@@ -14,6 +14,9 @@ Layout under prefix `P` (default `aomni:`)::
     P batch:{batch_id}        hash: total and counts by status
     P batch-failures:{id}     list of failed / dead job ids of a batch, in order of failure
     P idem:{tenant}:{key}     idempotency key -> job id
+    P wf:{workflow_id}        hash: tenant, steps (JSON [{id, job_id, task}]), created_at, batch,
+                              idem, open (steps not yet final), cancelled ('1'), failed_step, error
+    P wf-idem:{tenant}:{key}  a workflow's idempotency key -> workflow id
     P tenant:{tenant_id}      hash: tenant record (quotas, allowed inputs)
     P apikey:{sha256 hex}     API key hash -> tenant id
     P tenants                 set of tenant ids
@@ -115,6 +118,20 @@ class RedisKeys:
 
     def idempotency(self, tenant: str, key: str) -> str:
         return f"{self.prefix}idem:{tenant}:{key}"
+
+    # ----------------------------------------------------------------------- workflows
+
+    @property
+    def workflow_base(self) -> str:
+        """`workflow_base + workflow id` is the workflow's hash."""
+        return f"{self.prefix}wf:"
+
+    def workflow(self, workflow_id: str) -> str:
+        return self.workflow_base + workflow_id
+
+    def workflow_idempotency(self, tenant: str, key: str) -> str:
+        """A workflow's idempotency key (its own namespace: a job and a workflow may share a key)."""
+        return f"{self.prefix}wf-idem:{tenant}:{key}"
 
     # ----------------------------------------------------------------------- tenants (HTTP API)
 

@@ -5,7 +5,8 @@ Calling convention (shared by every script; `orchestrator.queue` fills it in):
     ARGV[1] job_base      ARGV[2] batch_base    ARGV[3] batch_failures_base
     ARGV[4] dead-letter stream                  ARGV[5] dead-letter MAXLEN (approximate)
     ARGV[6] retention_s   ARGV[7] consumer group
-    ARGV[8..]             script-specific arguments (documented per script)
+    ARGV[8] stream_base   ARGV[9] delayed_base  ARGV[10] workflow_base
+    ARGV[11..]            script-specific arguments (documented per script)
 
 The scripts never spell a key: fixed keys arrive in KEYS, per-id keys are `base .. id` with the
 bases from `orchestrator.keys`. Times come from the Redis server clock (`TIME`), so every
@@ -14,7 +15,14 @@ consumer agrees on due times and timestamps.
 Job hash fields: status, priority, tenant, seed, spec, submitted_at, attempts, entry (the stream
 entry id that currently represents the job), batch, idem (its idempotency key name), lease (the
 token of the current claim: the attempt number), consumer, started_at, stage, timings (JSON),
-error, result_uri, extra (JSON), cancel ("1" when requested), retry_at, finished_at.
+error, result_uri, extra (JSON), cancel ("1" when requested), retry_at, finished_at; a workflow's
+step also has workflow (its id), deps (how many steps it uses have not succeeded yet) and dependents
+(JSON list of the job ids of the steps that use it). A step with deps > 0 is `queued` with no stream
+entry: the success of its last dependency adds the entry (see `finish`).
+
+Workflow hash (`workflow_base` + id): tenant, steps (JSON [{id, job_id, task}]), created_at, batch,
+idem, open (steps not final yet; at 0 the hash expires with its records), cancelled ('1'),
+failed_step and error (the first step that failed or died, and its error).
 
 Exactly one final state: every script that ends or renews a claim first checks that the job is
 `running`, that `lease` equals the caller's token and that `entry` equals the caller's entry id.
@@ -27,6 +35,7 @@ from __future__ import annotations
 PRELUDE = r"""
 local JOB, BATCH, FAILS, DEAD = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local DEAD_MAXLEN, RETENTION, GROUP = ARGV[5], tonumber(ARGV[6]), ARGV[7]
+local STREAM, DELAYED, WF = ARGV[8], ARGV[9], ARGV[10]
 
 -- Server time as (seconds string with microseconds, integer milliseconds).
 local function now()
@@ -41,10 +50,14 @@ local function retire(stream, eid)
   redis.call('XDEL', stream, eid)
 end
 
+local wf_settle  -- defined below `finish` (the two call each other)
+
 -- Move a job from `prev` to the final `status`: batch counters, failure list, dead-letter entry,
--- expiry of the record and of its idempotency key. `f` = {batch, idem, attempts, tenant} when the
--- caller already read them (nil: read here); `sets` = more field/value pairs written with it.
-local function finish(job_id, prev, status, err, now_s, f, sets)
+-- expiry of the record and of its idempotency key, and for a workflow's step what follows for its
+-- workflow (`wf_settle`). `f` = {batch, idem, attempts, tenant} when the caller already read them
+-- (nil: read here); `sets` = more field/value pairs written with it; `quiet` = the step is being
+-- cancelled by its workflow (count it, do not start another round of cancelling).
+local function finish(job_id, prev, status, err, now_s, f, sets, quiet)
   local jk = JOB .. job_id
   f = f or redis.call('HMGET', jk, 'batch', 'idem', 'attempts', 'tenant')
   local hset = {'HSET', jk, 'status', status, 'finished_at', now_s}
@@ -78,6 +91,67 @@ local function finish(job_id, prev, status, err, now_s, f, sets)
       redis.call('EXPIRE', FAILS .. batch, RETENTION)
     end
   end
+  local wf = redis.call('HGET', jk, 'workflow')
+  if wf and wf ~= '' then wf_settle(wf, job_id, status, err, now_s, quiet) end
+end
+
+-- End every step of workflow `wf` that is not final: a queued step (waiting for its dependencies,
+-- in a stream, or waiting for a retry) ends `cancelled` with `why` and never runs; a running step
+-- gets the cancel flag (its engine stops between stages).
+local function wf_stop(wf, why, now_s)
+  local raw = redis.call('HGET', WF .. wf, 'steps')
+  if not raw then return end
+  for _, s in ipairs(cjson.decode(raw)) do
+    local jk = JOB .. s.job_id
+    local r = redis.call('HMGET', jk, 'status', 'priority', 'entry')
+    if r[1] == 'queued' then
+      if r[3] then retire(STREAM .. r[2], r[3]) end
+      redis.call('ZREM', DELAYED .. r[2], s.job_id)
+      redis.call('HSET', jk, 'cancel', '1')
+      finish(s.job_id, 'queued', 'cancelled', why, now_s, nil, nil, true)
+    elseif r[1] == 'running' then
+      redis.call('HSET', jk, 'cancel', '1')
+    end
+  end
+end
+
+-- A step of workflow `wf` ended with `status`. Success: each step that uses it counts one
+-- dependency less and is queued (a stream entry) when none is left. Failed / dead: the workflow
+-- records the step and its error (the first failure wins), and its other steps are stopped.
+-- Cancelled: the workflow counts as cancelled (unless a step failed first), and the rest stops.
+wf_settle = function(wf, job_id, status, err, now_s, quiet)
+  local wk = WF .. wf
+  if redis.call('EXISTS', wk) == 0 then return end  -- expired: nothing left to keep consistent
+  if redis.call('HINCRBY', wk, 'open', -1) <= 0 then
+    redis.call('EXPIRE', wk, RETENTION)
+    local idem = redis.call('HGET', wk, 'idem')
+    if idem and idem ~= '' then redis.call('EXPIRE', idem, RETENTION) end
+  end
+  if status == 'succeeded' then
+    local deps = redis.call('HGET', JOB .. job_id, 'dependents')
+    if not deps or deps == '' then return end
+    for _, d in ipairs(cjson.decode(deps)) do
+      local dk = JOB .. d
+      local r = redis.call('HMGET', dk, 'status', 'priority', 'entry')
+      if r[1] == 'queued' and redis.call('HINCRBY', dk, 'deps', -1) <= 0 and not r[3] then
+        local eid = redis.call('XADD', STREAM .. r[2], '*', 'job', d)
+        redis.call('HSET', dk, 'entry', eid)
+        redis.call('HDEL', dk, 'stage')  -- no longer 'waiting'
+      end
+    end
+    return
+  end
+  if quiet then return end
+  local step = job_id
+  for _, s in ipairs(cjson.decode(redis.call('HGET', wk, 'steps') or '[]')) do
+    if s.job_id == job_id then step = s.id end
+  end
+  if status == 'cancelled' then
+    if not redis.call('HGET', wk, 'failed_step') then redis.call('HSET', wk, 'cancelled', '1') end
+  elseif redis.call('HSETNX', wk, 'failed_step', step) == 1 then
+    redis.call('HSET', wk, 'error', err or status)
+  end
+  wf_stop(wf, "not run: step '" .. step .. "' " .. status, now_s)
 end
 
 -- The claim check: returns the job's hash fields when (job, entry, token) is still the live claim.
@@ -97,14 +171,14 @@ local function merge_json(jk, field, patch)
 end
 """
 
-# ARGV[8] stream_base, ARGV[9] batch id ('' = none), ARGV[10] batch tenant, ARGV[11] n,
+# ARGV[11] batch id ('' = none), ARGV[12] batch tenant, ARGV[13] n,
 # then n groups of 6: job_id, priority, tenant, seed, idempotency key name ('' = none), spec JSON.
 # Returns {submitted_at, job_id_1, created_1, ...}: created 1 = new job, 0 = an existing job was
 # found (same idempotency key, or same job id) and its id is returned instead.
 SUBMIT = (
     PRELUDE
     + r"""
-local stream_base, batch, batch_tenant, n = ARGV[8], ARGV[9], ARGV[10], tonumber(ARGV[11])
+local batch, batch_tenant, n = ARGV[11], ARGV[12], tonumber(ARGV[13])
 local now_s = now()
 if batch ~= '' then
   local owner = redis.call('HGET', BATCH .. batch, 'tenant')
@@ -114,7 +188,7 @@ if batch ~= '' then
 end
 local out = {now_s}
 local created = 0
-local a = 12
+local a = 14
 for _ = 1, n do
   local id, pr, tenant = ARGV[a], ARGV[a + 1], ARGV[a + 2]
   local seed, idem, spec = ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
@@ -127,7 +201,7 @@ for _ = 1, n do
     out[#out + 1] = 0
   else
     local jk = JOB .. id
-    local eid = redis.call('XADD', stream_base .. pr, '*', 'job', id)
+    local eid = redis.call('XADD', STREAM .. pr, '*', 'job', id)
     redis.call('HSET', jk, 'status', 'queued', 'priority', pr, 'tenant', tenant, 'seed', seed,
       'spec', spec, 'submitted_at', now_s, 'attempts', 0, 'entry', eid)
     if batch ~= '' then redis.call('HSET', jk, 'batch', batch) end
@@ -155,7 +229,7 @@ return out
 )
 
 # KEYS: n streams (highest priority first), n delayed sets, n XAUTOCLAIM cursors, claim-seq.
-# ARGV[8] n, ARGV[9..8+n] priority names, ARGV[9+n..8+2n] weights, then consumer, count,
+# ARGV[11] n, ARGV[12..11+n] priority names, ARGV[12+n..11+2n] weights, then consumer, count,
 # lease_ms, max_attempts, reclaim ('1' = also take over entries idle for >= lease_ms).
 # Returns {skipped, next_due_ms (-1 = none), server_ms, started_at, {last entry id per stream},
 # job, job, ...}. Each job is one string of fields joined by the unit separator \31 (which
@@ -167,13 +241,13 @@ return out
 CLAIM = (
     PRELUDE
     + r"""
-local n = tonumber(ARGV[8])
+local n = tonumber(ARGV[11])
 local names, weights = {}, {}
 for i = 1, n do
-  names[i] = ARGV[8 + i]
-  weights[i] = tonumber(ARGV[8 + n + i])
+  names[i] = ARGV[11 + i]
+  weights[i] = tonumber(ARGV[11 + n + i])
 end
-local a = 9 + 2 * n
+local a = 12 + 2 * n
 local consumer, want, lease_ms = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2]
 local max_attempts, do_reclaim = tonumber(ARGV[a + 3]), ARGV[a + 4] == '1'
 local seq_key = KEYS[3 * n + 1]
@@ -320,48 +394,48 @@ return res
 """
 )
 
-# KEYS[1] the job's stream. ARGV[8] job_id, ARGV[9] entry id, ARGV[10] token, ARGV[11] consumer.
+# KEYS[1] the job's stream. ARGV[11] job_id, ARGV[12] entry id, ARGV[13] token, ARGV[14] consumer.
 # Resets the entry's idle time (XCLAIM JUSTID does not count a delivery).
 # Returns -1 = lease lost, 0 = renewed, 1 = renewed and a cancel was requested.
 RENEW = (
     PRELUDE
     + r"""
-local r = held(ARGV[8], ARGV[9], ARGV[10], 'cancel')
+local r = held(ARGV[11], ARGV[12], ARGV[13], 'cancel')
 if not r then return -1 end
-local c = redis.call('XCLAIM', KEYS[1], GROUP, ARGV[11], 0, ARGV[9], 'JUSTID')
+local c = redis.call('XCLAIM', KEYS[1], GROUP, ARGV[14], 0, ARGV[12], 'JUSTID')
 if #c == 0 then return -1 end
 if r[4] == '1' then return 1 end
 return 0
 """
 )
 
-# ARGV[8] job_id, ARGV[9] entry id, ARGV[10] token, ARGV[11] stage ('' = keep),
-# ARGV[12] timings JSON object to merge ('' = none). Returns 1, or 0 when the lease is lost.
+# ARGV[11] job_id, ARGV[12] entry id, ARGV[13] token, ARGV[14] stage ('' = keep),
+# ARGV[15] timings JSON object to merge ('' = none). Returns 1, or 0 when the lease is lost.
 STAGE = (
     PRELUDE
     + r"""
-if not held(ARGV[8], ARGV[9], ARGV[10]) then return 0 end
-local jk = JOB .. ARGV[8]
-if ARGV[11] ~= '' then redis.call('HSET', jk, 'stage', ARGV[11]) end
-merge_json(jk, 'timings', ARGV[12])
+if not held(ARGV[11], ARGV[12], ARGV[13]) then return 0 end
+local jk = JOB .. ARGV[11]
+if ARGV[14] ~= '' then redis.call('HSET', jk, 'stage', ARGV[14]) end
+merge_json(jk, 'timings', ARGV[15])
 return 1
 """
 )
 
-# ARGV[8] stream_base, ARGV[9] final status ('succeeded' or 'cancelled'), ARGV[10] n, then n
+# ARGV[11] final status ('succeeded' or 'cancelled'), ARGV[12] n, then n
 # groups of 7: job_id, entry id, token, priority, result uri, extra JSON, timings JSON to merge.
 # Each job is checked and finished on its own. Returns one 1 (recorded) or 0 (lease lost,
 # nothing changed) per job.
 COMPLETE = (
     PRELUDE
     + r"""
-local stream_base, status, n = ARGV[8], ARGV[9], tonumber(ARGV[10])
+local status, n = ARGV[11], tonumber(ARGV[12])
 local now_s = now()
 local res = {}
-local a = 11
+local a = 13
 for k = 1, n do
   local job_id, eid, token = ARGV[a], ARGV[a + 1], ARGV[a + 2]
-  local stream, uri, extra, timings = stream_base .. ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6]
+  local stream, uri, extra, timings = STREAM .. ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6]
   a = a + 7
   local r = held(job_id, eid, token, 'batch', 'idem', 'attempts', 'tenant')
   if r then
@@ -383,28 +457,28 @@ return res
 """
 )
 
-# KEYS[1] the job's stream, KEYS[2] the delayed set of its priority. ARGV[8] job_id,
-# ARGV[9] entry id, ARGV[10] token, ARGV[11] error, ARGV[12] retryable '1'/'0',
-# ARGV[13] retry delay in ms, ARGV[14] max_attempts, ARGV[15] timings JSON to merge.
+# KEYS[1] the job's stream, KEYS[2] the delayed set of its priority. ARGV[11] job_id,
+# ARGV[12] entry id, ARGV[13] token, ARGV[14] error, ARGV[15] retryable '1'/'0',
+# ARGV[16] retry delay in ms, ARGV[17] max_attempts, ARGV[18] timings JSON to merge.
 # Returns the new status ('queued' = retry scheduled, 'failed', 'dead', 'cancelled'),
 # or '' when the lease is lost (nothing changed).
 FAIL = (
     PRELUDE
     + r"""
-local r = held(ARGV[8], ARGV[9], ARGV[10], 'attempts', 'cancel', 'batch', 'idem', 'tenant')
+local r = held(ARGV[11], ARGV[12], ARGV[13], 'attempts', 'cancel', 'batch', 'idem', 'tenant')
 if not r then return '' end
 local now_s, now_ms = now()
-local job_id, err = ARGV[8], ARGV[11]
+local job_id, err = ARGV[11], ARGV[14]
 local jk = JOB .. job_id
 local f = {r[6], r[7], r[4], r[8]}
-retire(KEYS[1], ARGV[9])
-merge_json(jk, 'timings', ARGV[15])
+retire(KEYS[1], ARGV[12])
+merge_json(jk, 'timings', ARGV[18])
 if r[5] == '1' then
   finish(job_id, 'running', 'cancelled', err, now_s, f)
   return 'cancelled'
 end
-if ARGV[12] == '1' and tonumber(r[4]) < tonumber(ARGV[14]) then
-  local due_ms = now_ms + tonumber(ARGV[13])
+if ARGV[15] == '1' and tonumber(r[4]) < tonumber(ARGV[17]) then
+  local due_ms = now_ms + tonumber(ARGV[16])
   redis.call('HSET', jk, 'status', 'queued', 'stage', 'retry-wait', 'error', err,
     'retry_at', string.format('%d.%03d', math.floor(due_ms / 1000), due_ms % 1000))
   redis.call('HDEL', jk, 'lease')
@@ -415,7 +489,7 @@ if ARGV[12] == '1' and tonumber(r[4]) < tonumber(ARGV[14]) then
   end
   return 'queued'
 end
-if ARGV[12] == '1' then
+if ARGV[15] == '1' then
   finish(job_id, 'running', 'dead', err, now_s, f)
   return 'dead'
 end
@@ -424,21 +498,21 @@ return 'failed'
 """
 )
 
-# ARGV[8] job_id, ARGV[9] stream_base, ARGV[10] delayed_base.
+# ARGV[11] job_id.
 # Returns the status after the call: 'cancelled' (was queued: it will never run), 'running'
 # (a cancel is requested; the holder stops between stages), another final status (unchanged),
 # or '' for an unknown job.
 CANCEL = (
     PRELUDE
     + r"""
-local job_id = ARGV[8]
+local job_id = ARGV[11]
 local jk = JOB .. job_id
 local r = redis.call('HMGET', jk, 'status', 'priority', 'entry')
 if not r[1] then return '' end
 if r[1] == 'queued' then
   -- Not claimed, so its entry is in no pending list: delete it outright (or drop the delayed retry).
-  if r[3] then redis.call('XDEL', ARGV[9] .. r[2], r[3]) end
-  redis.call('ZREM', ARGV[10] .. r[2], job_id)
+  if r[3] then redis.call('XDEL', STREAM .. r[2], r[3]) end
+  redis.call('ZREM', DELAYED .. r[2], job_id)
   redis.call('HSET', jk, 'cancel', '1')
   local now_s = now()
   finish(job_id, 'queued', 'cancelled', false, now_s)

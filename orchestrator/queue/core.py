@@ -161,6 +161,9 @@ class QueueCore:
             str(dead_letter_maxlen),
             str(self.retention_s),
             self.consumer_group,
+            self.keys.stream_base,
+            self.keys.delayed_base,
+            self.keys.workflow_base,
         ]
         n = len(PRIORITIES)
         self._claim_keys = (

@@ -190,7 +190,7 @@ class Leases(QueueCore):
     ) -> list[bool]:
         if not items:
             return []
-        args = [*self._common, self.keys.stream_base, status.value, str(len(items))]
+        args = [*self._common, status.value, str(len(items))]
         for claim, result_uri, extra, timings in items:
             if status is JobStatus.SUCCEEDED and (not isinstance(result_uri, str) or not result_uri):
                 raise ValueError(f"result_uri {result_uri!r} is invalid: expected a non-empty string")

@@ -105,7 +105,7 @@ class Submission(ReadViews):
     def _submit_chunk(
         self, batch_id: str, tenant: str, jobs: Sequence[tuple[str, JobSpec]]
     ) -> tuple[float, list[tuple[str, bool]]]:
-        args = [*self._common, self.keys.stream_base, batch_id, tenant, str(len(jobs))]
+        args = [*self._common, batch_id, tenant, str(len(jobs))]
         idem = self.keys.idempotency
         for job_id, spec in jobs:
             args += (
@@ -131,7 +131,7 @@ class Submission(ReadViews):
         runs; for a running job a cancel is requested and `running` is returned: its engine sees
         `is_cancel_requested` between stages and calls `ack_cancelled`. A finished job is left as it
         is and its status returned. Raises `JobNotFound` for an unknown (or expired) job."""
-        args = [*self._common, job_id, self.keys.stream_base, self.keys.delayed_base]
+        args = [*self._common, job_id]
         reply = _s(self._cancel(keys=[], args=args))
         if not reply:
             raise JobNotFound(job_id)
