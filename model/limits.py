@@ -16,6 +16,7 @@ Where each value comes from:
 - `MAX_SEED`: the reference draws seeds as numpy uint32, so a seed is an int in [0, 2**32 - 1].
   (The sampler's noise generator itself accepts larger values: long-form segment k samples with
   `seed + k`.)
+- `THINKER_WINDOW_S`: the thinker's audio window (30 s); longer question audio is split into windows.
 - Text: the speech conditioner truncates a transcript at 2584 tokens (about one per character),
   so 2000 characters stay clear of silent truncation; prompts follow the same bound.
 """
@@ -37,6 +38,7 @@ __all__ = [
     "MAX_VOICE_PROMPT_TEXT_CHARS",
     "MIN_CFG_SCALE",
     "MIN_STEPS",
+    "THINKER_WINDOW_S",
     "VOICE_PROMPT_MAX_S",
 ]
 
@@ -58,5 +60,10 @@ MAX_VOICE_PROMPT_TEXT_CHARS = 1000  # what the voice prompt says
 # A workflow step's text answer pasted into a later step's text field (`{{step.text}}`) is cut to
 # this many characters, so a reference can be checked against the field's limit at submission.
 MAX_REFERENCED_TEXT_CHARS = 1000
+
+# The thinker hears at most this much audio per question (its Whisper-style audio encoder reads
+# 30 s of features; `model.mllm.QWEN_MAX_AUDIO_S` refuses more). Understanding of longer audio asks
+# one question per window and joins the answers (`model.pipeline`).
+THINKER_WINDOW_S = 30.0
 
 VOICE_PROMPT_MAX_S = 6.0  # the released model was trained with <= 6 s voice prompts (longer ones are cut)

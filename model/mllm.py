@@ -75,6 +75,7 @@ __all__ = [
     "TorchvisionFreeQwen2VLVideoProcessor",  # processor loading, model.mllm_processor
     "UnderstandRequest",
     "assemble_processor",
+    "check_understand_request",
     "load_processor",
     "select_hidden",
 ]
@@ -341,10 +342,7 @@ class MLLMEncoder:
         audios: list[np.ndarray] = []
         videos: list[torch.Tensor] = []
         for i, request in enumerate(requests):
-            if not isinstance(request.question, str) or not request.question.strip():
-                raise ValueError(f"requests[{i}].question must be a non-empty string, got {request.question!r}")
-            audio = _check_audio(request.audio, f"requests[{i}].audio")
-            video = _check_video(request.video, f"requests[{i}].video")
+            audio, video = check_understand_request(request, f"requests[{i}]")
             conversation = understanding_conversation(
                 request.question,
                 has_audio=audio is not None,
@@ -416,6 +414,18 @@ class MLLMEncoder:
                 value = value.to(self.device, self.dtype) if key in _MEDIA_FEATURE_KEYS else value.to(self.device)
             moved[key] = value
         return moved
+
+
+def check_understand_request(
+    request: UnderstandRequest, name: str = "request"
+) -> tuple[np.ndarray | None, torch.Tensor | None]:
+    """The thinker's input checks for one understanding request (question, audio <= 30 s at 16 kHz,
+    video frames): its audio and video as the thinker takes them, or a ValueError naming the value.
+    Callers that batch requests from many jobs run it per request first, so one bad request fails
+    alone instead of failing its batch-mates."""
+    if not isinstance(request.question, str) or not request.question.strip():
+        raise ValueError(f"{name}.question must be a non-empty string, got {request.question!r}")
+    return _check_audio(request.audio, f"{name}.audio"), _check_video(request.video, f"{name}.video")
 
 
 def _check_processor_matches(config: Qwen2_5OmniThinkerConfig, processor: Qwen2_5OmniProcessor) -> None:

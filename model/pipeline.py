@@ -1,10 +1,11 @@
 """Per-task pipelines over the two model parts.
 
 `plan_task` checks a task's inputs and turns them into what each part needs: the thinker prompt
-(encoder part), an optional understanding request (text answers, or transcribing a voice for voice
-conversion) and a `GenerationPlan` that yields one `GenerationRequest` per segment and joins the
-segments' audio. The job engine runs those stages on separate worker pools; `AudioOmniPipeline` runs
-them in-process for tests, benchmarks and single-machine use. Tensors in, tensors out: no I/O here.
+(encoder part), the understanding requests of an `understand` task (one per `THINKER_WINDOW_S`
+window of its audio, answers joined by `TaskPlan.join_answers`) and a `GenerationPlan` that yields
+one `GenerationRequest` per segment and joins the segments' audio. The job engine runs those
+stages on separate worker pools; `AudioOmniPipeline` runs them in-process for tests, benchmarks and
+single-machine use. Tensors in, tensors out: no I/O here.
 """
 
 from __future__ import annotations
@@ -28,13 +29,14 @@ from model.limits import (
     MAX_VOICE_PROMPT_TEXT_CHARS,
     MIN_CFG_SCALE,
     MIN_STEPS,
+    THINKER_WINDOW_S,
     VOICE_PROMPT_MAX_S,
 )
 from model.longform import continuation_window, crossfade_join, plan_segments
 from model.mllm import QWEN_SAMPLE_RATE_HZ, MLLMEncoder, MLLMPrompt, UnderstandRequest
 from model.parts import SamplerPart
 from model.postprocess import peak_normalize, source_mask, trim_silence
-from model.prompts import ASR_INSTRUCTION, SYS_ASR, generation_prompt
+from model.prompts import ASR_INSTRUCTION, SYS_ASR, SYS_UNDERSTANDING, generation_prompt
 from model.requests import GenerationRequest
 from model.sampler import MAX_SEED as MAX_NOISE_SEED
 from model.tasks import EDIT_TASKS, VIDEO_TASKS, Task
@@ -42,12 +44,15 @@ from model.tasks import EDIT_TASKS, VIDEO_TASKS, Task
 OVERLAP_S = 1.0
 KEEP_SOURCE_TASKS = frozenset({Task.EDIT_REMOVE, Task.EDIT_EXTRACT})  # the result is a part of the source
 LONG_FORM_TASKS = frozenset({Task.TEXT_TO_AUDIO, Task.TEXT_TO_MUSIC, Task.VIDEO_TO_MUSIC, *EDIT_TASKS})
+# Known instructions that come with their own system prompt (the question, stripped -> system).
+INSTRUCTION_SYSTEMS = {ASR_INSTRUCTION: SYS_ASR}
+TRANSCRIBING_SYSTEMS = frozenset({SYS_ASR})  # their window answers are joined as one running text
 
 
 @dataclass
 class TaskInputs:
     """Everything one task may use. Audio is mono float32; `audio`/`voice_prompt` at the model's rate
-    (44.1 kHz), `audio_16k` at 16 kHz for the thinker (understanding, transcription)."""
+    (44.1 kHz), `audio_16k` at 16 kHz for the thinker (understanding, transcription included)."""
 
     task: Task
     prompt: str = ""  # description, edit description / style source, or the question
@@ -56,7 +61,7 @@ class TaskInputs:
     voice_prompt: torch.Tensor | None = None  # (N,) target voice (tts, voice_conversion)
     voice_prompt_text: str | None = None  # what the voice prompt says, if known
     audio: torch.Tensor | None = None  # (N,) edit source / speech to convert
-    audio_16k: torch.Tensor | None = None  # (N16,) the same audio at 16 kHz for the thinker
+    audio_16k: torch.Tensor | None = None  # (N16,) the question's audio at 16 kHz for the thinker (understand)
     video_frames: torch.Tensor | None = None  # (T, 3, H, W) uint8 at the config's video_fps
     sync_features: torch.Tensor | None = None  # (240, 768) Synchformer features of the video
     duration_s: float | None = None  # None: one window (generation) or the source length (edits)
@@ -115,27 +120,51 @@ class GenerationPlan:
         return peak_normalize(audio) if normalize else audio
 
 
+@dataclass(frozen=True)
+class UnderstandWindow:
+    """One question to the thinker: about the span [start_s, end_s) of the task's audio, or about
+    the whole input (start_s/end_s None) when it has no audio or its audio fits one window."""
+
+    request: UnderstandRequest
+    start_s: float | None = None
+    end_s: float | None = None
+
+    @property
+    def label(self) -> str:
+        """The span as the joined answer shows it, e.g. "[30-60 s]" ("" for a whole input)."""
+        if self.start_s is None or self.end_s is None:
+            return ""
+        return f"[{_seconds(self.start_s)}-{_seconds(self.end_s)} s]"
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.2f}".rstrip("0").rstrip(".")
+
+
 @dataclass
 class TaskPlan:
     task: Task
     encode: MLLMPrompt | None = None  # thinker prompt whose hidden states condition generation
-    understand: UnderstandRequest | None = None  # text answer (understand) or transcription (VC)
+    understand_windows: list[UnderstandWindow] = field(default_factory=list)  # understand: the questions
     generation: GenerationPlan | None = None
     notes: list[str] = field(default_factory=list)
 
-    @property
-    def needs_transcript(self) -> bool:
-        """Voice conversion without a transcript: the understanding answer becomes the transcript."""
-        return self.generation is not None and self.understand is not None
+    def join_answers(self, answers: Sequence[str]) -> str:
+        """The task's text answer from its windows' answers (in window order).
 
-    def with_transcript(self, text: str) -> TaskPlan:
-        if self.generation is None:
-            raise ValueError("this task does not generate audio")
-        text = text.strip()
-        if not text:
-            raise ValueError("the transcription of the source speech is empty; give `transcript` explicitly")
-        gen = replace(self.generation, base=replace(self.generation.base, transcript=text))
-        return replace(self, generation=gen, understand=None)
+        One window: its answer. Several: each answer on its own line after its span, as
+        "[0-30 s] ...\n[30-60 s] ..."; a transcription is one running text instead (the spans would
+        end up in the transcript).
+        """
+        windows = self.understand_windows
+        if len(answers) != len(windows):
+            raise ValueError(f"expected {len(windows)} answers (one per window), got {len(answers)}")
+        texts = [a.strip() for a in answers]
+        if len(windows) == 1:
+            return texts[0]
+        if windows[0].request.system in TRANSCRIBING_SYSTEMS:
+            return " ".join(t for t in texts if t)
+        return "\n".join(f"{w.label} {t}".rstrip() for w, t in zip(windows, texts, strict=True))
 
 
 # ---------------------------------------------------------------------------------------- checks
@@ -195,12 +224,10 @@ def check_inputs(config: AudioOmniConfig, x: TaskInputs) -> Task:
         _check_audio("voice_prompt", x.voice_prompt, required=False, sample_rate=sr)
         _check_text("voice_prompt_text", x.voice_prompt_text, required=False, limit=MAX_VOICE_PROMPT_TEXT_CHARS)
     elif task is Task.VOICE_CONVERSION:
+        # The speech to convert is transcribed first (an `understand` request with ASR_INSTRUCTION);
+        # conversion speaks that transcript in the voice prompt's voice.
         _check_audio("voice_prompt", x.voice_prompt, required=True, sample_rate=sr)
-        _check_text("transcript", x.transcript, required=False, limit=MAX_TRANSCRIPT_CHARS)
-        if not (x.transcript and x.transcript.strip()):
-            _check_audio(
-                "audio_16k (the speech to convert)", x.audio_16k, required=True, sample_rate=QWEN_SAMPLE_RATE_HZ
-            )
+        _check_text("transcript (of the speech to convert)", x.transcript, required=True, limit=MAX_TRANSCRIPT_CHARS)
     elif task in VIDEO_TASKS:
         _check_text("prompt", x.prompt, required=False)
         if x.sync_features is None and x.video_frames is None:
@@ -234,11 +261,56 @@ def _speech_text(transcript: str, voice_prompt_text: str | None) -> str:
     return ref + transcript.strip()
 
 
+def understand_windows(
+    question: str,
+    audio_16k: torch.Tensor | None,
+    video_frames: torch.Tensor | None = None,
+    *,
+    video_fps: float | None = None,
+    window_s: float = THINKER_WINDOW_S,
+) -> list[UnderstandWindow]:
+    """The thinker questions of one understanding request: one per `window_s` span of the audio.
+
+    A known instruction (`INSTRUCTION_SYSTEMS`, e.g. the ASR one) gets its own system prompt. A
+    video beside a windowed audio is cut to each window's span at `video_fps` (a window past the
+    video's end asks about the audio alone).
+    """
+    if not window_s > 0:
+        raise ValueError(f"window_s must be > 0 seconds, got {window_s!r}")
+    system = INSTRUCTION_SYSTEMS.get(question.strip(), SYS_UNDERSTANDING)
+    window_n = round(window_s * QWEN_SAMPLE_RATE_HZ)
+    if audio_16k is None or audio_16k.numel() <= window_n:
+        return [
+            UnderstandWindow(UnderstandRequest(question=question, audio=audio_16k, video=video_frames, system=system))
+        ]
+    if video_frames is not None and not (video_fps and video_fps > 0):
+        raise ValueError(f"video_fps must be > 0 to cut the video into windows, got {video_fps!r}")
+    windows = []
+    total = audio_16k.numel()
+    for start in range(0, total, window_n):
+        end = min(start + window_n, total)
+        start_s, end_s = start / QWEN_SAMPLE_RATE_HZ, end / QWEN_SAMPLE_RATE_HZ
+        video = None
+        if video_frames is not None and video_fps:
+            video = video_frames[math.floor(start_s * video_fps) : math.ceil(end_s * video_fps)]
+            video = video if video.shape[0] > 0 else None
+        request = UnderstandRequest(question=question, audio=audio_16k[start:end], video=video, system=system)
+        windows.append(UnderstandWindow(request, start_s, end_s))
+    return windows
+
+
 def plan_task(config: AudioOmniConfig, x: TaskInputs) -> TaskPlan:
     """Check `x` and split its work into encoder, understanding and sampler stages."""
     task = check_inputs(config, x)
     if task is Task.UNDERSTAND:
-        return TaskPlan(task, understand=UnderstandRequest(question=x.prompt, audio=x.audio_16k, video=x.video_frames))
+        windows = understand_windows(x.prompt, x.audio_16k, x.video_frames, video_fps=config.video_fps)
+        plan = TaskPlan(task, understand_windows=windows)
+        if len(windows) > 1:
+            plan.notes.append(
+                f"audio of {x.audio_16k.numel() / QWEN_SAMPLE_RATE_HZ:.1f} s asked in {len(windows)} windows "
+                f"of at most {THINKER_WINDOW_S:g} s"
+            )
+        return plan
 
     sr = config.sample_rate
     window = config.mel.window_samples
@@ -269,10 +341,7 @@ def plan_task(config: AudioOmniConfig, x: TaskInputs) -> TaskPlan:
             drop = keep.numel()
             if x.voice_prompt.numel() > keep.numel():
                 plan.notes.append(f"voice prompt cut to its last {VOICE_PROMPT_MAX_S:g} s")
-        if x.transcript and x.transcript.strip():
-            base.transcript = _speech_text(x.transcript, x.voice_prompt_text)
-        else:  # voice conversion: transcribe the source speech first
-            plan.understand = UnderstandRequest(question=ASR_INSTRUCTION, audio=x.audio_16k, system=SYS_ASR)
+        base.transcript = _speech_text(x.transcript or "", x.voice_prompt_text)
         total = min(total, out_n - drop) if drop else total
     if task in VIDEO_TASKS and x.sync_features is None:
         plan.notes.append("no sync features given: the video conditions the thinker only")
@@ -312,7 +381,7 @@ class TaskOutput:
     task: Task
     audio: torch.Tensor | None = None  # (C, N) float32 in [-1, 1] at sample_rate
     sample_rate: int = 44100
-    text: str | None = None  # understanding answer, or the transcription used for voice conversion
+    text: str | None = None  # understanding answer (windows joined)
     notes: list[str] = field(default_factory=list)
 
 
@@ -333,14 +402,13 @@ class AudioOmniPipeline:
         # 1. check inputs and plan every item before any compute, so one bad item fails fast
         plans = [plan_task(self.config, x) for x in items]
         outputs = [TaskOutput(p.task, sample_rate=self.config.sample_rate, notes=list(p.notes)) for p in plans]
-        # 2. understanding (answers, or transcripts for voice conversion), batched
-        asks = [(i, p.understand) for i, p in enumerate(plans) if p.understand is not None]
+        # 2. understanding: every window of every item in one batch, answers joined per item
+        asks = [(i, w.request) for i, p in enumerate(plans) for w in p.understand_windows]
         if asks:
             answers = self.encoder.understand([r for _, r in asks], max_new_tokens=self.max_new_tokens)
-            for (i, _), answer in zip(asks, answers, strict=True):
-                outputs[i].text = answer
-                if plans[i].needs_transcript:
-                    plans[i] = plans[i].with_transcript(answer)
+            for i, p in enumerate(plans):
+                if p.understand_windows:
+                    outputs[i].text = p.join_answers([a for (j, _), a in zip(asks, answers, strict=True) if j == i])
         # 3. encode the thinker prompts of generating items, batched
         gen = [i for i, p in enumerate(plans) if p.generation is not None]
         if not gen:

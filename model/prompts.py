@@ -71,16 +71,17 @@ _REASONING_WHAT = {
     ),
 }
 _REASONING_SOUND = (
-    "one concrete name of the sound to {verb}, as a short phrase such as 'a dog barking nearby'. "
-    "Name the source and what it does"
+    "one concrete name of {sound}, as a short phrase such as 'a dog barking nearby'. Name the source and what it does"
 )
-_REASONING_EDIT_VERBS = {
-    Task.EDIT_ADD: "add to a recording",
-    Task.EDIT_REMOVE: "remove from a recording",
-    Task.EDIT_EXTRACT: "extract from a recording",
-    Task.EDIT_STYLE_TRANSFER: "change in a recording",
+# An edit's `prompt` names the sound to add / remove / extract, or a style transfer's target (the
+# job's `prompt`; its `source_prompt` is not rewritten).
+_REASONING_EDIT_SOUNDS = {
+    Task.EDIT_ADD: "the sound to add to a recording",
+    Task.EDIT_REMOVE: "the sound to remove from a recording",
+    Task.EDIT_EXTRACT: "the sound to extract from a recording",
+    Task.EDIT_STYLE_TRANSFER: "the sound that a sound in a recording should be changed into",
 }
-REASONING_TASKS = (*_REASONING_WHAT, *_REASONING_EDIT_VERBS)  # the tasks `reasoning: true` applies to
+REASONING_TASKS = (*_REASONING_WHAT, *_REASONING_EDIT_SOUNDS)  # the tasks `reasoning: true` applies to
 _REASONING_FORM = {
     "sentence": "one sentence of at most 40 words, with no full stop at its end",
     "phrase": "one phrase of at most 12 words, with no full stop at its end",
@@ -95,8 +96,8 @@ REASONING_TEMPLATE = (
 def _reasoning_parts(task: Task) -> tuple[str, str]:
     if task in _REASONING_WHAT:
         return _REASONING_WHAT[task], _REASONING_FORM["sentence"]
-    if task in _REASONING_EDIT_VERBS:
-        return _REASONING_SOUND.format(verb=_REASONING_EDIT_VERBS[task]), _REASONING_FORM["phrase"]
+    if task in _REASONING_EDIT_SOUNDS:
+        return _REASONING_SOUND.format(sound=_REASONING_EDIT_SOUNDS[task]), _REASONING_FORM["phrase"]
     allowed = ", ".join(t.value for t in REASONING_TASKS)
     raise ValueError(f"reasoning applies to tasks whose prompt describes a sound ({allowed}), not {task.value}")
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
     from model.config import AudioOmniConfig
     from model.mllm import MLLMPrompt, UnderstandRequest
+    from model.pipeline import UnderstandWindow
     from model.requests import GenerationRequest
 
 __all__ = ["Engine", "EngineMetricsSink", "EngineSettings", "JobResult", "Pools", "ResultStore"]
@@ -47,6 +48,8 @@ T = TypeVar("T")
 
 # Stages after which a generating job still has to reach the sampler pool.
 _BEFORE_SAMPLER = frozenset({"load", "understand", "encode"})
+# Understanding windows of one job in flight at once (300 s of audio is 10 windows of 30 s).
+_MAX_CONCURRENT_WINDOWS = 8
 
 
 # --------------------------------------------------------------------------- seams
@@ -311,6 +314,24 @@ class Engine:
         with timer.stage(stage):
             yield
 
+    def _ask(self, windows: Sequence[UnderstandWindow]) -> list[str]:
+        """The thinker's answer to each window, asked at once so the encoder pool can batch them.
+
+        Each request first passes the thinker's own input checks here: one that fails them is a bad
+        input (PermanentError, never retried) and never reaches a batch it would fail for everyone.
+        """
+        from model.mllm import check_understand_request
+
+        for window in windows:
+            try:
+                check_understand_request(window.request, f"question {window.label or 'about the input'}")
+            except ValueError as exc:
+                raise PermanentError(str(exc)) from exc
+        if len(windows) == 1:
+            return [_call("understand", self.pools.understand, windows[0].request)]
+        with ThreadPoolExecutor(min(len(windows), _MAX_CONCURRENT_WINDOWS), thread_name_prefix="window") as pool:
+            return list(pool.map(lambda w: _call("understand", self.pools.understand, w.request), windows))
+
     def _execute(self, job: ClaimedJob, timer: _Timer, log: FilteringBoundLogger) -> tuple[str, dict[str, Any]]:
         from model.pipeline import plan_task
 
@@ -330,15 +351,10 @@ class Engine:
             except ValueError as exc:  # the model's own input checks: a bad input, not a fault
                 raise PermanentError(str(exc)) from exc
         text = None
-        if plan.understand is not None:
+        if plan.understand_windows:  # one question per thinker window of the audio, answers joined
             self._check_cancel(job)
             with self._enter(job, timer, "understand"):
-                text = _call("understand", self.pools.understand, plan.understand)
-            if plan.needs_transcript:
-                try:
-                    plan = plan.with_transcript(text)
-                except ValueError as exc:
-                    raise PermanentError(str(exc)) from exc
+                text = plan.join_answers(self._ask(plan.understand_windows))
         audio_bytes = None
         audio_meta: dict[str, Any] = {}
         if plan.generation is not None:

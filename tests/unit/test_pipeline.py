@@ -9,8 +9,11 @@ import torch
 
 from model.build import build_pipeline
 from model.config import get_preset
+from model.limits import THINKER_WINDOW_S
 from model.longform import continuation_window, crossfade_join, plan_segments
+from model.mllm import QWEN_MAX_AUDIO_S, check_understand_request
 from model.pipeline import TaskInputs, plan_task
+from model.prompts import ASR_INSTRUCTION, SYS_ASR, SYS_UNDERSTANDING
 from model.tasks import Task
 
 CFG = get_preset("tiny")
@@ -34,7 +37,7 @@ def _audio(seconds: float, seed: int = 0) -> torch.Tensor:
 def test_text_to_audio_plan_uses_the_released_prompt():
     plan = plan_task(CFG, TaskInputs(Task.TEXT_TO_AUDIO, prompt="A clock ticking."))
     assert plan.encode.text.endswith("A clock ticking..<|im_end|>\n<|im_start|>assistant\n")
-    assert plan.generation.num_segments == 1 and plan.understand is None
+    assert plan.generation.num_segments == 1 and plan.understand_windows == []
     assert plan.generation.total_samples == CFG.output_samples
 
 
@@ -80,15 +83,79 @@ def test_keep_source_masks_the_source_at_its_own_level():
     assert float(plain.abs().max()) == pytest.approx(1.0)
 
 
-def test_voice_conversion_without_transcript_transcribes_first():
-    plan = plan_task(CFG, TaskInputs(Task.VOICE_CONVERSION, voice_prompt=_audio(8.0), audio_16k=torch.randn(16000)))
-    assert plan.needs_transcript and plan.understand.audio is not None
-    done = plan.with_transcript("  hello there ")
-    assert done.generation.base.transcript == "hello there" and not done.needs_transcript
+def test_voice_conversion_speaks_its_transcript_in_the_voice_prompts_voice():
+    plan = plan_task(CFG, TaskInputs(Task.VOICE_CONVERSION, voice_prompt=_audio(8.0), transcript="  hello there "))
+    assert plan.generation.base.transcript == "hello there" and plan.understand_windows == []
     # the voice prompt keeps its last 6 s, dropped from the output afterwards
-    assert done.generation.drop_head_samples == 6 * SR
-    with pytest.raises(ValueError, match="empty"):
-        plan.with_transcript("   ")
+    assert plan.generation.drop_head_samples == 6 * SR
+    assert plan.notes == ["voice prompt cut to its last 6 s"]
+    # without a transcript it is refused: the job system transcribes the speech in a step before
+    with pytest.raises(ValueError, match=r"transcript \(of the speech to convert\) must be a non-empty string"):
+        plan_task(CFG, TaskInputs(Task.VOICE_CONVERSION, voice_prompt=_audio(8.0), audio_16k=torch.randn(16000)))
+
+
+# ------------------------------------------------------------------------------------------ understanding
+
+
+def _speech_16k(seconds: float) -> torch.Tensor:
+    return torch.randn(round(seconds * 16000), generator=torch.Generator().manual_seed(3)) * 0.1
+
+
+def test_the_window_is_the_thinkers_own_limit():
+    assert THINKER_WINDOW_S <= QWEN_MAX_AUDIO_S
+
+
+@pytest.mark.parametrize("seconds", [0.5, THINKER_WINDOW_S])
+def test_understanding_audio_within_the_window_is_one_question(seconds):
+    audio = _speech_16k(seconds)
+    plan = plan_task(CFG, TaskInputs(Task.UNDERSTAND, prompt="What is this?", audio_16k=audio))
+    (window,) = plan.understand_windows
+    assert window.request.audio is audio and window.request.system == SYS_UNDERSTANDING
+    assert window.label == "" and plan.notes == [] and plan.generation is None and plan.encode is None
+    assert plan.join_answers(["  A dog.  "]) == "A dog."
+
+
+def test_long_understanding_asks_one_question_per_window_and_joins_with_spans():
+    audio = _speech_16k(70.0)
+    plan = plan_task(CFG, TaskInputs(Task.UNDERSTAND, prompt="What is this?", audio_16k=audio))
+    windows = plan.understand_windows
+    assert [(w.start_s, w.end_s) for w in windows] == [(0.0, 30.0), (30.0, 60.0), (60.0, 70.0)]
+    assert [w.label for w in windows] == ["[0-30 s]", "[30-60 s]", "[60-70 s]"]
+    assert torch.equal(torch.cat([w.request.audio for w in windows]), audio)  # every sample, once, in order
+    for w in windows:
+        assert w.request.question == "What is this?"
+        check_understand_request(w.request)  # each passes the thinker's own input checks
+    assert plan.notes == ["audio of 70.0 s asked in 3 windows of at most 30 s"]
+    assert plan.join_answers(["rain ", "thunder", ""]) == "[0-30 s] rain\n[30-60 s] thunder\n[60-70 s]"
+    with pytest.raises(ValueError, match="expected 3 answers"):
+        plan.join_answers(["rain"])
+
+
+def test_odd_lengths_show_their_span_to_the_hundredth():
+    plan = plan_task(CFG, TaskInputs(Task.UNDERSTAND, prompt="q", audio_16k=_speech_16k(30.5)))
+    assert [w.label for w in plan.understand_windows] == ["[0-30 s]", "[30-30.5 s]"]
+
+
+def test_the_asr_instruction_gets_its_system_prompt_and_one_running_transcript():
+    plan = plan_task(CFG, TaskInputs(Task.UNDERSTAND, prompt=ASR_INSTRUCTION + " ", audio_16k=_speech_16k(45.0)))
+    assert {w.request.system for w in plan.understand_windows} == {SYS_ASR}
+    assert plan.join_answers(["hello there,", "general"]) == "hello there, general"
+    short = plan_task(CFG, TaskInputs(Task.UNDERSTAND, prompt=ASR_INSTRUCTION, audio_16k=_speech_16k(2.0)))
+    assert short.understand_windows[0].request.system == SYS_ASR
+
+
+def test_a_video_beside_long_audio_is_cut_to_each_window():
+    fps = CFG.video_fps
+    video = torch.randint(0, 256, (40 * fps, 3, 8, 8), dtype=torch.uint8)  # 40 s of frames
+    plan = plan_task(CFG, TaskInputs(Task.UNDERSTAND, prompt="q", audio_16k=_speech_16k(70.0), video_frames=video))
+    first, second, third = (w.request.video for w in plan.understand_windows)
+    assert torch.equal(first, video[: 30 * fps]) and torch.equal(second, video[30 * fps :])
+    assert third is None  # the video ended before this window
+
+
+def test_understanding_audio_over_the_input_limit_is_refused():
+    with pytest.raises(ValueError, match=r"audio_16k lasts 300\.5 s; the limit is 300 s"):
+        plan_task(CFG, TaskInputs(Task.UNDERSTAND, prompt="q", audio_16k=torch.zeros(round(300.5 * 16000))))
 
 
 def test_tts_with_voice_prompt_text_joins_sentences():
@@ -129,6 +196,7 @@ def test_tts_with_voice_prompt_text_joins_sentences():
         ),
         (TaskInputs(Task.UNDERSTAND, prompt=""), "question"),
         (TaskInputs(Task.VOICE_CONVERSION), "voice_prompt is required"),
+        (TaskInputs(Task.VOICE_CONVERSION, voice_prompt=torch.zeros(100)), r"transcript \(of the speech to convert\)"),
         (TaskInputs(Task.EDIT_ADD, prompt="dog", audio=torch.zeros(100), keep_source=True), "keep_source applies"),
         (TaskInputs(Task.TEXT_TO_AUDIO, prompt="rain", keep_source=True), "edit_extract and edit_remove only"),
     ],
@@ -182,3 +250,14 @@ def test_pipeline_runs_every_task_family(pipe):
 def test_understanding_returns_text_without_the_prompt(pipe):
     out = pipe(TaskInputs(Task.UNDERSTAND, prompt="What do you hear?", audio_16k=torch.randn(16000) * 0.1))[0]
     assert out.audio is None and isinstance(out.text, str) and "What do you hear?" not in out.text
+
+
+def test_long_understanding_runs_every_window_in_one_batch(pipe):
+    items = [
+        TaskInputs(Task.UNDERSTAND, prompt="What do you hear?", audio_16k=_speech_16k(65.0)),
+        TaskInputs(Task.UNDERSTAND, prompt="What do you hear?", audio_16k=_speech_16k(1.0)),
+    ]
+    long, short = pipe(items)
+    lines = long.text.split("\n")
+    assert [line.split(" s]")[0] + " s]" for line in lines] == ["[0-30 s]", "[30-60 s]", "[60-65 s]"]
+    assert not short.text.startswith("[") and long.notes == ["audio of 65.0 s asked in 3 windows of at most 30 s"]
