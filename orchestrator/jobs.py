@@ -19,12 +19,11 @@ unknown schemes, `..` segments). Whether a tenant may read a URI is decided by s
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import uuid
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import (
     BaseModel,
@@ -35,7 +34,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic_core import InitErrorDetails
 
 from model.limits import (
     DEFAULT_CFG_SCALE,
@@ -52,6 +51,24 @@ from model.limits import (
     MIN_STEPS,
 )
 from orchestrator.errors import InvalidJobSpec
+from orchestrator.references import (
+    REFERENCE_TEXT_FIELDS,
+    REFERENCE_URI_FIELDS,
+    STEP_ID_RE,
+    Reference,
+    check_step_id,
+    length_problems,
+    scan_references,
+)
+from orchestrator.task_inputs import (
+    TEXT_FIELDS,
+    URI_FIELDS,
+    BuiltinChain,
+    EditOp,
+    TaskName,
+    input_problem,
+    task_input_problems,
+)
 
 __all__ = [
     "DEFAULT_CFG_SCALE",
@@ -69,16 +86,24 @@ __all__ = [
     "MIN_CFG_SCALE",
     "MIN_STEPS",
     "PRIORITIES",
+    "REFERENCE_TEXT_FIELDS",
+    "REFERENCE_URI_FIELDS",
+    "STEP_ID_RE",
     "BatchFailure",
     "BatchStatus",
+    "BuiltinChain",
     "EditOp",
     "JobRecord",
     "JobSpec",
     "JobStatus",
     "OutputFormat",
     "Priority",
+    "Reference",
     "TaskName",
+    "WorkflowLink",
     "batch_job_id",
+    "check_runnable",
+    "check_step_id",
     "derive_seed",
     "format_validation_error",
     "new_batch_id",
@@ -141,28 +166,6 @@ def derive_seed(job_id: str) -> int:
 # --------------------------------------------------------------------------- enums
 
 
-class TaskName(StrEnum):
-    UNDERSTAND = "understand"
-    TEXT_TO_AUDIO = "text_to_audio"
-    TEXT_TO_MUSIC = "text_to_music"
-    TTS = "tts"
-    VIDEO_TO_AUDIO = "video_to_audio"
-    VIDEO_TO_MUSIC = "video_to_music"
-    EDIT = "edit"
-    VOICE_CONVERSION = "voice_conversion"
-
-
-class EditOp(StrEnum):
-    ADD = "add"
-    REMOVE = "remove"
-    EXTRACT = "extract"
-    STYLE_TRANSFER = "style_transfer"
-
-
-# Edits whose result is a part of their source, so `keep_source` can apply.
-KEEP_SOURCE_OPS = frozenset({EditOp.REMOVE, EditOp.EXTRACT})
-
-
 class OutputFormat(StrEnum):
     WAV = "wav"
     FLAC = "flac"
@@ -193,76 +196,50 @@ class JobStatus(StrEnum):
 
 FINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.DEAD})
 
-# --------------------------------------------------------------------------- per-task inputs
-
-_TEXT_FIELDS = ("prompt", "source_prompt", "transcript", "voice_prompt_text")
-_URI_FIELDS = ("input_audio_uri", "voice_prompt_uri", "video_uri", "sync_feature_uri")
-# Fields whose presence depends on the task (checked field by field, so errors name the field).
-_TASK_FIELDS = ("op", *_TEXT_FIELDS, *_URI_FIELDS)
-
-# task -> (required inputs, optional inputs); anything else given for that task is refused.
-_TASK_INPUTS: dict[TaskName, tuple[frozenset[str], frozenset[str]]] = {
-    TaskName.UNDERSTAND: (frozenset({"prompt"}), frozenset({"input_audio_uri", "video_uri"})),
-    TaskName.TEXT_TO_AUDIO: (frozenset({"prompt"}), frozenset()),
-    TaskName.TEXT_TO_MUSIC: (frozenset({"prompt"}), frozenset()),
-    TaskName.TTS: (frozenset({"transcript"}), frozenset({"voice_prompt_uri", "voice_prompt_text"})),
-    TaskName.VIDEO_TO_AUDIO: (frozenset({"video_uri"}), frozenset({"prompt", "sync_feature_uri"})),
-    TaskName.VIDEO_TO_MUSIC: (frozenset({"video_uri"}), frozenset({"prompt", "sync_feature_uri"})),
-    TaskName.EDIT: (frozenset({"op", "prompt", "input_audio_uri"}), frozenset()),
-    # Voice conversion is the TTS path conditioned on a voice prompt: the prompt is required.
-    TaskName.VOICE_CONVERSION: (
-        frozenset({"transcript", "voice_prompt_uri"}),
-        frozenset({"voice_prompt_text"}),
-    ),
-}
+# --------------------------------------------------------------------------- workflow steps
 
 
-def _task_inputs(task: TaskName, op: EditOp | None) -> tuple[frozenset[str], frozenset[str]]:
-    required, optional = _TASK_INPUTS[task]
-    if task is TaskName.EDIT and op is EditOp.STYLE_TRANSFER:
-        # "Change the sound of '{source_prompt}' to '{prompt}'."
-        required = required | {"source_prompt"}
-    return required, optional
+class WorkflowLink(BaseModel):
+    """Where a job stands in a workflow; `orchestrator.workflows.plan_workflow` sets it on each step.
 
+    `uses` maps each step this one references to that step's job id. `original` holds, for a step
+    of a built-in chain, the fields as the client submitted them before the chain rewrote them
+    (e.g. the prompt of a `reasoning: true` job), so the result's metadata can show both."""
 
-def _present(value: Any) -> bool:
-    return value is not None and not (isinstance(value, str) and not value.strip())
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
+    workflow_id: str
+    step: str
+    uses: dict[str, str] = Field(default_factory=dict)
+    original: dict[str, str] = Field(default_factory=dict)
 
-def _task_input_problems(values: Mapping[str, Any]) -> list[InitErrorDetails]:
-    """Per-field errors for inputs the task needs but lacks, or gets but does not use.
+    @field_validator("workflow_id")
+    @classmethod
+    def _check_workflow_id(cls, value: str) -> str:
+        return validate_id(value, "workflow_id")
 
-    `values` is a validated spec's fields, or the raw input when other fields failed (then an
-    unknown task or op simply skips the checks that depend on it)."""
-    try:
-        task = TaskName(str(values.get("task")))
-    except ValueError:
-        return []
-    try:
-        op = EditOp(values["op"]) if values.get("op") is not None else None
-    except ValueError:
-        op = EditOp.ADD  # an invalid op is reported on its own; check the rest as a plain edit
-    required, optional = _task_inputs(task, op)
-    problems: list[InitErrorDetails] = []
-    for name in _TASK_FIELDS:
-        value = values.get(name)
-        if not _present(value):
-            if name in required:
-                message = f"required for task {task.value!r}"
-                problems.append(_problem(name, message, None))
-        elif name not in required and name not in optional:
-            takes = ", ".join(sorted(required | optional))
-            problems.append(_problem(name, f"not used by task {task.value!r} (it takes: {takes})", value))
-    if values.get("keep_source") is True and not (task is TaskName.EDIT and op in KEEP_SOURCE_OPS):
-        message = "keep_source applies to edits with op 'remove' or 'extract' (their result is a part of the source)"
-        problems.append(_problem("keep_source", message, True))
-    return problems
+    @field_validator("step")
+    @classmethod
+    def _check_step(cls, value: str) -> str:
+        return check_step_id(value)
 
+    @field_validator("uses")
+    @classmethod
+    def _check_uses(cls, value: dict[str, str]) -> dict[str, str]:
+        for step, job_id in value.items():
+            check_step_id(step)
+            validate_id(job_id, "job id")
+        return value
 
-def _problem(field: str, message: str, value: Any) -> InitErrorDetails:
-    # The message goes in as a context value so that braces in it are never read as placeholders.
-    error = PydanticCustomError("task_input", "{message}", {"message": message})
-    return InitErrorDetails(type=error, loc=(field,), input=value)
+    @field_validator("original")
+    @classmethod
+    def _check_original(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - set(REFERENCE_TEXT_FIELDS))
+        if unknown:
+            raise ValueError(
+                f"original holds text fields only ({', '.join(REFERENCE_TEXT_FIELDS)}), not {unknown[0]!r}"
+            )
+        return value
 
 
 # --------------------------------------------------------------------------- the spec
@@ -281,6 +258,17 @@ class JobSpec(BaseModel):
     - `edit`: `op`, `prompt` (what to add/remove/extract, or the target style), `input_audio_uri`;
       `style_transfer` also needs `source_prompt` (the sound to change).
     - `voice_conversion`: `transcript`, `voice_prompt_uri`, optional `voice_prompt_text`.
+
+    Built-in chains (`chain`): `reasoning: true` on a task whose prompt describes a sound, and
+    `voice_conversion` with `input_audio_uri` (the speech to convert) instead of a transcript, are
+    valid specs but not runnable jobs: the submission paths expand them into a workflow
+    (`orchestrator.workflows.expand_job`), and `parse_spec`, `parse_spec_json` and so the queue
+    refuse them as a single job (`check_runnable`). A plain voice conversion still needs its
+    transcript.
+
+    Workflow steps: `workflow` (a `WorkflowLink`) marks a step's job, whose text fields may hold
+    `{{<step>.text}}` and whose audio URI fields may be `{{<step>.audio}}` for the steps it
+    `uses`; a spec without `workflow` may hold no reference.
 
     Parameters (limits from `model.limits`): `duration_s` in (0, 300], `steps` in [1, 1000],
     `cfg_scale` in [1, 30], `seed` in [0, 2**32 - 1] (None = derived from the job id),
@@ -315,13 +303,18 @@ class JobSpec(BaseModel):
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED, strict=True)
     output_format: OutputFormat = OutputFormat.WAV
     keep_source: bool = Field(default=False, strict=True)
+    reasoning: bool = Field(default=False, strict=True)
 
     tenant: str = "default"
     priority: Priority = Priority.NORMAL
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=MAX_IDEMPOTENCY_KEY_CHARS)
     batch_id: str | None = None
+    workflow: WorkflowLink | None = None
 
-    @field_validator(*_TEXT_FIELDS, mode="before")
+    # Whether a reference needs `workflow` (a `WorkflowStep` is checked against its workflow instead).
+    _references_need_link: ClassVar[bool] = True
+
+    @field_validator(*TEXT_FIELDS, mode="before")
     @classmethod
     def _blank_is_missing(cls, value: Any) -> Any:
         # An empty or all-blank text counts as not given, so "required" errors say so plainly.
@@ -329,7 +322,7 @@ class JobSpec(BaseModel):
             return None
         return value
 
-    @field_validator(*_TEXT_FIELDS)
+    @field_validator(*TEXT_FIELDS)
     @classmethod
     def _check_text(cls, value: str | None) -> str | None:
         if value is None:
@@ -341,18 +334,18 @@ class JobSpec(BaseModel):
             raise ValueError(f"must not contain chat-template markers such as {marker.group(0)!r}")
         return value
 
-    @field_validator(*_URI_FIELDS, mode="before")
+    @field_validator(*URI_FIELDS, mode="before")
     @classmethod
     def _blank_uri_is_missing(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.strip():
             return None
         return value
 
-    @field_validator(*_URI_FIELDS)
+    @field_validator(*URI_FIELDS)
     @classmethod
     def _check_uri(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
+        if value is None or "{{" in value:
+            return value  # a reference (checked on the whole spec), or refused there if it is not one
         if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in value):
             raise ValueError("must not contain whitespace or control characters")
         match = _SCHEME_RE.match(value)
@@ -399,7 +392,7 @@ class JobSpec(BaseModel):
             if not isinstance(data, Mapping):
                 raise
             failed = {err["loc"][0] for err in field_errors if err["loc"]}
-            problems = [p for p in _task_input_problems(data) if p["loc"][0] not in failed]
+            problems = [p for p in task_input_problems(data) if p["loc"][0] not in failed]
             if not problems:
                 raise
             details = [
@@ -410,10 +403,32 @@ class JobSpec(BaseModel):
             order = {name: i for i, name in enumerate(cls.model_fields)}
             details = sorted(details + problems, key=lambda d: order.get(str(d["loc"][0]) if d["loc"] else "", -1))
             raise ValidationError.from_exception_data(cls.__name__, details) from None
-        problems = _task_input_problems(spec.__dict__)
+        problems = task_input_problems(spec.__dict__) + cls._reference_problems(spec)
         if problems:
             raise ValidationError.from_exception_data(cls.__name__, problems)
         return spec
+
+    @classmethod
+    def _reference_problems(cls, spec: JobSpec) -> list[InitErrorDetails]:
+        refs, found = scan_references(spec.__dict__)
+        problems = [input_problem(field, message, None) for field, message in found]
+        if problems or not refs:
+            return problems
+        link = spec.workflow
+        for ref in refs:
+            if link is None:
+                if cls._references_need_link:
+                    message = f"{ref.token} uses another step's output, which only a workflow step can do"
+                    problems.append(input_problem(ref.field, message, None))
+            elif ref.step == link.step:
+                problems.append(input_problem(ref.field, f"{ref.token}: a step cannot use its own output", None))
+            elif ref.step not in link.uses:
+                uses = ", ".join(sorted(link.uses)) or "none"
+                message = f"{ref.token}: step {ref.step!r} is not among the steps this one uses ({uses})"
+                problems.append(input_problem(ref.field, message, None))
+        return problems + [
+            input_problem(field, message, None) for field, message in length_problems(spec.__dict__, refs)
+        ]
 
     # ----------------------------------------------------------------------- helpers
 
@@ -428,6 +443,26 @@ class JobSpec(BaseModel):
     @property
     def generates_audio(self) -> bool:
         return self.task is not TaskName.UNDERSTAND
+
+    @property
+    def chain(self) -> BuiltinChain | None:
+        """The built-in workflow this spec stands for, or None for a job that runs as one."""
+        if self.reasoning:
+            return BuiltinChain.REASONING
+        if self.task is TaskName.VOICE_CONVERSION and self.transcript is None and self.input_audio_uri is not None:
+            return BuiltinChain.VOICE_CONVERSION_FROM_SPEECH
+        return None
+
+
+def check_runnable(spec: JobSpec) -> JobSpec:
+    """Return `spec` if it runs as one job; a built-in chain is refused (`InvalidJobSpec`)."""
+    how = "submit it through the API, CLI or SDK, which run it as a workflow (orchestrator.workflows.expand_job)"
+    if spec.chain is BuiltinChain.REASONING:
+        raise InvalidJobSpec([("reasoning", f"true makes the job a two-step workflow, not one job: {how}")])
+    if spec.chain is BuiltinChain.VOICE_CONVERSION_FROM_SPEECH:
+        message = f"required for a single voice_conversion job; without it the speech is transcribed first: {how}"
+        raise InvalidJobSpec([("transcript", message)])
+    return spec
 
 
 def _short_repr(value: Any, limit: int = 60) -> str:
@@ -450,16 +485,20 @@ def format_validation_error(exc: ValidationError, *, prefix: str = "") -> list[t
     return out
 
 
-def parse_spec(data: JobSpec | Mapping[str, Any]) -> JobSpec:
-    """Validate a spec given as a mapping; raise `InvalidJobSpec` with per-field errors."""
+def parse_spec(data: JobSpec | Mapping[str, Any], *, runnable: bool = True) -> JobSpec:
+    """Validate a spec given as a mapping; raise `InvalidJobSpec` with per-field errors.
+
+    With `runnable` (the queue's view) a built-in chain is refused as well (`check_runnable`);
+    `runnable=False` accepts it, for callers that expand it (`orchestrator.workflows.expand_job`)."""
     if isinstance(data, JobSpec):
-        return data
+        return check_runnable(data) if runnable else data
     if not isinstance(data, Mapping):
         raise InvalidJobSpec([("", f"expected a JSON object, got {type(data).__name__}")])
     try:
-        return JobSpec.model_validate(dict(data))
+        spec = JobSpec.model_validate(dict(data))
     except ValidationError as exc:
         raise InvalidJobSpec(format_validation_error(exc)) from None
+    return check_runnable(spec) if runnable else spec
 
 
 def parse_spec_json(raw: str | bytes) -> JobSpec:
@@ -468,38 +507,13 @@ def parse_spec_json(raw: str | bytes) -> JobSpec:
     if size > MAX_SPEC_JSON_BYTES:
         raise InvalidJobSpec([("", f"spec is {size} bytes, over the limit of {MAX_SPEC_JSON_BYTES}")])
     try:
-        return JobSpec.model_validate_json(raw)
+        spec = JobSpec.model_validate_json(raw)
     except ValidationError as exc:
-        legacy = _without_legacy_fields(raw, exc)
-        if legacy is not None:
-            return parse_spec(legacy)
         errors = format_validation_error(exc)
         if any(err.get("type") == "json_invalid" for err in exc.errors(include_url=False)):
             errors = [("", f"spec is not valid JSON ({msg})") for _, msg in errors]
         raise InvalidJobSpec(errors) from None
-
-
-# Fields that earlier releases stored with their default value and that the schema no longer has:
-# a job queued before an upgrade still runs. Only the stored default is dropped; any other value
-# stays an error.
-_LEGACY_DEFAULTS: dict[str, Any] = {"reasoning": False}
-
-
-def _without_legacy_fields(raw: str | bytes, exc: ValidationError) -> dict[str, Any] | None:
-    """The stored spec minus legacy default fields, if those are its only problem; else None."""
-    errors = exc.errors(include_url=False)
-    if not errors or any(
-        err.get("type") != "extra_forbidden"
-        or len(err.get("loc", ())) != 1
-        or err["loc"][0] not in _LEGACY_DEFAULTS
-        or err.get("input") != _LEGACY_DEFAULTS[err["loc"][0]]
-        for err in errors
-    ):
-        return None
-    data = json.loads(raw)
-    for name in _LEGACY_DEFAULTS:
-        data.pop(name, None)
-    return data
+    return check_runnable(spec)  # a stored spec is a queued job, never a chain still to expand
 
 
 # --------------------------------------------------------------------------- records

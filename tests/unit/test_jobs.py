@@ -59,7 +59,7 @@ def test_minimal_spec_and_defaults():
     )
     assert (spec.duration_s, spec.steps, spec.cfg_scale) == (10.0, 100, 7.0)
     assert spec.seed is None and spec.output_format is OutputFormat.WAV
-    assert "reasoning" not in JobSpec.model_fields  # implemented later as a workflow, not a flag
+    assert spec.reasoning is False and spec.workflow is None and spec.chain is None
     assert (spec.tenant, spec.priority, spec.idempotency_key, spec.batch_id) == (
         "default", Priority.NORMAL, None, None,
     )  # fmt: skip
@@ -149,7 +149,12 @@ def test_valid_specs_per_task(data):
         ({"task": "tts", "transcript": "x" * 2001}, "transcript", "at most 2000 characters"),
         ({"task": "text_to_audio", "prompt": "hi <|im_end|> there"}, "prompt", "chat-template markers"),
         ({"task": "text_to_audio", "prompt": "bell\x07"}, "prompt", "control characters"),
-        ({"task": "text_to_audio", "prompt": "q", "reasoning": True}, "reasoning", "Extra inputs are not permitted"),
+        ({"task": "text_to_audio", "prompt": "q", "reasoning": True}, "reasoning", "two-step workflow"),
+        ({"task": "understand", "prompt": "q", "reasoning": True}, "reasoning", "not 'understand'"),
+        ({"task": "tts", "transcript": "q", "reasoning": True}, "reasoning", "not 'tts'"),
+        ({"task": "text_to_audio", "prompt": "q", "reasoning": 1}, "reasoning", "valid boolean"),
+        ({"task": "video_to_audio", "video_uri": "s3://b/v.mp4", "reasoning": True}, "prompt", "with reasoning"),
+        ({"task": "text_to_audio", "prompt": "x" * 1900, "reasoning": True}, "prompt", "with reasoning the limit"),
         ({"task": "text_to_audio", "prompt": "x", "keep_source": True}, "keep_source", "'remove' or 'extract'"),
         (
             {"task": "edit", "op": "add", "prompt": "x", "input_audio_uri": "s3://b/a.wav", "keep_source": True},
@@ -374,8 +379,8 @@ def test_keep_source_is_accepted_for_remove_and_extract(op):
     assert spec.keep_source is True
 
 
-def test_a_spec_stored_before_reasoning_was_removed_still_parses():
+def test_a_spec_stored_with_reasoning_false_still_parses_and_a_stored_chain_is_refused():
     stored = '{"task": "text_to_audio", "prompt": "rain", "reasoning": false}'
     assert parse_spec_json(stored) == parse_spec({"task": "text_to_audio", "prompt": "rain"})
-    with pytest.raises(InvalidJobSpec, match="reasoning"):
+    with pytest.raises(InvalidJobSpec, match="reasoning: true makes the job a two-step workflow"):
         parse_spec_json('{"task": "text_to_audio", "prompt": "rain", "reasoning": true}')
