@@ -1,4 +1,5 @@
-"""Write the small input files that `examples/demo.jsonl` refers to (deterministic, a few KB each).
+"""Write the small input files that `examples/demo.jsonl` and `examples/workflows.jsonl` refer to
+(deterministic; a few KB to 2 MB each).
 
     python examples/make_inputs.py [DIR]      # default: the folder of this script
 
@@ -7,7 +8,11 @@
   understanding audio; sounds from `examples/sounds/make_sounds.py`);
 - `voice.wav`: 2 s 44.1 kHz mono (a gliding tone), the voice prompt for TTS / voice conversion;
 - `video_frames.npy`: uint8 frames (T, 3, H, W) at 5 fps, standing in for a decoded video;
-- `sync_features.npy`: (240, 768) float32 Synchformer-shaped features of that video.
+- `sync_features.npy`: (240, 768) float32 Synchformer-shaped features of that video;
+- `speech.wav`: 3 s 16 kHz mono, a speech-like signal (a voiced pulse train through vowel formants,
+  syllable by syllable): the source speech of the voice-conversion workflow;
+- `long.wav`: 45 s 22.05 kHz mono pink noise with a siren every 15 s, longer than the thinker's
+  30 s window (the long-understanding job of `workflows.jsonl`).
 """
 
 from __future__ import annotations
@@ -39,6 +44,43 @@ def scene(rng: np.random.Generator) -> np.ndarray:
     return (out * min(1.0, 0.95 / np.abs(out).max())).astype(np.float32)  # levels as the training pairs have
 
 
+SPEECH_RATE_HZ = 16_000
+SPEECH_S, SYLLABLE_S, PITCH_HZ = 3.0, 0.25, 120.0
+# (F1, F2, F3) in Hz of the vowels the syllables cycle through: /a/, /i/, /u/, /e/, /o/.
+VOWEL_FORMANTS_HZ = ((730, 1090, 2440), (270, 2290, 3010), (300, 870, 2240), (530, 1840, 2480), (570, 840, 2410))
+LONG_S, LONG_EVENT_EVERY_S = 45.0, 15.0
+
+
+def speech_like(rng: np.random.Generator) -> np.ndarray:
+    """`SPEECH_S` of a voiced source (a pulse train with a little pitch drift) shaped by a vowel's
+    three formants per syllable, with a short gap between syllables: a stand-in for speech."""
+    n_syl = round(SYLLABLE_S * SPEECH_RATE_HZ)
+    t = np.arange(n_syl) / SPEECH_RATE_HZ
+    out = []
+    for i in range(round(SPEECH_S / SYLLABLE_S)):
+        f0 = PITCH_HZ * (1 + 0.08 * np.sin(2 * np.pi * 1.5 * t + i))
+        phase = np.cumsum(f0) / SPEECH_RATE_HZ
+        source = (np.diff(np.floor(phase), prepend=0.0) > 0).astype(np.float64)  # one pulse per period
+        spec = np.fft.rfft(source + 0.02 * rng.standard_normal(n_syl))
+        freqs = np.fft.rfftfreq(n_syl, 1 / SPEECH_RATE_HZ)
+        formants = VOWEL_FORMANTS_HZ[i % len(VOWEL_FORMANTS_HZ)]
+        gain = sum(np.exp(-0.5 * ((freqs - f) / (60 + 0.05 * f)) ** 2) for f in formants)
+        syllable = np.fft.irfft(spec * gain, n_syl) * np.hanning(n_syl)
+        out.append(syllable / max(1e-9, np.abs(syllable).max()))
+    x = np.concatenate(out)
+    return (0.5 * x).astype(np.float32)
+
+
+def long_scene(rng: np.random.Generator) -> np.ndarray:
+    """`LONG_S` of pink noise at the sound generator's rate with a siren every `LONG_EVENT_EVERY_S`."""
+    out = make_sounds.background("pink", rng, dur_s=LONG_S)
+    for start_s in np.arange(5.0, LONG_S, LONG_EVENT_EVERY_S):
+        event = make_sounds.siren(rng)
+        start = round(start_s * make_sounds.SR)
+        out[start : start + event.size] += event[: out.size - start]
+    return (out * min(1.0, 0.95 / np.abs(out).max())).astype(np.float32)
+
+
 def make_inputs(folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(1234)
@@ -57,6 +99,10 @@ def make_inputs(folder: Path) -> list[Path]:
     sf.write(out[1], voice, RATE_HZ, subtype="PCM_16")
     np.save(out[2], frames)
     np.save(out[3], sync)
+    workflow_rng = np.random.default_rng(5678)  # its own stream: the files above stay byte-identical
+    out += [folder / "speech.wav", folder / "long.wav"]
+    sf.write(out[4], speech_like(workflow_rng), SPEECH_RATE_HZ, subtype="PCM_16")
+    sf.write(out[5], long_scene(workflow_rng), make_sounds.SR, subtype="PCM_16")
     return out
 
 

@@ -1,4 +1,4 @@
-"""Python SDK of the HTTP API (httpx): submit jobs and batches, wait for them, fetch results.
+"""Python SDK of the HTTP API (httpx): submit jobs, batches and workflows, wait for them, fetch results.
 
     from orchestrator.client import Client
 
@@ -6,6 +6,18 @@
         job = client.submit({"task": "text_to_audio", "prompt": "rain on a tin roof"})
         done = client.wait(job["job_id"], timeout_s=600)
         client.download(job["job_id"], "rain.wav")
+
+        # a workflow: understand, then generate from the answer
+        wf = client.submit_workflow([
+            {"id": "describe", "task": "understand", "prompt": "Describe this scene.",
+             "input_audio_uri": "s3://bucket/acme/inputs/clip.wav"},
+            {"id": "score", "task": "text_to_music", "prompt": "music for: {{describe.text}}"},
+        ])
+        done = client.wait_workflow(wf["workflow_id"], timeout_s=900)
+        client.download(done["steps"][-1]["job_id"], "score.wav")
+
+`submit` of a job the system runs as a built-in chain (`reasoning: true`, or voice conversion from
+source speech without a transcript) returns that workflow (it has `workflow_id` and `steps`).
 
 Responses are the API's JSON objects as dicts (see `orchestrator.api` for their fields). An error
 response raises `ApiError` (`orchestrator.api_errors`, the class the server raises too) carrying the
@@ -18,7 +30,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -26,10 +38,12 @@ import httpx
 
 from orchestrator.api_errors import ApiError
 from orchestrator.jobs import FINAL_STATUSES, JobSpec
+from orchestrator.workflows import WorkflowSpec
 
-__all__ = ["ApiError", "Client", "JobFailed", "WaitTimeout"]
+__all__ = ["ApiError", "Client", "JobFailed", "WaitTimeout", "WorkflowFailed"]
 
 _FINAL = frozenset(s.value for s in FINAL_STATUSES)
+_WORKFLOW_FINAL = frozenset({"succeeded", "failed", "cancelled"})
 MAX_RETRY_AFTER_S = 60.0
 
 
@@ -43,6 +57,34 @@ class JobFailed(Exception):
     def __init__(self, job: Mapping[str, Any]) -> None:
         super().__init__(f"job {job.get('job_id')} ended {job.get('status')}: {job.get('error')}")
         self.job = dict(job)
+
+
+class WorkflowFailed(Exception):
+    """Raised by `wait_workflow(..., raise_on_failure=True)` for a workflow that did not succeed."""
+
+    def __init__(self, workflow: Mapping[str, Any]) -> None:
+        step = workflow.get("failed_step")
+        where = f" at step {step!r}" if step else ""
+        reason = f": {workflow.get('error')}" if workflow.get("error") else ""
+        super().__init__(f"workflow {workflow.get('workflow_id')} ended {workflow.get('status')}{where}{reason}")
+        self.workflow = dict(workflow)
+
+
+def _workflow_json(
+    workflow: WorkflowSpec | Mapping[str, Any] | Sequence[Mapping[str, Any]],
+) -> dict[str, Any]:
+    """The request body of a workflow given as a `WorkflowSpec`, a `{"steps": [...]}` mapping or
+    the list of steps itself."""
+    if isinstance(workflow, WorkflowSpec):
+        return workflow.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
+    if isinstance(workflow, Mapping):
+        return dict(workflow)
+    if isinstance(workflow, Sequence) and not isinstance(workflow, str | bytes):
+        return {"steps": [dict(step) for step in workflow]}
+    raise ValueError(
+        f"workflow of type {type(workflow).__name__} is invalid: expected a WorkflowSpec, "
+        'a mapping {"steps": [...]} or a list of steps'
+    )
 
 
 def _spec_json(spec: JobSpec | Mapping[str, Any]) -> dict[str, Any]:
@@ -125,16 +167,23 @@ class Client:
     # ----------------------------------------------------------------------- jobs
 
     def submit(self, spec: JobSpec | Mapping[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
-        """Submit one job (a `JobSpec`, a mapping, or keyword fields) and return it."""
+        """Submit one job (a `JobSpec`, a mapping, or keyword fields) and return it. A job the
+        system runs as a built-in chain (`reasoning=True`; voice conversion of `input_audio_uri`
+        without a transcript) comes back as its workflow: `{"workflow_id", "status", "steps"}`."""
         body = {**(_spec_json(spec) if spec is not None else {}), **fields}
         return self._json("POST", "/v1/jobs", json=body)
 
     def submit_batch(
-        self, specs: Iterable[JobSpec | Mapping[str, Any]], *, idempotency_key: str | None = None
+        self,
+        specs: Iterable[JobSpec | WorkflowSpec | Mapping[str, Any]],
+        *,
+        idempotency_key: str | None = None,
     ) -> dict[str, Any]:
-        """Submit many jobs as one batch: `{"batch_id", "total", "job_ids"}`. With an
+        """Submit many jobs as one batch: `{"batch_id", "total", "job_ids", "workflows"}`. An item
+        may be a workflow (`{"steps": [...]}` or a `WorkflowSpec`); `total` and `job_ids` count its
+        steps, `workflows` lists each one's `index`, `workflow_id` and step `job_ids`. With an
         `idempotency_key`, sending the same batch again returns the first one."""
-        jobs = [_spec_json(s) for s in specs]
+        jobs = [_workflow_json(s) if isinstance(s, WorkflowSpec) else _spec_json(s) for s in specs]
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         return self._json("POST", "/v1/batches", json={"jobs": jobs}, headers=headers)
 
@@ -186,6 +235,65 @@ class Client:
                 raise WaitTimeout(f"batch {batch_id} has {batch['finished']}/{batch['total']} jobs finished")
             time.sleep(min(_positive("poll_s", poll_s), remaining))
 
+    # ----------------------------------------------------------------------- workflows
+
+    def submit_workflow(
+        self,
+        workflow: WorkflowSpec | Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        *,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """Submit a workflow (a `WorkflowSpec`, `{"steps": [...], ...}`, or the list of steps) and
+        return it: `{"workflow_id", "status", "steps": [{"id", "job_id", "status", ...}]}`. Each
+        step is a job spec with an `id`; a later step uses an earlier one's output as
+        `{{<id>.text}}` in a text field or `{{<id>.audio}}` as an input URI. With an
+        `idempotency_key`, sending it again returns the first workflow."""
+        body = _workflow_json(workflow)
+        if idempotency_key is not None:
+            body["idempotency_key"] = idempotency_key
+        return self._json("POST", "/v1/workflows", json=body)
+
+    def workflow(self, workflow_id: str) -> dict[str, Any]:
+        """The workflow's `status` (queued, running, succeeded, failed, cancelled) and per step its
+        `id`, `task`, `job_id`, `status`, `text`, `result_available` and `error`."""
+        return self._json("GET", f"/v1/workflows/{_segment(workflow_id)}")
+
+    def cancel_workflow(self, workflow_id: str) -> dict[str, Any]:
+        """Cancel every step that has not finished (a running one stops at its next stage); returns
+        the workflow."""
+        return self._json("DELETE", f"/v1/workflows/{_segment(workflow_id)}")
+
+    def wait_workflow(
+        self,
+        workflow_id: str,
+        *,
+        timeout_s: float = 1800.0,
+        poll_s: float = 1.0,
+        raise_on_failure: bool = False,
+    ) -> dict[str, Any]:
+        """Poll until the workflow has ended (succeeded, failed or cancelled) and none of its steps
+        is still running, and return it. Raises `WaitTimeout`; with `raise_on_failure`,
+        `WorkflowFailed` for anything but success. A step's result: `download(step["job_id"], ...)`."""
+        deadline = time.monotonic() + _positive("timeout_s", timeout_s)
+        delay = min(_positive("poll_s", poll_s), 0.1)
+        while True:
+            workflow = self.workflow(workflow_id)
+            steps_final = all(step.get("status") in _FINAL for step in workflow.get("steps", []))
+            if workflow["status"] in _WORKFLOW_FINAL and steps_final:
+                if raise_on_failure and workflow["status"] != "succeeded":
+                    raise WorkflowFailed(workflow)
+                return workflow
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                done = sum(1 for step in workflow.get("steps", []) if step.get("status") in _FINAL)
+                total = len(workflow.get("steps", []))
+                raise WaitTimeout(
+                    f"workflow {workflow_id} still {workflow['status']} after {timeout_s:g} s "
+                    f"({done}/{total} steps finished)"
+                )
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, poll_s)
+
     # ----------------------------------------------------------------------- results and inputs
 
     def result(self, job_id: str) -> dict[str, Any]:
@@ -198,7 +306,8 @@ class Client:
 
     def download(self, job_id: str, dest: str | os.PathLike[str] | BinaryIO) -> int:
         """Write the job's result to `dest` (a path or a binary file); returns the bytes written.
-        Follows the presigned URL in service mode (without sending the API key there)."""
+        Follows the presigned URL in service mode (without sending the API key there). A workflow
+        step's result is its job's: pass the step's `job_id`."""
         response = self._request("GET", f"/v1/jobs/{_segment(job_id)}/result")
         if response.headers.get("content-type", "").startswith("application/json"):
             url = response.json()["url"]

@@ -8,18 +8,22 @@ run behind a load balancer, apart from the GPU cluster. `create_app` builds the 
                      tenants=TenantStore.from_settings(settings))
 
 Layout (FastAPI's "bigger applications"): `app` assembles; `deps` holds the `Depends` providers
-(services, current tenant, own job / batch); `routes/` has one router per resource (`jobs`,
-`batches`, `uploads`, `ops`); `errors` the one error shape; `middleware` the body limit and
+(services, current tenant, own job / batch / workflow); `routes/` has one router per resource
+(`jobs`, `batches`, `workflows`, `uploads`, `ops`); `errors` the one error shape; `middleware` the body limit and
 request metrics; `views` the response bodies; `settings` the limits of the HTTP layer.
 
 Endpoints (all under `Authorization: Bearer KEY` except `/healthz`, `/metrics` and the OpenAPI
 document at `/openapi.json`):
 
-    POST   /v1/jobs               a `JobSpec` -> 201 the job (200 for an idempotent re-submit)
-    POST   /v1/batches            {"jobs": [JobSpec, ...]} -> 201 {batch_id, total, job_ids}
+    POST   /v1/jobs               a `JobSpec` -> 201 the job (200 for an idempotent re-submit); a
+                                  built-in chain (`reasoning`, voice conversion from speech) -> its workflow
+    POST   /v1/batches            {"jobs": [JobSpec or workflow, ...]} -> 201 {batch_id, total, job_ids, workflows}
+    POST   /v1/workflows          {"steps": [...], "idempotency_key": ...} -> 201 the workflow
     GET    /v1/jobs/{id}          the job's status
     GET    /v1/batches/{id}       counts by status, one page of failures (?offset=&limit=)
+    GET    /v1/workflows/{id}     the workflow's status and each step's
     DELETE /v1/jobs/{id}          cancel (200 cancelled, 202 cancel requested for a running job)
+    DELETE /v1/workflows/{id}     cancel the steps that have not finished
     GET    /v1/jobs/{id}/result   presigned URL (S3), or the bytes themselves (embedded mode)
     POST   /v1/uploads            multipart `file`: WAV/FLAC, checked as the engine checks inputs
     GET    /healthz, GET /metrics
@@ -42,7 +46,16 @@ from orchestrator.api.deps import InputChecker
 from orchestrator.api.errors import ErrorResponse
 from orchestrator.api.server import serve_in_thread
 from orchestrator.api.settings import ApiSettings
-from orchestrator.api.views import BatchCreated, BatchRequest, BatchView, JobView, ResultView, UploadView
+from orchestrator.api.views import (
+    BatchCreated,
+    BatchRequest,
+    BatchView,
+    JobView,
+    ResultView,
+    UploadView,
+    WorkflowStepView,
+    WorkflowView,
+)
 from orchestrator.api_errors import ApiError
 from orchestrator.audio_io import AudioInfo
 
@@ -59,6 +72,8 @@ __all__ = [
     "JobView",
     "ResultView",
     "UploadView",
+    "WorkflowStepView",
+    "WorkflowView",
     "create_app",
     "serve_in_thread",
 ]

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from orchestrator.api.deps import InputChecker, Services
 from orchestrator.api.errors import install_error_handlers
 from orchestrator.api.middleware import BodyLimitMiddleware, MetricsMiddleware
-from orchestrator.api.routes import batches, jobs, ops, uploads
+from orchestrator.api.routes import batches, jobs, ops, uploads, workflows
 from orchestrator.api.settings import ApiSettings
 from orchestrator.metrics import ApiMetrics
 from orchestrator.queue import JobQueue
@@ -58,11 +58,14 @@ def create_app(
     app = FastAPI(
         title="Audio-Omni jobs API",
         version=API_VERSION,
-        description="Submit audio understanding, generation and editing jobs; follow and fetch them.",
+        description=(
+            "Submit audio understanding, generation and editing jobs, and workflows that chain them; "
+            "follow and fetch them."
+        ),
     )
     app.state.settings = settings
     app.state.services = services
-    for module in (ops, jobs, batches, uploads):
+    for module in (ops, jobs, batches, workflows, uploads):
         app.include_router(module.router)
     install_error_handlers(app)
 

@@ -1,7 +1,8 @@
 """What the routes depend on, as FastAPI `Depends` providers: the services the app was built over,
-the caller's tenant (from its bearer key), and the caller's own job or batch (404 for anyone
-else's: existence is never revealed). Also the per-tenant checks of a submitted spec and the
-admission of new jobs, shared by the jobs and batches routers."""
+the caller's tenant (from its bearer key), and the caller's own job, batch or workflow (404 for
+anyone else's: existence is never revealed). Also the per-tenant checks of a submitted spec or
+workflow, the admission of new jobs and the queueing of a workflow, shared by the jobs, batches
+and workflows routers."""
 
 from __future__ import annotations
 
@@ -11,14 +12,26 @@ from typing import Annotated, Protocol
 from fastapi import Depends, Query, Request
 from fastapi import Path as PathParam
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import ValidationError
 
+from orchestrator.api.errors import problems_error, validation_problems
 from orchestrator.api.settings import ApiSettings
 from orchestrator.api_errors import ApiError
+from orchestrator.errors import InvalidJobSpec
 from orchestrator.jobs import MAX_ID_CHARS, BatchStatus, JobRecord, JobSpec, validate_id
 from orchestrator.metrics import ApiMetrics
 from orchestrator.queue import JobQueue
+from orchestrator.references import scan_references
 from orchestrator.storage import InputNotAllowed, Storage
 from orchestrator.tenants import QuotaExceeded, RateLimited, Tenant, TenantStore, retry_after_header
+from orchestrator.workflows import (
+    WorkflowSpec,
+    WorkflowStatus,
+    expand_job,
+    new_workflow_id,
+    step_job_id,
+    workflow_id_for_key,
+)
 
 __all__ = [
     "URI_FIELDS",
@@ -28,10 +41,15 @@ __all__ = [
     "JobId",
     "OwnBatch",
     "OwnJob",
+    "OwnWorkflow",
     "Services",
     "ServicesDep",
+    "WorkflowId",
     "admit",
     "check_spec",
+    "check_workflow",
+    "expand",
+    "queue_workflow",
 ]
 
 URI_FIELDS = ("input_audio_uri", "voice_prompt_uri", "video_uri", "sync_feature_uri")
@@ -85,6 +103,7 @@ def authenticate(
 CurrentTenant = Annotated[Tenant, Depends(authenticate)]
 JobId = Annotated[str, PathParam(min_length=1, max_length=MAX_ID_CHARS, description="job id")]
 BatchId = Annotated[str, PathParam(min_length=1, max_length=MAX_ID_CHARS, description="batch id")]
+WorkflowId = Annotated[str, PathParam(min_length=1, max_length=MAX_ID_CHARS, description="workflow id")]
 
 
 def own_job(job_id: JobId, tenant: CurrentTenant, services: ServicesDep) -> JobRecord:
@@ -122,20 +141,68 @@ def own_batch(
     return status
 
 
+def own_workflow(workflow_id: WorkflowId, tenant: CurrentTenant, services: ServicesDep) -> WorkflowStatus:
+    """The caller's workflow `workflow_id`; 404 when it is unknown or another tenant's."""
+    status = None
+    try:
+        validate_id(workflow_id, "workflow_id")
+    except ValueError:
+        pass
+    else:
+        status = services.queue.workflow_status(workflow_id)
+    if status is None or status.tenant != tenant.tenant_id:
+        raise ApiError(404, "not_found", f"workflow {workflow_id!r} not found", "workflow_id")
+    return status
+
+
 OwnJob = Annotated[JobRecord, Depends(own_job)]
 OwnBatch = Annotated[BatchStatus, Depends(own_batch)]
+OwnWorkflow = Annotated[WorkflowStatus, Depends(own_workflow)]
 
 
 def check_spec(services: Services, tenant: Tenant, spec: JobSpec, where: str = "") -> JobSpec:
     """The spec as it will be queued (tenant filled in), after the tenant's own checks: it names
-    no other tenant and no batch, stays within the tenant's duration and step limits, and every
-    input URI is one the tenant may read. `where` prefixes field names (`jobs[3].`)."""
-    if "tenant" in spec.model_fields_set and spec.tenant != tenant.tenant_id:
+    no other tenant, no batch and no workflow link, stays within the tenant's duration and step
+    limits, and every input URI is one the tenant may read. `where` prefixes field names (`jobs[3].`)."""
+    _check_owner(tenant, spec.model_fields_set, spec.tenant, spec.batch_id, where)
+    if spec.workflow is not None:  # a link names other jobs' outputs: only the queue writes one
+        field = f"{where}workflow"
+        message = f"{field}: set by the system for workflow steps; submit a workflow with POST /v1/workflows"
+        raise ApiError(422, "invalid_field", message, field)
+    _check_limits_and_inputs(services, tenant, spec, where)
+    return spec.model_copy(update={"tenant": tenant.tenant_id})
+
+
+def check_workflow(
+    services: Services, tenant: Tenant, workflow: WorkflowSpec, where: str = "", *, batch_id: str | None = None
+) -> WorkflowSpec:
+    """The workflow as it will be queued (tenant filled in, and `batch_id` when a batch holds it),
+    after the tenant's checks on it and on every step: as `check_spec`, with field names
+    `steps[i].<field>` and the step named, and references to other steps' audio skipped (they
+    name results the workflow itself writes)."""
+    _check_owner(tenant, workflow.model_fields_set, workflow.tenant, workflow.batch_id, where)
+    for i, step in enumerate(workflow.steps):  # a step's tenant and batch are the workflow's (schema)
+        try:
+            _check_limits_and_inputs(services, tenant, step, f"{where}steps[{i}].")
+        except ApiError as exc:
+            exc.message = f"{exc.message} (step {step.id!r})"
+            raise
+    update: dict[str, str] = {"tenant": tenant.tenant_id}
+    if batch_id is not None:
+        update["batch_id"] = batch_id
+    return workflow.model_copy(update=update)
+
+
+def _check_owner(tenant: Tenant, given: set[str], spec_tenant: str, batch_id: str | None, where: str) -> None:
+    if "tenant" in given and spec_tenant != tenant.tenant_id:
         field = f"{where}tenant"
         raise ApiError(403, "forbidden", f"{field}: jobs are submitted for the key's tenant only", field)
-    if spec.batch_id is not None:
+    if batch_id is not None:
         field = f"{where}batch_id"
         raise ApiError(422, "invalid_field", f"{field}: batches are created with POST /v1/batches", field)
+
+
+def _check_limits_and_inputs(services: Services, tenant: Tenant, spec: JobSpec, where: str) -> None:
     limits = tenant.limits
     if spec.duration_s > limits.max_duration_s:
         field = f"{where}duration_s"
@@ -146,15 +213,16 @@ def check_spec(services: Services, tenant: Tenant, spec: JobSpec, where: str = "
         raise ApiError(
             422, "limit_exceeded", f"{field}: {spec.steps} is over this tenant's limit of {limits.max_steps}", field
         )
+    references, _ = scan_references({name: getattr(spec, name) for name in URI_FIELDS})
+    from_steps = {ref.field for ref in references}
     for name in URI_FIELDS:
         uri = getattr(spec, name)
-        if uri is not None:
+        if uri is not None and name not in from_steps:
             try:
                 services.inputs.check(uri, tenant=tenant.tenant_id)
             except InputNotAllowed as exc:
                 field = f"{where}{name}"
                 raise ApiError(403, "input_not_allowed", f"{field}: {exc}", field) from None
-    return spec.model_copy(update={"tenant": tenant.tenant_id})
 
 
 def admit(services: Services, tenant: Tenant, job_ids: list[str]) -> None:
@@ -170,3 +238,52 @@ def admit(services: Services, tenant: Tenant, job_ids: list[str]) -> None:
         services.metrics.refused.labels("in_flight").inc()
         headers = {"Retry-After": retry_after_header(exc.retry_after_s)}
         raise ApiError(429, "quota_exceeded", str(exc), headers=headers) from None
+
+
+def expand(spec: JobSpec, where: str = "") -> WorkflowSpec | None:
+    """The built-in workflow a job runs as (`expand_job`), or None for a plain job; a chain that
+    cannot be built from the spec is a 422 naming the field."""
+    try:
+        return expand_job(spec)
+    except ValidationError as exc:
+        raise problems_error(validation_problems(exc, where.rstrip("."))) from None
+    except InvalidJobSpec as exc:
+        raise problems_error(
+            [(f"{where}{field}" if field else where.rstrip(".") or None, m) for field, m in exc.errors]
+        ) from None
+
+
+def queue_workflow(services: Services, tenant: Tenant, workflow: WorkflowSpec) -> tuple[WorkflowStatus, bool]:
+    """Admit the workflow's step jobs and queue it (one atomic script): `(status, created)`. With
+    an `idempotency_key` the workflow id is derived from the tenant and the key, so a re-submit
+    returns the existing workflow (`created` False) and admits nothing."""
+    queue = services.queue
+    key = workflow.idempotency_key
+    workflow_id = workflow_id_for_key(tenant.tenant_id, key) if key is not None else new_workflow_id()
+    if key is not None:
+        existing = queue.workflow_status(workflow_id)
+        if existing is not None and existing.tenant == tenant.tenant_id:
+            return _replay(existing, workflow), False
+    job_ids = [step_job_id(workflow_id, step.id) for step in workflow.steps]
+    admit(services, tenant, job_ids)
+    try:
+        status = queue.submit_workflow(workflow, workflow_id=workflow_id)
+    except BaseException:
+        if key is None:  # a derived id may be another request's workflow: leave its reservations
+            services.tenants.release(tenant.tenant_id, job_ids)
+        raise
+    if status.workflow_id != workflow_id:  # the key already named another workflow
+        services.tenants.release(tenant.tenant_id, job_ids)
+        return _replay(status, workflow), False
+    services.metrics.submitted.labels("workflow").inc(len(job_ids))
+    return status, True
+
+
+def _replay(existing: WorkflowStatus, workflow: WorkflowSpec) -> WorkflowStatus:
+    """The existing workflow of an idempotency key, if the re-submit has the same steps; 409 if not."""
+    ids = [step.id for step in workflow.steps]
+    have = [step.id for step in existing.steps]
+    if ids != have:
+        message = f"idempotency_key was used for a workflow with steps {have}, not {ids}"
+        raise ApiError(409, "conflict", message, "idempotency_key")
+    return existing

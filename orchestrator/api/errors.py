@@ -12,7 +12,7 @@ import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from orchestrator.api_errors import ApiError
@@ -27,6 +27,8 @@ __all__ = [
     "documented",
     "error_response",
     "install_error_handlers",
+    "problems_error",
+    "validation_problems",
 ]
 
 log = logging.getLogger(__name__)
@@ -97,6 +99,32 @@ def _field_of(loc: Sequence[Any]) -> str | None:
     return out or None
 
 
+def validation_problems(exc: ValidationError, prefix: str = "") -> list[tuple[str | None, str]]:
+    """One `(field, message)` per error of a pydantic validation of a part of the body, its field
+    named as in a whole-body error (`prefix` = `jobs[3]` gives `jobs[3].steps[1].prompt`)."""
+    problems: list[tuple[str | None, str]] = []
+    for err in exc.errors(include_url=False):
+        message = str(err.get("msg", "invalid"))
+        if message.startswith("Value error, "):
+            message = message[len("Value error, ") :]
+        field = _field_of(tuple(err.get("loc", ())))
+        if prefix:
+            field = f"{prefix}.{field}" if field else prefix
+        problems.append((field, message))
+    return problems
+
+
+def problems_error(
+    problems: Sequence[tuple[str | None, str]], status: int = 422, code: str = "invalid_field"
+) -> ApiError:
+    """One error listing every problem; its message and field are the first problem's."""
+    field, message = problems[0] if problems else (None, "invalid request")
+    summary = f"{field}: {message}" if field else message
+    if len(problems) > 1:
+        summary += f" (and {len(problems) - 1} more problems)"
+    return ApiError(status, code, summary, field, details=problems)
+
+
 def validation_error(exc: RequestValidationError) -> ApiError:
     """FastAPI's validation failure as a 400 (unreadable body) or 422 listing every field at fault."""
     problems: list[tuple[str | None, str]] = []
@@ -118,13 +146,9 @@ def validation_error(exc: RequestValidationError) -> ApiError:
                 else f"the body must be a JSON object: {message}"
             )
         problems.append((_field_of(loc), message))
-    field, message = problems[0] if problems else (None, "invalid request")
     if whole_body:
-        return ApiError(400, "invalid_body", message)
-    summary = f"{field}: {message}" if field else message
-    if len(problems) > 1:
-        summary += f" (and {len(problems) - 1} more problems)"
-    return ApiError(422, "invalid_field", summary, field, details=problems)
+        return ApiError(400, "invalid_body", problems[0][1])
+    return problems_error(problems)
 
 
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:

@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from orchestrator.api.settings import MAX_BATCH_JOBS
 from orchestrator.audio_io import AudioInfo
-from orchestrator.jobs import BatchStatus, JobRecord, JobSpec, JobStatus, Priority
+from orchestrator.jobs import BatchStatus, JobRecord, JobStatus, Priority, TaskName
+from orchestrator.workflows import WorkflowState, WorkflowStatus
 
 __all__ = [
     "BatchCreated",
     "BatchFailureView",
     "BatchRequest",
     "BatchView",
+    "BatchWorkflowItem",
     "CancelView",
     "HealthView",
     "JobView",
     "ResultView",
     "UploadView",
+    "WorkflowStepView",
+    "WorkflowView",
 ]
 
 
@@ -64,18 +68,37 @@ class JobView(BaseModel):
         )
 
 
+# A batch item is a job spec or a workflow (an object whose `steps` is a list); the route parses
+# each one itself, so that an error names `jobs[i].<field>` whichever it is.
+_BATCH_ITEM_SCHEMA = {
+    "anyOf": [{"$ref": "#/components/schemas/JobSpec"}, {"$ref": "#/components/schemas/WorkflowSpec"}],
+    "description": "a job spec, or a workflow: an object with a `steps` list",
+}
+
+
 class BatchRequest(BaseModel):
-    """Many jobs submitted as one batch (all of the caller's tenant)."""
+    """Many jobs (and workflows) submitted as one batch (all of the caller's tenant)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    jobs: list[JobSpec] = Field(min_length=1, max_length=MAX_BATCH_JOBS)
+    jobs: list[Annotated[dict[str, Any], WithJsonSchema(_BATCH_ITEM_SCHEMA)]] = Field(
+        min_length=1, max_length=MAX_BATCH_JOBS
+    )
+
+
+class BatchWorkflowItem(BaseModel):
+    """A workflow of a batch: its item index, id and step job ids."""
+
+    index: int
+    workflow_id: str
+    job_ids: list[str]
 
 
 class BatchCreated(BaseModel):
     batch_id: str
-    total: int
-    job_ids: list[str]
+    total: int = Field(description="jobs in the batch, every workflow step counted")
+    job_ids: list[str] = Field(description="the plain items' job ids in order, then the workflows' step jobs")
+    workflows: list[BatchWorkflowItem] = Field(default_factory=list)
 
 
 class BatchFailureView(BaseModel):
@@ -161,3 +184,50 @@ class UploadView(BaseModel):
 class HealthView(BaseModel):
     status: str
     redis: bool
+
+
+class WorkflowStepView(BaseModel):
+    """One step of a workflow: its own job (`GET /v1/jobs/{job_id}`, `.../result`)."""
+
+    id: str = Field(description="the step's id within the workflow")
+    task: TaskName
+    job_id: str
+    status: JobStatus
+    text: str | None = Field(None, description="the text answer of an understanding step")
+    result_available: bool = Field(False, description="GET /v1/jobs/{job_id}/result will return the result")
+    error: str | None = None
+
+
+class WorkflowView(BaseModel):
+    """A workflow as its tenant sees it: its state and every step's."""
+
+    workflow_id: str
+    status: WorkflowState
+    steps: list[WorkflowStepView]
+    failed_step: str | None = Field(None, description="the id of the step that failed the workflow")
+    error: str | None = None
+    created_at: float | None = None
+    batch_id: str | None = None
+
+    @classmethod
+    def of(cls, status: WorkflowStatus) -> WorkflowView:
+        return cls(
+            workflow_id=status.workflow_id,
+            status=status.status,
+            steps=[
+                WorkflowStepView(
+                    id=step.id,
+                    task=step.task,
+                    job_id=step.job_id,
+                    status=step.status,
+                    text=step.text,
+                    result_available=step.result_available,
+                    error=step.error,
+                )
+                for step in status.steps
+            ],
+            failed_step=status.failed_step,
+            error=status.error,
+            created_at=status.created_at,
+            batch_id=status.batch_id,
+        )

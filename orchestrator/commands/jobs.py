@@ -1,12 +1,16 @@
 """`audio-omni submit | status | cancel | results`: the client side of service mode.
 
-- `submit SPEC`: SPEC is a JSON object (inline, or a `.json` file) for one job, or a `.jsonl` file
-  (one spec per line) submitted as one batch. Prints `{"job_id": ...}` or `{"batch_id": ..., "jobs": n}`.
-- `status ID [--watch]`: a job's record, or a batch's counts by status and its failures; with
-  `--watch` a batch shows a live progress bar until every job has finished.
-- `cancel JOB_ID`: cancel a queued job now, or a running one at its next stage.
-- `results ID [--out DIR] [--urls]`: list a job's or batch's results; `--out` downloads each result
-  and its metadata JSON, `--urls` prints presigned links.
+- `submit SPEC`: SPEC is a JSON object (inline, or a `.json` file) for one job or one workflow
+  (an object with a `steps` list), or a `.jsonl` file (one job or workflow per line) submitted as
+  one batch. Prints `{"job_id": ...}`, `{"workflow_id": ..., "job_ids": {...}}` or
+  `{"batch_id": ..., "jobs": n, "workflows": [...]}`. A job the system runs as a built-in chain
+  (`reasoning: true`; voice conversion from source speech) is queued as its workflow.
+- `status ID [--watch]`: a job's record, a workflow's steps, or a batch's counts by status and its
+  failures; with `--watch` a batch shows a live progress bar until every job has finished.
+- `cancel ID`: cancel a queued job now, or a running one at its next stage; for a workflow, every
+  step that has not finished.
+- `results ID [--out DIR] [--urls]`: list a job's, workflow's or batch's results; `--out` downloads
+  each result and its metadata JSON, `--urls` prints presigned links.
 
 Connections come from the environment (`REDIS_URL`, `S3_BUCKET`, ...) or the flags.
 """
@@ -21,10 +25,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from orchestrator.jobs import BatchStatus, JobRecord
+    from orchestrator.jobs import BatchStatus, JobRecord, JobSpec
     from orchestrator.queue import JobQueue
     from orchestrator.settings import Settings
     from orchestrator.storage import Storage
+    from orchestrator.workflows import WorkflowSpec, WorkflowStatus
 
 WATCH_EVERY_S = 1.0
 MAX_BATCH_LIST = 100_000
@@ -35,17 +40,19 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     conn.add_argument("--redis-url", default=None, help="Redis URL (REDIS_URL / AUDIO_OMNI_REDIS_URL)")
     conn.add_argument("--redis-prefix", default=None, help="key prefix of the deployment")
     if name == "submit":
-        parser.add_argument("spec", help="a JSON object, a .json file, or a .jsonl file (one batch)")
+        parser.add_argument(
+            "spec", help="a JSON object (a job, or a workflow with `steps`), a .json file, or a .jsonl file (one batch)"
+        )
         parser.add_argument("--batch-id", default=None, help="batch id (default: random); re-submitting is idempotent")
         parser.add_argument("--tenant", default=None, help="set this tenant on every spec that names none")
     elif name == "status":
-        parser.add_argument("id", help="a job id or a batch id")
+        parser.add_argument("id", help="a job id, a workflow id or a batch id")
         parser.add_argument("--watch", action="store_true", help="a batch: live progress until it is done")
         parser.add_argument("--json", action="store_true", help="print the record as JSON")
     elif name == "cancel":
-        parser.add_argument("job_id", help="the job to cancel")
+        parser.add_argument("id", help="the job or workflow to cancel")
     elif name == "results":
-        parser.add_argument("id", help="a job id or a batch id")
+        parser.add_argument("id", help="a job id, a workflow id or a batch id")
         parser.add_argument("--out", type=Path, default=None, help="download results and metadata into this folder")
         parser.add_argument("--urls", action="store_true", help="print presigned download URLs")
         conn.add_argument("--s3-bucket", default=None, help="result bucket (S3_BUCKET)")
@@ -82,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _read_specs(text_or_path: str) -> tuple[list[dict[str, Any]], bool]:
-    """(specs, is_batch): a .jsonl file is a batch; a .json file or inline JSON is one job."""
+    """(items, is_batch): a .jsonl file is a batch (one job or workflow per line); a .json file or
+    inline JSON is one job or one workflow."""
     path = Path(text_or_path)
     if not text_or_path.lstrip().startswith("{") and path.is_file():
         raw = path.read_text(encoding="utf-8")
@@ -110,20 +118,105 @@ def _parse_object(text: str, where: str) -> dict[str, Any]:
     return value
 
 
+def _is_workflow(item: dict[str, Any]) -> bool:
+    """A workflow is an object whose `steps` is a list (a job's `steps` is its step count)."""
+    return isinstance(item.get("steps"), list)
+
+
+def _as_workflow(item: dict[str, Any], where: str) -> WorkflowSpec | JobSpec:
+    """The workflow an item is (a workflow object, or a job that expands into a built-in chain), or
+    the plain job. Raises `InvalidJobSpec` naming `where` and the field."""
+    from pydantic import ValidationError
+
+    from orchestrator.errors import InvalidJobSpec
+    from orchestrator.jobs import format_validation_error, parse_spec
+    from orchestrator.workflows import expand_job, parse_workflow
+
+    if _is_workflow(item):
+        try:
+            return parse_workflow(item)
+        except ValidationError as exc:
+            raise InvalidJobSpec(format_validation_error(exc, prefix=where), what="workflow") from None
+    try:
+        spec = parse_spec(item)
+    except InvalidJobSpec as exc:
+        raise InvalidJobSpec([(f"{where}.{f}" if f and where else f or where, m) for f, m in exc.errors]) from None
+    try:
+        workflow = expand_job(spec)
+    except ValidationError as exc:
+        raise InvalidJobSpec(format_validation_error(exc, prefix=where)) from None
+    return spec if workflow is None else workflow
+
+
 def _submit(args: argparse.Namespace, queue: JobQueue, settings: Settings) -> int:
     specs, is_batch = _read_specs(args.spec)
     if args.tenant:
         for spec in specs:
             spec.setdefault("tenant", args.tenant)
     if is_batch:
-        batch_id, job_ids = queue.submit_batch(specs, batch_id=args.batch_id)
-        print(json.dumps({"batch_id": batch_id, "jobs": len(job_ids)}))
+        print(json.dumps(_submit_batch(queue, specs, args.batch_id)))
+        return 0
+    if args.batch_id:
+        specs[0]["batch_id"] = args.batch_id
+    from orchestrator.workflows import WorkflowSpec
+
+    item = _as_workflow(specs[0], "")
+    if isinstance(item, WorkflowSpec):
+        status = queue.submit_workflow(item)
+        print(json.dumps(_workflow_created(status)))
     else:
-        if args.batch_id:
-            specs[0]["batch_id"] = args.batch_id
-        record = queue.submit(specs[0])
+        record = queue.submit(item)
         print(json.dumps({"job_id": record.job_id, "status": record.status.value}))
     return 0
+
+
+def _workflow_created(status: WorkflowStatus) -> dict[str, Any]:
+    return {
+        "workflow_id": status.workflow_id,
+        "status": status.status.value,
+        "job_ids": {step.id: step.job_id for step in status.steps},
+    }
+
+
+def _submit_batch(queue: JobQueue, items: list[dict[str, Any]], batch_id: str | None) -> dict[str, Any]:
+    """Queue a JSONL batch whose lines are jobs or workflows, all under one batch id: the plain jobs
+    as `{batch_id}-{j}` in one `submit_batch`, each workflow (line i) under the id
+    `workflow_id_for_key(tenant, "{batch_id}/{i}")`, so re-submitting with `--batch-id` queues
+    nothing twice. Every line is validated before anything is queued."""
+    from orchestrator.errors import InvalidJobSpec
+    from orchestrator.jobs import MAX_BATCH_ID_CHARS, new_batch_id, validate_id
+    from orchestrator.workflows import WorkflowSpec, workflow_id_for_key
+
+    batch_id = new_batch_id() if batch_id is None else validate_id(batch_id, "batch_id", max_chars=MAX_BATCH_ID_CHARS)
+    plain: list[JobSpec] = []
+    workflows: list[tuple[int, WorkflowSpec]] = []
+    errors: list[tuple[str, str]] = []
+    for i, raw in enumerate(items):
+        try:
+            item = _as_workflow(raw, f"specs[{i}]")
+        except InvalidJobSpec as exc:
+            errors.extend(exc.errors)
+            continue
+        if isinstance(item, WorkflowSpec):
+            workflows.append((i, item.model_copy(update={"batch_id": batch_id})))
+        else:
+            plain.append(item)
+    if errors:
+        raise InvalidJobSpec(errors, what="batch")
+    total = 0
+    if plain:
+        batch_id, job_ids = queue.submit_batch(plain, batch_id=batch_id)
+        total += len(job_ids)
+    created = []
+    for i, workflow in workflows:
+        workflow_id = workflow_id_for_key(workflow.tenant, f"{batch_id}/{i}")
+        status = queue.submit_workflow(workflow, workflow_id=workflow_id)
+        total += len(status.steps)
+        created.append({"line": i + 1, **_workflow_created(status)})
+    out: dict[str, Any] = {"batch_id": batch_id, "jobs": total}
+    if created:
+        out["workflows"] = created
+    return out
 
 
 # --------------------------------------------------------------------------- status
@@ -157,6 +250,21 @@ def _batch_view(batch: BatchStatus) -> dict[str, Any]:
     }
 
 
+def _print_workflow(status: WorkflowStatus) -> None:
+    where = f" at step {status.failed_step!r}" if status.failed_step else ""
+    reason = f": {status.error}" if status.error else ""
+    print(f"workflow {status.workflow_id}: {status.status.value}{where}{reason}")
+    width = max(len(step.id) for step in status.steps)
+    for step in status.steps:
+        detail = step.result_uri if step.result_available and step.result_uri else ""
+        if step.text is not None:
+            detail = f"answer: {step.text[:60]!r}"
+        elif step.error:
+            detail = step.error
+        task = step.task or "-"
+        print(f"  {step.id.ljust(width)}  {task:<16} {step.status.value:<10} {step.job_id}  {detail}".rstrip())
+
+
 def _status(args: argparse.Namespace, queue: JobQueue, settings: Settings) -> int:
     from orchestrator.errors import JobNotFound
 
@@ -168,6 +276,13 @@ def _status(args: argparse.Namespace, queue: JobQueue, settings: Settings) -> in
         else:
             for key, value in view.items():
                 print(f"{key:>10}: {value}")
+        return 0
+    workflow = _workflow_or_none(queue, args.id)
+    if workflow is not None:
+        if args.json:
+            print(json.dumps(workflow.model_dump(mode="json", exclude_none=True), indent=2))
+        else:
+            _print_workflow(workflow)
         return 0
     batch = queue.batch_status(args.id)
     if batch is None:
@@ -203,10 +318,27 @@ def _watch(queue: JobQueue, batch: BatchStatus) -> BatchStatus:
 # --------------------------------------------------------------------------- cancel
 
 
+def _workflow_or_none(queue: JobQueue, id_: str) -> WorkflowStatus | None:
+    """The workflow `id_`, or None (also for a string that cannot be a workflow id)."""
+    from orchestrator.jobs import validate_id
+
+    try:
+        validate_id(id_, "workflow_id")
+    except ValueError:
+        return None
+    return queue.workflow_status(id_)
+
+
 def _cancel(args: argparse.Namespace, queue: JobQueue, settings: Settings) -> int:
-    status = queue.cancel(args.job_id)
+    if queue.get(args.id) is None and _workflow_or_none(queue, args.id) is not None:
+        workflow = queue.cancel_workflow(args.id)
+        running = [step.id for step in workflow.steps if step.status.value == "running"]
+        note = f" (steps {', '.join(running)} stop at their next stage)" if running else ""
+        print(f"{args.id}: workflow {workflow.status.value}{note}")
+        return 0
+    status = queue.cancel(args.id)
     note = " (cancel requested; it stops at its next stage)" if status.value == "running" else ""
-    print(f"{args.job_id}: {status.value}{note}")
+    print(f"{args.id}: {status.value}{note}")
     return 0
 
 
@@ -220,6 +352,9 @@ def _records(queue: JobQueue, id_: str) -> list[JobRecord]:
     record = queue.get(id_)
     if record is not None:
         return [record]
+    workflow = _workflow_or_none(queue, id_)
+    if workflow is not None:
+        return [r for r in queue.get_many([step.job_id for step in workflow.steps]) if r is not None]
     batch = queue.batch_status(id_)
     if batch is None:
         raise JobNotFound(id_)

@@ -1,6 +1,7 @@
 """Jobs: submit one, read it, cancel it, fetch its result.
 
-POST   /v1/jobs               a `JobSpec` -> 201 the job (200 for an idempotent re-submit)
+POST   /v1/jobs               a `JobSpec` -> 201 the job (200 for an idempotent re-submit); a job
+                              that is a built-in chain -> 201 its workflow
 GET    /v1/jobs/{id}          the job's status
 DELETE /v1/jobs/{id}          cancel (200 cancelled, 202 cancel requested for a running job)
 GET    /v1/jobs/{id}/result   presigned URL (S3), or the bytes themselves (embedded mode)
@@ -10,9 +11,20 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from orchestrator.api.deps import CurrentTenant, JobId, OwnJob, Services, ServicesDep, admit, check_spec
+from orchestrator.api.deps import (
+    CurrentTenant,
+    JobId,
+    OwnJob,
+    Services,
+    ServicesDep,
+    admit,
+    check_spec,
+    check_workflow,
+    expand,
+    queue_workflow,
+)
 from orchestrator.api.errors import COMMON_ERRORS, documented
-from orchestrator.api.views import CancelView, JobView, ResultView
+from orchestrator.api.views import CancelView, JobView, ResultView, WorkflowView
 from orchestrator.api_errors import ApiError
 from orchestrator.errors import JobNotFound
 from orchestrator.jobs import JobSpec, JobStatus, new_job_id
@@ -26,14 +38,28 @@ router = APIRouter(tags=["jobs"])
     "/v1/jobs",
     status_code=201,
     responses={
-        200: {"model": JobView, "description": "an existing job (same idempotency_key)"},
-        **documented(*COMMON_ERRORS, 403, 413, 429),
+        200: {"model": JobView | WorkflowView, "description": "an existing job or workflow (same idempotency_key)"},
+        **documented(*COMMON_ERRORS, 403, 409, 413, 429),
     },
 )
-def submit_job(spec: JobSpec, tenant: CurrentTenant, services: ServicesDep, response: Response) -> JobView:
+def submit_job(
+    spec: JobSpec, tenant: CurrentTenant, services: ServicesDep, response: Response
+) -> JobView | WorkflowView:
     """Queue one job. The body is a `JobSpec`; a re-submit with the same `idempotency_key`
-    returns the existing job (200) instead of a new one (201)."""
+    returns the existing job (200) instead of a new one (201).
+
+    A job the system runs as a built-in chain is queued as that workflow and answered with it
+    (`workflow_id`, `steps`; `Location: /v1/workflows/{id}`): `reasoning: true` (the thinker first
+    rewrites the prompt into a concrete description), and `voice_conversion` with `input_audio_uri`
+    and no transcript (the speech is transcribed first)."""
     spec = check_spec(services, tenant, spec)
+    workflow = expand(spec)
+    if workflow is not None:
+        status, created = queue_workflow(services, tenant, check_workflow(services, tenant, workflow))
+        if not created:
+            response.status_code = 200
+        response.headers["Location"] = f"/v1/workflows/{status.workflow_id}"
+        return WorkflowView.of(status)
     job_id = new_job_id()
     admit(services, tenant, [job_id])
     try:
