@@ -123,9 +123,13 @@ wf_settle = function(wf, job_id, status, err, now_s, quiet)
   local wk = WF .. wf
   if redis.call('EXISTS', wk) == 0 then return end  -- expired: nothing left to keep consistent
   if redis.call('HINCRBY', wk, 'open', -1) <= 0 then
+    -- Every step is final: the workflow, its idempotency key and its steps' records expire together.
     redis.call('EXPIRE', wk, RETENTION)
     local idem = redis.call('HGET', wk, 'idem')
     if idem and idem ~= '' then redis.call('EXPIRE', idem, RETENTION) end
+    for _, s in ipairs(cjson.decode(redis.call('HGET', wk, 'steps') or '[]')) do
+      redis.call('EXPIRE', JOB .. s.job_id, RETENTION)
+    end
   end
   if status == 'succeeded' then
     local deps = redis.call('HGET', JOB .. job_id, 'dependents')

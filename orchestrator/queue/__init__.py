@@ -42,6 +42,13 @@ Public API (stable; used by the engine, the CLI and the HTTP API)::
     q.queue_depths() -> {priority: queued + delayed};  q.running_count() -> int
     q.dead_letters(count=100, after="-") -> [dict, ...]
     q.retry_delay_s(attempt) -> float
+    q.submit_workflow(wf, workflow_id=None) -> WorkflowStatus   # idempotent on wf.idempotency_key
+    q.workflow_status(workflow_id) -> WorkflowStatus | None
+    q.cancel_workflow(workflow_id) -> WorkflowStatus   # raises WorkflowNotFound
+
+Workflows (`orchestrator.queue.workflows`): every step is a job of this queue; a step waits (queued,
+no stream entry) until the steps it uses have succeeded, and a failed, dead or cancelled step ends
+the rest of its workflow, inside the same script that ends the step.
 
 The engine renews every `lease_s / 3` (e.g. `renew_many` from a heartbeat thread), checks
 `is_cancel_requested` between stages, writes the result to storage *before* `ack_success`
@@ -55,13 +62,25 @@ from orchestrator.queue.core import DEFAULT_PRIORITY_WEIGHTS, Claim, QueueCore
 from orchestrator.queue.leases import Leases
 from orchestrator.queue.submission import Submission
 from orchestrator.queue.views import ReadViews
+from orchestrator.queue.workflows import WorkflowNotFound, WorkflowOps
 
-__all__ = ["DEFAULT_PRIORITY_WEIGHTS", "Claim", "JobQueue", "Leases", "QueueCore", "ReadViews", "Submission"]
+__all__ = [
+    "DEFAULT_PRIORITY_WEIGHTS",
+    "Claim",
+    "JobQueue",
+    "Leases",
+    "QueueCore",
+    "ReadViews",
+    "Submission",
+    "WorkflowNotFound",
+    "WorkflowOps",
+]
 
 
-class JobQueue(Submission, Leases):
+class JobQueue(Submission, Leases, WorkflowOps):
     """A Redis Streams job queue with leases, retries, dead-lettering, cancel, priorities and batches.
 
-    Admission (`Submission`), the lease holder's calls (`Leases`) and the read views (`ReadViews`)
-    over one connection and one configuration (`QueueCore`: its docstring lists the parameters).
+    Admission (`Submission`), the lease holder's calls (`Leases`), workflows (`WorkflowOps`) and the
+    read views (`ReadViews`) over one connection and one configuration (`QueueCore`: its docstring
+    lists the parameters).
     """

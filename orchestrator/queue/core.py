@@ -18,7 +18,7 @@ import redis
 
 from orchestrator.jobs import PRIORITIES, JobSpec, Priority
 from orchestrator.keys import DEFAULT_PREFIX, RedisKeys
-from orchestrator.lua import scripts
+from orchestrator.lua import scripts, workflow_scripts
 from orchestrator.redis_conn import redis_client
 
 if TYPE_CHECKING:
@@ -180,6 +180,8 @@ class QueueCore:
         self._complete = self._r.register_script(scripts.COMPLETE)
         self._fail = self._r.register_script(scripts.FAIL)
         self._cancel = self._r.register_script(scripts.CANCEL)
+        self._submit_workflow = self._r.register_script(workflow_scripts.SUBMIT_WORKFLOW)
+        self._cancel_workflow = self._r.register_script(workflow_scripts.CANCEL_WORKFLOW)
 
     @classmethod
     def from_settings(cls, settings: Settings, client: redis.Redis | None = None) -> Self:
