@@ -23,7 +23,7 @@ import re
 import uuid
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 from pydantic import (
     BaseModel,
@@ -34,6 +34,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import InitErrorDetails
 
 from model.limits import (
@@ -226,10 +227,19 @@ class WorkflowLink(BaseModel):
     @field_validator("uses")
     @classmethod
     def _check_uses(cls, value: dict[str, str]) -> dict[str, str]:
-        for step, job_id in value.items():
+        for step in value:
             check_step_id(step)
-            validate_id(job_id, "job id")
         return value
+
+    @model_validator(mode="after")
+    def _uses_are_steps_of_this_workflow(self) -> WorkflowLink:
+        # A step's job id is "{workflow_id}-{step}" (`orchestrator.workflows.step_job_id`): a link
+        # can name only the steps of its own workflow.
+        for step, job_id in self.uses.items():
+            expected = f"{self.workflow_id}-{step}"
+            if job_id != expected:
+                raise ValueError(f"uses: step {step!r} must map to its job id {expected!r}, not {job_id!r}")
+        return self
 
     @field_validator("original")
     @classmethod
@@ -309,7 +319,9 @@ class JobSpec(BaseModel):
     priority: Priority = Priority.NORMAL
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=MAX_IDEMPOTENCY_KEY_CHARS)
     batch_id: str | None = None
-    workflow: WorkflowLink | None = None
+    # Set by the system on a workflow step's job (`orchestrator.workflows.plan_workflow`), never by a
+    # client: left out of the JSON schema, and the API refuses it.
+    workflow: Annotated[WorkflowLink | None, SkipJsonSchema()] = None
 
     # Whether a reference needs `workflow` (a `WorkflowStep` is checked against its workflow instead).
     _references_need_link: ClassVar[bool] = True

@@ -25,6 +25,7 @@ status views. Torch-free: the API and the CLI import this module.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import uuid
 from collections.abc import Iterable, Mapping
@@ -38,8 +39,10 @@ from pydantic import (
     Field,
     ModelWrapValidatorHandler,
     PrivateAttr,
+    SerializerFunctionWrapHandler,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -128,6 +131,18 @@ class WorkflowStep(JobSpec):
     def _check_id(cls, value: str) -> str:
         return check_step_id(value)
 
+    @model_serializer(mode="wrap")
+    def _dump_own_routing_only(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # A step's routing fields default from the workflow: dump only those the client gave, so a
+        # dumped workflow parses back to the same workflow (its priority still the default of the
+        # steps that gave none).
+        data = handler(self)
+        if isinstance(data, dict):
+            for name in (*_WORKFLOW_FIELDS, "priority"):
+                if name not in self.model_fields_set:
+                    data.pop(name, None)
+        return data
+
     @classmethod
     def _reference_problems(cls, spec: JobSpec) -> list[InitErrorDetails]:
         problems = super()._reference_problems(spec)
@@ -200,6 +215,11 @@ class WorkflowSpec(BaseModel):
 
 def _naming_steps(exc: ValidationError, data: Any) -> ValidationError:
     """`exc` with every message about `steps[i]` prefixed by that step's id (where it has one)."""
+    if isinstance(data, str | bytes):  # model_validate_json: read the ids back, best effort
+        try:
+            data = json.loads(data)
+        except ValueError:
+            data = None
     raw = data.get("steps") if isinstance(data, Mapping) else None
     details: list[InitErrorDetails] = []
     for err in exc.errors(include_url=False):

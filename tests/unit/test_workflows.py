@@ -321,6 +321,30 @@ def test_a_linked_spec_may_only_name_the_steps_it_uses():
         WorkflowLink(workflow_id="wabc", step="Gen")
     with pytest.raises(ValidationError, match="original holds text fields only"):
         WorkflowLink(workflow_id="wabc", step="gen", original={"seed": "1"})
+    with pytest.raises(ValidationError, match="step 'describe' must map to its job id 'wabc-describe'"):
+        WorkflowLink(workflow_id="wabc", step="gen", uses={"describe": "wother-describe"})  # another workflow's job
+
+
+def test_the_link_is_not_part_of_the_client_schema():
+    assert "workflow" not in JobSpec.model_json_schema()["properties"]
+    assert "reasoning" in JobSpec.model_json_schema()["properties"]
+    assert "id" in WorkflowSpec.model_json_schema()["$defs"]["WorkflowStep"]["properties"]
+
+
+def test_json_input_is_checked_the_same_and_round_trips():
+    with pytest.raises(ValidationError) as err:
+        WorkflowSpec.model_validate_json(
+            '{"steps": [{"id": "gen", "task": "text_to_audio", "prompt": "x", "steps": 0}]}'
+        )
+    assert "step 'gen': " in err.value.errors()[0]["msg"] and err.value.errors()[0]["loc"] == ("steps", 0, "steps")
+    wf = parse_workflow(
+        {"steps": [describe(), t2a("gen", "{{describe.text}}", seed=1, priority="low")], "priority": "high"}
+    )
+    for dumped in (wf.model_dump_json(), wf.model_dump_json(exclude_none=True)):
+        again = WorkflowSpec.model_validate_json(dumped)
+        assert again == wf
+        assert [p.spec.priority for p in plan_workflow(again, "wabc")] == [Priority.HIGH, Priority.LOW]
+    assert "tenant" not in wf.model_dump()["steps"][0] and wf.model_dump()["steps"][1]["priority"] == "low"
 
 
 # --------------------------------------------------------------------------- ids and planning
