@@ -35,9 +35,12 @@ lint: $(STAMP)
 test: $(STAMP) services lint
 	TEST_S3_ENDPOINT=http://127.0.0.1:$(S3_PORT) $(BIN)/python -m pytest -q
 
+# One job of every task, then examples/workflows.jsonl (chains of steps and the built-in chains).
 demo: $(STAMP)
 	$(BIN)/python examples/make_inputs.py
 	$(BIN)/audio-omni batch examples/demo.jsonl --out out/demo
+	$(BIN)/audio-omni batch examples/workflows.jsonl --out out/demo
+	@echo "demo results (audio + metadata JSON, jobs and workflow steps): $(CURDIR)/out/demo/"
 
 clean:
 	rm -rf out .pytest_cache

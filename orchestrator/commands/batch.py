@@ -1,8 +1,10 @@
 """`audio-omni batch MANIFEST.jsonl --out DIR`: embedded mode.
 
-Starts a local Ray, deploys both pools, runs every manifest line through the engine with a folder
-sink, shows a progress bar and ends with a summary table. Exit status 0 when every job succeeded,
-1 otherwise.
+Starts a local Ray (or joins the one this process already runs), deploys both pools, runs every
+manifest line through the engine with a folder sink, shows a progress bar and ends with a summary
+table. A line is a job, or a workflow (`{"steps": [...]}`: each step runs as its own job once the
+steps it uses have succeeded; `audio-omni submit` describes the references). Exit status 0 when
+every job succeeded, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ SMALL_MODEL_NOTICE = (
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
-    parser.add_argument("manifest", type=Path, help="JSONL file, one job spec per line")
+    parser.add_argument("manifest", type=Path, help="JSONL file, one job spec or workflow per line")
     parser.add_argument("--out", type=Path, required=True, help="folder to write results into")
     model = parser.add_argument_group("model")
     model.add_argument(
@@ -104,9 +106,25 @@ def _prepare_demo_inputs(source: ManifestSource) -> None:
         subprocess.run([sys.executable, str(script), str(source.path.parent)], check=True, stdout=subprocess.DEVNULL)
 
 
+def _order(source: ManifestSource) -> list[str]:
+    """The finished jobs in manifest order (a workflow's steps in their own order), then any other."""
+    known = [*source.specs, *(j for j in source.invalid if j not in source.specs)]
+    listed = set(known)
+    return [j for j in known if j in source.outcomes] + [j for j in source.outcomes if j not in listed]
+
+
+def _job_label(source: ManifestSource, job_id: str) -> str:
+    """A manifest line's index, or `<workflow>/<step>` for a workflow step."""
+    spec = source.specs.get(job_id)
+    if spec is not None and spec.workflow is not None:
+        return f"{spec.workflow.workflow_id[:9]}/{spec.workflow.step}"
+    prefix = f"{source.batch_id}-"
+    return job_id[len(prefix) :] if job_id.startswith(prefix) else job_id
+
+
 def _summary(source: ManifestSource) -> str:
     rows = [("job", "task", "status", "seconds", "output / answer / error")]
-    for job_id in sorted(source.outcomes, key=lambda j: int(j.rsplit("-", 1)[-1])):
+    for job_id in _order(source):
         o = source.outcomes[job_id]
         spec = source.specs.get(job_id)
         task = _task_label(spec) if spec is not None else "-"
@@ -120,7 +138,7 @@ def _summary(source: ManifestSource) -> str:
                 detail += f"  answer: {text[:40]!r}"
         else:
             detail = (o.error or "")[:100]
-        rows.append((job_id.rsplit("-", 1)[-1], task, o.status.value, seconds, detail))
+        rows.append((_job_label(source, job_id), task, o.status.value, seconds, detail))
     widths = [max(len(str(r[i])) for r in rows) for i in range(4)]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4] for r in rows]
     lines.insert(1, "-" * min(120, len(lines[0]) + 20))
@@ -157,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
     from workers.local_ray import init_ray
 
     started = time.monotonic()
-    init_ray(num_cpus=args.num_cpus)
+    owns_ray = init_ray(num_cpus=args.num_cpus)  # False: this process already runs Ray (kept up)
     try:
         pools = deploy(settings)
         from tqdm import tqdm
@@ -186,7 +204,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             shutdown(settings)
         finally:
-            ray.shutdown()
+            if owns_ray:
+                ray.shutdown()
     elapsed = time.monotonic() - started
     print(_summary(source))
     ok = sum(1 for o in source.outcomes.values() if o.status.value == "succeeded")
