@@ -7,7 +7,10 @@ item per call (`workers.app.ServePools`, or `InProcessPools` without Ray), and o
 `EngineMetricsSink`. Each job runs in a worker thread; at most `max_in_flight` run at once
 (backpressure: nothing more is claimed until one finishes). Many jobs calling the pools
 concurrently is what lets Serve batch across jobs. A renewer thread keeps every running job's lease
-alive; cancellation is checked between stages; stage timings are recorded.
+alive; cancellation is checked between stages; stage timings are recorded. A workflow step's
+references are filled from the outputs of the steps it uses (`JobSource.step_outputs`,
+`orchestrator.workflows.resolve_step`) when it loads; its metadata records `workflow_id`, `step`
+and `resolved` (the fields after substitution).
 
 Outcomes are exceptions (orchestrator.errors): a bad input fails the job alone with its reason, a
 transient fault retries it, a cancellation ends it `cancelled`, a lost lease drops it silently.
@@ -31,6 +34,7 @@ from orchestrator.logging import get_logger
 from orchestrator.model_inputs import MAX_INPUT_BYTES, InputLimits, InputReader, spec_to_inputs
 from orchestrator.sources import ClaimedJob, JobSource
 from orchestrator.storage import Data, ResultLocation
+from orchestrator.workflows import resolve_step
 
 if TYPE_CHECKING:
     import torch
@@ -40,6 +44,7 @@ if TYPE_CHECKING:
     from model.mllm import MLLMPrompt, UnderstandRequest
     from model.pipeline import UnderstandWindow
     from model.requests import GenerationRequest
+    from orchestrator.jobs import WorkflowLink
 
 __all__ = ["Engine", "EngineMetricsSink", "EngineSettings", "JobResult", "Pools", "ResultStore"]
 
@@ -131,6 +136,18 @@ def _short_error(exc: BaseException, limit: int = 500) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     text = lines[-1] if lines else type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _step_metadata(link: WorkflowLink | None, resolved: dict[str, Any]) -> dict[str, Any]:
+    """A workflow step's place in its workflow and its fields after substitution (`resolved`); for a
+    built-in chain's step, the fields as the client gave them (e.g. `original_prompt` of a
+    `reasoning: true` job, whose generation uses the thinker's rewrite)."""
+    if link is None:
+        return {}
+    meta: dict[str, Any] = {"workflow_id": link.workflow_id, "step": link.step, "resolved": resolved}
+    for name, value in link.original.items():
+        meta[f"original_{name}"] = value
+    return meta
 
 
 class _PoolError(RetryableError):
@@ -337,6 +354,10 @@ class Engine:
 
         spec = job.spec
         with self._enter(job, timer, "load"):
+            step_meta: dict[str, Any] = {}
+            if spec.workflow is not None:  # a workflow step: the used steps' outputs fill its references
+                spec, resolved = resolve_step(spec, self.source.step_outputs(job))
+                step_meta = _step_metadata(spec.workflow, resolved)
             log.debug("loading inputs", stage="load")
             inputs = spec_to_inputs(
                 spec,
@@ -385,7 +406,8 @@ class Engine:
             "batch_id": job.batch_id,
             "tenant": job.tenant,
             "task": plan.task.value,
-            "spec": spec.model_dump(mode="json", exclude_none=True),
+            "spec": job.spec.model_dump(mode="json", exclude_none=True),  # as submitted
+            **step_meta,
             "seed": job.seed,
             "attempt": job.attempt,
             "model_version": self.settings.model_version,

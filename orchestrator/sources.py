@@ -1,15 +1,16 @@
 """Where jobs come from: the `JobSource` seam and its manifest-file implementation.
 
 A source hands out `ClaimedJob`s and records their outcome. The engine calls `claim`, `renew`
-while a job runs, `is_cancel_requested` between stages, and exactly one of `ack_success` / `fail`
-/ `cancel` per claim. `RedisSource` adapts the Redis Streams queue (`orchestrator.queue.JobQueue`)
-to the same seam.
+while a job runs, `is_cancel_requested` between stages, `step_outputs` for a workflow step (the
+outputs of the steps it uses), and exactly one of `ack_success` / `fail` / `cancel` per claim.
+`RedisSource` adapts the Redis Streams queue (`orchestrator.queue.JobQueue`) to the same seam.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 import time
 from collections import deque
@@ -17,13 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from pydantic import ValidationError
+
 from orchestrator.errors import InvalidJobSpec, LeaseLost, PermanentError
-from orchestrator.jobs import JobSpec, JobStatus, batch_job_id, parse_spec
+from orchestrator.jobs import JobSpec, JobStatus, batch_job_id, format_validation_error, parse_spec
+from orchestrator.workflows import StepOutput, WorkflowSpec, expand_job, parse_workflow, plan_workflow
 
 if TYPE_CHECKING:
     from orchestrator.queue import Claim, JobQueue
 
 URI_FIELDS = ("input_audio_uri", "voice_prompt_uri", "video_uri", "sync_feature_uri")
+_INDEX_RE = re.compile(r"\.(\d+)(?=\.|$)")  # "steps.0.prompt" -> "steps[0].prompt"
 
 
 @dataclass
@@ -75,14 +80,29 @@ class JobSource(Protocol):
     def cancel(self, job: ClaimedJob) -> None: ...
     def pending(self) -> int: ...
     def exhausted(self) -> bool: ...
+    def step_outputs(self, job: ClaimedJob) -> dict[str, StepOutput]:
+        """For a workflow step: the outputs of the steps it uses that succeeded, by step id."""
+        ...
+
+
+def _step_output(spec: JobSpec | None, text: object, result_uri: str | None) -> StepOutput:
+    """What a finished step offers the steps that use it: its text answer, and its result audio
+    when it generates audio (an understanding step's result URI is its metadata JSON)."""
+    audio = result_uri if spec is not None and spec.generates_audio else None
+    return StepOutput(text=text if isinstance(text, str) else None, audio_uri=audio)
 
 
 class ManifestSource:
-    """Jobs from a JSONL manifest (one JobSpec object per line; blank lines and `#` lines skipped).
+    """Jobs from a JSONL manifest: one JobSpec object per line, or one workflow
+    (`{"steps": [...]}`, `orchestrator.workflows`); blank lines and `#` lines are skipped.
 
-    Job ids are `batch_job_id(batch_id, line_index)` with the batch id derived from the file's
-    bytes, so running the same manifest twice writes the same keys. A line that does not validate
-    becomes a job that fails at once with its reason; the other lines still run.
+    The job id of line i is `batch_job_id(batch_id, i)` with the batch id derived from the file's
+    bytes, so running the same manifest twice writes the same keys. A workflow line's id is its
+    workflow id and each step runs as its own job (`step_job_id(line id, step)`): it is held until
+    the steps it uses have succeeded; when a step fails, dies or is cancelled, the steps of its
+    workflow that have not run end `cancelled` (running ones are asked to stop). A line that does
+    not validate becomes a job that fails at once with its reason; the other lines still run.
+    `total` counts jobs: one per job line or invalid line, one per workflow step.
     """
 
     def __init__(self, path: str | Path, *, max_attempts: int = 3, batch_id: str | None = None) -> None:
@@ -95,9 +115,14 @@ class ManifestSource:
         self._lock = threading.Lock()
         self._queue: deque[ClaimedJob] = deque()
         self.outcomes: dict[str, JobOutcome] = {}
-        self.specs: dict[str, JobSpec] = {}  # every valid line's spec, by job id
+        self.specs: dict[str, JobSpec] = {}  # every valid job's spec (each workflow step's too), by job id
         self.stages: dict[str, str] = {}  # the stage each running job is in
         self.invalid: dict[str, str] = {}
+        self.workflows: dict[str, list[str]] = {}  # workflow id (its line's id) -> its steps' job ids
+        self._waiting: dict[str, ClaimedJob] = {}  # steps whose dependencies have not all succeeded
+        self._deps: dict[str, set[str]] = {}  # step job id -> job ids of the steps it still waits for
+        self._dependents: dict[str, list[str]] = {}  # step job id -> job ids of the steps that use it
+        self._cancel: set[str] = set()  # running steps whose workflow ended: stop between stages
         index = 0
         for line_no, line in enumerate(raw.decode("utf-8").splitlines(), start=1):
             text = line.strip()
@@ -110,8 +135,15 @@ class ManifestSource:
                 if not isinstance(data, dict):
                     raise InvalidJobSpec([("", f"expected a JSON object, got {type(data).__name__}")])
                 data.setdefault("batch_id", self.batch_id)
+                if "steps" in data:
+                    self._add_workflow(job_id, data)
+                    continue
                 self._resolve_paths(data)
-                spec = parse_spec(data)
+                spec = parse_spec(data, runnable=False)
+                chain = expand_job(spec)  # a built-in chain (e.g. `reasoning: true`) runs as a workflow
+                if chain is not None:
+                    self._add_workflow(job_id, chain)
+                    continue
             except (json.JSONDecodeError, PermanentError) as exc:
                 reason = f"line {line_no}: {exc}"
                 self.invalid[job_id] = reason
@@ -119,24 +151,52 @@ class ManifestSource:
                 continue
             self.specs[job_id] = spec
             self._queue.append(ClaimedJob(job_id, spec))
-        self.total = index
+        self.total = len(self.specs) + len(self.invalid)
         self._running = 0
         self._delayed: list[tuple[float, ClaimedJob]] = []
 
-    def _resolve_paths(self, data: dict) -> None:
-        """Relative local input paths are relative to the manifest's folder, not the cwd."""
+    def _add_workflow(self, workflow_id: str, data: dict[str, Any] | WorkflowSpec) -> None:
+        """Plan a workflow line: every step known by its job id, the first steps queued."""
+        steps = data.get("steps") if isinstance(data, dict) else None
+        if isinstance(steps, list):
+            for step in steps:
+                if isinstance(step, dict):
+                    self._resolve_paths(step)
+        try:
+            planned = plan_workflow(parse_workflow(data), workflow_id)
+        except ValidationError as exc:
+            errors = [(_INDEX_RE.sub(r"[\1]", f), m) for f, m in format_validation_error(exc)]
+            raise InvalidJobSpec(errors, what="workflow") from None
+        self.workflows[workflow_id] = [p.job_id for p in planned]
+        for p in planned:
+            job = ClaimedJob(p.job_id, p.spec)
+            self.specs[p.job_id] = p.spec
+            self._dependents[p.job_id] = []
+            self._deps[p.job_id] = set(p.uses)
+            for used in p.uses:
+                self._dependents[used].append(p.job_id)
+            if p.uses:
+                self._waiting[p.job_id] = job
+            else:
+                self._queue.append(job)
+
+    def _resolve_paths(self, data: dict[str, Any]) -> None:
+        """Relative local input paths are relative to the manifest's folder, not the cwd (a step's
+        reference to another step's audio is not a path)."""
         for name in URI_FIELDS:
             value = data.get(name)
-            if isinstance(value, str) and value and "://" not in value and not Path(value).is_absolute():
+            if not isinstance(value, str) or not value or "://" in value or "{{" in value:
+                continue
+            if not Path(value).is_absolute():
                 data[name] = str((self.path.parent / value).resolve())
 
     def local_inputs(self) -> list[Path]:
         """The local input files the manifest's valid jobs refer to."""
         paths = []
-        for job in self._queue:
+        for job in [*self._queue, *self._waiting.values()]:
             for name in URI_FIELDS:
                 value = getattr(job.spec, name)
-                if value and "://" not in value:
+                if value and "://" not in value and "{{" not in value:
                     paths.append(Path(value))
         return paths
 
@@ -158,16 +218,56 @@ class ManifestSource:
         return None
 
     def is_cancel_requested(self, job: ClaimedJob) -> bool:
-        return False
+        with self._lock:
+            return job.job_id in self._cancel
 
     def set_stage(self, job: ClaimedJob, stage: str, timings: dict[str, float]) -> None:
         with self._lock:
             self.stages[job.job_id] = stage
 
+    def step_outputs(self, job: ClaimedJob) -> dict[str, StepOutput]:
+        link = job.spec.workflow
+        if link is None:
+            return {}
+        with self._lock:
+            done = {step: self.outcomes.get(used) for step, used in link.uses.items()}
+        return {
+            step: _step_output(self.specs.get(o.job_id), o.extra.get("text"), o.result_uri)
+            for step, o in done.items()
+            if o is not None and o.status is JobStatus.SUCCEEDED
+        }
+
     def _finish(self, job: ClaimedJob, outcome: JobOutcome) -> None:
         with self._lock:
             self._running -= 1
             self.outcomes[job.job_id] = outcome
+            self._cancel.discard(job.job_id)
+            link = job.spec.workflow
+            if link is None:
+                return
+            if outcome.status is JobStatus.SUCCEEDED:
+                for user in self._dependents.get(job.job_id, []):
+                    waits = self._deps[user]
+                    waits.discard(job.job_id)
+                    if not waits and user in self._waiting:
+                        self._queue.append(self._waiting.pop(user))
+            else:
+                self._stop_workflow(link.workflow_id, f"not run: step {link.step!r} {outcome.status.value}")
+
+    def _stop_workflow(self, workflow_id: str, why: str) -> None:
+        """End the steps of a workflow that have not finished (called with the lock held)."""
+        queued = {j.job_id for j in self._queue}
+        delayed = {j.job_id for _, j in self._delayed}
+        for job_id in self.workflows.get(workflow_id, []):
+            if job_id in self.outcomes:
+                continue
+            if job_id in self._waiting or job_id in queued or job_id in delayed:
+                self._waiting.pop(job_id, None)
+                self.outcomes[job_id] = JobOutcome(job_id, JobStatus.CANCELLED, why, attempts=0)
+            else:  # running: its engine sees the request between stages
+                self._cancel.add(job_id)
+        self._queue = deque(j for j in self._queue if j.job_id not in self.outcomes)
+        self._delayed = [(t, j) for t, j in self._delayed if j.job_id not in self.outcomes]
 
     def ack_success(self, job: ClaimedJob, *, result_uri: str | None, timings: dict, extra: dict) -> None:
         self._finish(job, JobOutcome(job.job_id, JobStatus.SUCCEEDED, None, result_uri, timings, extra, job.attempt))
@@ -190,9 +290,9 @@ class ManifestSource:
             return len(self._queue) + len(self._delayed)
 
     def exhausted(self) -> bool:
-        """True once every line has an outcome (the engine may stop)."""
+        """True once every job has an outcome (the engine may stop)."""
         with self._lock:
-            return not self._queue and not self._delayed and self._running == 0
+            return not self._queue and not self._delayed and not self._waiting and self._running == 0
 
 
 class RedisSource:
@@ -246,6 +346,20 @@ class RedisSource:
 
     def cancel(self, job: ClaimedJob) -> None:
         self.queue.ack_cancelled(self._claim(job))
+
+    def step_outputs(self, job: ClaimedJob) -> dict[str, StepOutput]:
+        """The outputs of the steps this step uses, from their records: the text answer
+        (`extra["text"]`) and, for a step that generates audio, its result URI."""
+        link = job.spec.workflow
+        if link is None or not link.uses:
+            return {}
+        steps = list(link.uses)
+        records = self.queue.get_many([link.uses[s] for s in steps])
+        outputs: dict[str, StepOutput] = {}
+        for step, record in zip(steps, records, strict=True):
+            if record is not None and record.status is JobStatus.SUCCEEDED:
+                outputs[step] = _step_output(record.spec, record.extra.get("text"), record.result_uri)
+        return outputs
 
     def pending(self) -> int:
         """Jobs waiting in the queue (all priorities, delayed retries included)."""
