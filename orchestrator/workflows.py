@@ -80,6 +80,7 @@ __all__ = [
     "expand_job",
     "failed_step",
     "find_references",
+    "is_workflow_data",
     "new_workflow_id",
     "parse_workflow",
     "plan_workflow",
@@ -269,6 +270,12 @@ def _reference_problem(
     if ref.kind == "text" and used.task is not TaskName.UNDERSTAND:
         return f"step {ref.step!r} ({used.task.value}) makes audio, not text: use {{{{{ref.step}.audio}}}}"
     return None
+
+
+def is_workflow_data(data: object) -> bool:
+    """Whether a submitted JSON object is a workflow rather than a job. A workflow's `steps` is a
+    list; a job's `steps` is its number of sampling steps (an integer), so test the type."""
+    return isinstance(data, Mapping) and isinstance(data.get("steps"), list)
 
 
 def parse_workflow(data: Mapping[str, Any] | WorkflowSpec) -> WorkflowSpec:

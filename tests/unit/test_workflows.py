@@ -31,6 +31,7 @@ from orchestrator.workflows import (
     expand_job,
     failed_step,
     find_references,
+    is_workflow_data,
     new_workflow_id,
     parse_workflow,
     plan_workflow,
@@ -270,6 +271,12 @@ def test_a_text_field_at_its_limit_after_substitution_is_accepted():
 def test_every_problem_is_reported_not_only_the_first():
     errors = refusals({"steps": [describe(), describe(), t2a("gen", "{{later.text}}"), t2a("later", "rain")]})
     assert set(errors) == {("steps", 1, "id"), ("steps", 2, "prompt")}
+
+
+def test_a_workflow_is_told_from_a_job_by_the_type_of_steps():
+    assert is_workflow_data({"steps": [describe()]}) and is_workflow_data({"steps": []})
+    assert not is_workflow_data({"task": "text_to_audio", "prompt": "rain", "steps": 2})  # sampling steps
+    assert not is_workflow_data({"task": "text_to_audio", "prompt": "rain"}) and not is_workflow_data([1])
 
 
 def test_too_many_steps_and_no_steps_are_refused():
