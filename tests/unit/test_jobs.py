@@ -384,3 +384,30 @@ def test_a_spec_stored_with_reasoning_false_still_parses_and_a_stored_chain_is_r
     assert parse_spec_json(stored) == parse_spec({"task": "text_to_audio", "prompt": "rain"})
     with pytest.raises(InvalidJobSpec, match="reasoning: true makes the job a two-step workflow"):
         parse_spec_json('{"task": "text_to_audio", "prompt": "rain", "reasoning": true}')
+
+
+def test_specs_stored_before_workflows_parse_and_plain_specs_store_no_link():
+    stored = (
+        '{"task":"edit","op":"remove","prompt":"hum","input_audio_uri":"s3://b/a.wav","duration_s":10.0,'
+        '"steps":100,"cfg_scale":7.0,"output_format":"wav","keep_source":false,"tenant":"t1","priority":"low"}'
+    )
+    spec = parse_spec_json(stored)
+    assert (spec.workflow, spec.reasoning, spec.chain, spec.tenant) == (None, False, None, "t1")
+    assert "workflow" not in json.loads(spec.to_json())
+    assert parse_spec_json(spec.to_json()) == spec
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "needle"),
+    [
+        ({"task": "text_to_audio", "prompt": "a {{b}} c"}, "prompt", "'{{b}}' is not a reference"),
+        ({"task": "tts", "transcript": "{{x.text}}"}, "transcript", "only a workflow step can do"),
+        (
+            {"task": "video_to_audio", "video_uri": "{{x.audio}}"},
+            "video_uri",
+            "cannot use another step's output",
+        ),
+    ],
+)
+def test_references_and_braces_in_a_plain_job_are_refused(data, field, needle):
+    assert needle in errors_of(data)[field]
