@@ -415,13 +415,14 @@ class JobSpec(BaseModel):
             order = {name: i for i, name in enumerate(cls.model_fields)}
             details = sorted(details + problems, key=lambda d: order.get(str(d["loc"][0]) if d["loc"] else "", -1))
             raise ValidationError.from_exception_data(cls.__name__, details) from None
-        problems = task_input_problems(spec.__dict__) + cls._reference_problems(spec)
+        problems = task_input_problems(spec.__dict__) + cls._spec_problems(spec)
         if problems:
             raise ValidationError.from_exception_data(cls.__name__, problems)
         return spec
 
     @classmethod
-    def _reference_problems(cls, spec: JobSpec) -> list[InitErrorDetails]:
+    def _spec_problems(cls, spec: JobSpec) -> list[InitErrorDetails]:
+        """Whole-spec checks beyond the task's inputs: its references (a subclass may add more)."""
         refs, found = scan_references(spec.__dict__)
         problems = [input_problem(field, message, None) for field, message in found]
         if problems or not refs:

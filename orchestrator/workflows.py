@@ -145,8 +145,8 @@ class WorkflowStep(JobSpec):
         return data
 
     @classmethod
-    def _reference_problems(cls, spec: JobSpec) -> list[InitErrorDetails]:
-        problems = super()._reference_problems(spec)
+    def _spec_problems(cls, spec: JobSpec) -> list[InitErrorDetails]:
+        problems = super()._spec_problems(spec)
         for name in _WORKFLOW_FIELDS:
             if name in spec.model_fields_set and getattr(spec, name) is not None:
                 problems.append(_problem((name,), f"{name} is set on the workflow, not on a step"))
