@@ -288,7 +288,7 @@ def test_another_tenants_workflow_is_404(api):
     for method in ("GET", "DELETE"):
         assert_error(api.other.request(method, f"/v1/workflows/{wid}"), 404, "not_found", "workflow_id")
         assert_error(api.http.request(method, "/v1/workflows/wdoesnotexist"), 404, "not_found")
-        assert_error(api.http.request(method, "/v1/workflows/..%2f"), 404)
+        assert_error(api.http.request(method, "/v1/workflows/a..b"), 404)
     assert_error(api.other.get(f"/v1/jobs/{wid}-describe"), 404)  # its steps are the tenant's jobs
     assert api.http.get(f"/v1/workflows/{wid}").json()["status"] == "queued"  # untouched
 
@@ -327,7 +327,7 @@ def test_reasoning_and_voice_conversion_from_speech_jobs_expand_into_visible_ste
     reason = api.http.get(f"/v1/jobs/{wf['steps'][0]['job_id']}").json()["spec"]
     generate = api.http.get(f"/v1/jobs/{wf['steps'][1]['job_id']}").json()["spec"]
     assert "a busy port" in reason["prompt"] and reason["prompt"] != "a busy port"
-    assert generate["prompt"] == "{{reason.text}}" and "reasoning" not in generate
+    assert generate["prompt"] == "{{reason.text}}" and not generate.get("reasoning")
 
     vc = {"task": "voice_conversion", "input_audio_uri": own_uri(api, "speech.wav"), "voice_prompt_uri": own_uri(api)}
     response = api.http.post("/v1/jobs", json={**vc, **GEN})
@@ -343,9 +343,8 @@ def test_reasoning_and_voice_conversion_from_speech_jobs_expand_into_visible_ste
     depth = api.queue.queue_depths()
     theirs = {**vc, "input_audio_uri": own_uri(api, "speech.wav", tenant="other")}
     assert_error(api.http.post("/v1/jobs", json=theirs), 403, "input_not_allowed", "input_audio_uri")
-    assert_error(
-        api.http.post("/v1/jobs", json={"task": "tts", "transcript": "hi", "reasoning": True}), 422, field="reasoning"
-    )
+    tts = api.http.post("/v1/jobs", json={"task": "tts", "transcript": "hi", "reasoning": True})
+    assert "reasoning" in {d["field"] for d in assert_error(tts, 422, "invalid_field")["details"]}
     assert api.queue.queue_depths() == depth
 
     keyed = {"task": "text_to_music", "prompt": "a lullaby", "reasoning": True, "idempotency_key": "k1", **GEN}
