@@ -135,7 +135,7 @@ class ManifestSource:
                 if not isinstance(data, dict):
                     raise InvalidJobSpec([("", f"expected a JSON object, got {type(data).__name__}")])
                 data.setdefault("batch_id", self.batch_id)
-                if "steps" in data:
+                if isinstance(data.get("steps"), list):  # a workflow (a job's `steps` is a number)
                     self._add_workflow(job_id, data)
                     continue
                 self._resolve_paths(data)

@@ -43,6 +43,11 @@ def _write(tmp: Path, name: str, lines: list[object]) -> Path:
     return path
 
 
+def _clip(path: Path, seconds: float = 1.5, rate: int = 22050) -> None:
+    t = np.arange(int(seconds * rate)) / rate
+    sf.write(path, (0.3 * np.sin(2 * np.pi * 330 * t)).astype(np.float32), rate)
+
+
 def _ids(jobs: list[ClaimedJob]) -> list[str]:
     return sorted(j.job_id for j in jobs)
 
@@ -109,6 +114,24 @@ def test_a_dead_step_stops_its_running_sibling_and_cancels_the_waiting_join(tmp_
     assert source.exhausted()
 
 
+def test_built_in_chains_in_a_manifest_are_workflows(tmp_path: Path):
+    _clip(tmp_path / "speech.wav")
+    lines = [
+        {"task": "text_to_music", "prompt": "a calm evening", "reasoning": True, "steps": 8},
+        {"task": "voice_conversion", "input_audio_uri": "speech.wav", "voice_prompt_uri": "speech.wav"},
+    ]
+    source = ManifestSource(_write(tmp_path, "m", lines))
+    reasoning, vc = f"{source.batch_id}-0", f"{source.batch_id}-1"
+    assert source.total == 4 and not source.invalid
+    generate = source.specs[f"{reasoning}-generate"]
+    assert generate.prompt == "{{reason.text}}" and generate.steps == 8 and not generate.reasoning
+    assert generate.workflow is not None and generate.workflow.original == {"prompt": "a calm evening"}
+    transcribe, convert = source.specs[f"{vc}-transcribe"], source.specs[f"{vc}-convert"]
+    assert transcribe.input_audio_uri == str((tmp_path / "speech.wav").resolve())
+    assert convert.transcript == "{{transcribe.text}}" and convert.input_audio_uri is None
+    assert _ids(source.claim(10, 0)) == sorted([f"{reasoning}-reason", f"{vc}-transcribe"])
+
+
 def test_an_invalid_workflow_line_fails_alone_naming_the_step(tmp_path: Path):
     bad = {"steps": [{"id": "late", "task": "text_to_audio", "prompt": "{{later.text}}"}]}
     source = ManifestSource(_write(tmp_path, "m", [bad, {"task": "text_to_audio", "prompt": "wind"}]))
@@ -125,11 +148,6 @@ def test_an_invalid_workflow_line_fails_alone_naming_the_step(tmp_path: Path):
 @pytest.fixture(scope="module")
 def pools() -> InProcessPools:
     return InProcessPools.build(SETTINGS)
-
-
-def _clip(path: Path, seconds: float = 1.5, rate: int = 22050) -> None:
-    t = np.arange(int(seconds * rate)) / rate
-    sf.write(path, (0.3 * np.sin(2 * np.pi * 330 * t)).astype(np.float32), rate)
 
 
 def _run(tmp: Path, manifest: Path, pools: InProcessPools) -> tuple[ManifestSource, list[JobResult]]:
@@ -172,10 +190,12 @@ def test_workflow_lines_run_through_the_engine(tmp_path: Path, pools: InProcessP
             {"id": "third", "task": "understand", "prompt": "What is this?", "input_audio_uri": "{{second.audio}}"},
         ]
     }
-    source, results = _run(tmp_path, _write(tmp_path, "wf", [DESCRIBE_THEN_SCORE, chain]), pools)
+    reasoning = {"task": "text_to_audio", "prompt": "a dog far away", "reasoning": True, "duration_s": 1.0, "steps": 2}
+    lines = [DESCRIBE_THEN_SCORE, chain, reasoning]
+    source, results = _run(tmp_path, _write(tmp_path, "wf", lines), pools)
     statuses = {job_id: o.status for job_id, o in source.outcomes.items()}
     assert set(statuses.values()) == {JobStatus.SUCCEEDED}, {j: o.error for j, o in source.outcomes.items()}
-    assert len(statuses) == source.total == 5 and len(results) == 5  # one attempt per step
+    assert len(statuses) == source.total == 7 and len(results) == 7  # one attempt per step
 
     # understand -> text_to_audio: the generation's metadata shows the substituted prompt.
     wf = f"{source.batch_id}-0"
@@ -193,3 +213,12 @@ def test_workflow_lines_run_through_the_engine(tmp_path: Path, pools: InProcessP
     assert _metadata(second_uri)["resolved"] == {"input_audio_uri": first_uri}
     third = json.loads(Path((source.outcomes[f"{wf}-third"].result_uri or "")[len("file://") :]).read_text())
     assert third["resolved"] == {"input_audio_uri": second_uri} and third["step"] == "third"
+
+    # `reasoning: true` ran as its built-in chain: the thinker's rewrite is the generation's prompt,
+    # and the metadata keeps the prompt as the client gave it.
+    wf = f"{source.batch_id}-2"
+    assert source.workflows[wf] == [f"{wf}-reason", f"{wf}-generate"]
+    rewrite = source.outcomes[f"{wf}-reason"].extra.get("text")
+    meta = _metadata(source.outcomes[f"{wf}-generate"].result_uri)
+    assert isinstance(rewrite, str) and meta["resolved"]["prompt"] == rewrite.strip()
+    assert meta["original_prompt"] == "a dog far away" and meta["spec"]["prompt"] == "{{reason.text}}"
