@@ -129,22 +129,19 @@ def _as_workflow(item: dict[str, Any], where: str) -> WorkflowSpec | JobSpec:
     from pydantic import ValidationError
 
     from orchestrator.errors import InvalidJobSpec
-    from orchestrator.jobs import format_validation_error, parse_spec
+    from orchestrator.jobs import JobSpec, format_validation_error
     from orchestrator.workflows import expand_job, parse_workflow
 
-    if _is_workflow(item):
-        try:
+    what = "workflow" if _is_workflow(item) else "job spec"
+    try:
+        if _is_workflow(item):
             return parse_workflow(item)
-        except ValidationError as exc:
-            raise InvalidJobSpec(format_validation_error(exc, prefix=where), what="workflow") from None
-    try:
-        spec = parse_spec(item)
-    except InvalidJobSpec as exc:
-        raise InvalidJobSpec([(f"{where}.{f}" if f and where else f or where, m) for f, m in exc.errors]) from None
-    try:
+        spec = JobSpec.model_validate(item)  # a built-in chain is a valid spec (not a runnable job)
         workflow = expand_job(spec)
     except ValidationError as exc:
-        raise InvalidJobSpec(format_validation_error(exc, prefix=where)) from None
+        raise InvalidJobSpec(format_validation_error(exc, prefix=where), what=what) from None
+    except InvalidJobSpec as exc:
+        raise InvalidJobSpec([(".".join(p for p in (where, f) if p), m) for f, m in exc.errors], what=what) from None
     return spec if workflow is None else workflow
 
 

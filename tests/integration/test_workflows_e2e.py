@@ -196,3 +196,57 @@ def test_workflow_lines_in_audio_omni_batch(ray_cluster, tmp_path, capsys):
     assert words(generate["resolved"]["prompt"]) == words(f"the sound of {describe['text']}")
     assert generate["workflow_id"] == describe["workflow_id"]
     assert len(list(out.rglob("*.wav"))) == 2  # the plain job's audio and the generate step's
+
+
+def test_cli_submits_status_cancels_and_lists_workflows(tmp_path, capsys, monkeypatch, redis_url, redis_prefix):
+    """`audio-omni submit | status | cancel | results` on workflows (Redis only: nothing runs)."""
+    from orchestrator.cli import main
+    from orchestrator.queue import JobQueue
+
+    monkeypatch.setenv("AUDIO_OMNI_REDIS_URL", redis_url)
+    monkeypatch.setenv("AUDIO_OMNI_REDIS_PREFIX", redis_prefix)
+    steps = [
+        {"id": "describe", "task": "understand", "prompt": "What is it?", "input_audio_uri": "s3://b/default/in/a.wav"},
+        {"id": "generate", "task": "text_to_audio", "prompt": "the sound of {{describe.text}}", **GEN},
+    ]
+    wf_file = tmp_path / "wf.json"
+    wf_file.write_text(json.dumps({"steps": steps}))
+    assert main(["submit", str(wf_file)]) == 0
+    created = json.loads(capsys.readouterr().out)
+    wid = created["workflow_id"]
+    assert created["status"] == "queued"
+    assert created["job_ids"] == {"describe": f"{wid}-describe", "generate": f"{wid}-generate"}
+
+    assert main(["status", wid, "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["status"] == "queued" and [s["id"] for s in status["steps"]] == ["describe", "generate"]
+    assert main(["status", wid]) == 0
+    assert f"workflow {wid}: queued" in capsys.readouterr().out
+
+    # a JSONL batch: a plain job, a workflow line and a job that is a built-in chain
+    batch = tmp_path / "mixed.jsonl"
+    plain = {"task": "text_to_audio", "prompt": "wind", **GEN}
+    batch.write_text(
+        "\n".join(json.dumps(x) for x in (plain, {"steps": steps}, {**plain, "prompt": "surf", "reasoning": True}))
+    )
+    assert main(["submit", str(batch), "--batch-id", "bmixed"]) == 0
+    submitted = json.loads(capsys.readouterr().out)
+    assert submitted["batch_id"] == "bmixed" and submitted["jobs"] == 5
+    assert [w["line"] for w in submitted["workflows"]] == [2, 3]
+    assert main(["submit", str(batch), "--batch-id", "bmixed"]) == 0  # idempotent: nothing twice
+    assert json.loads(capsys.readouterr().out) == submitted
+    with JobQueue(redis_url, prefix=redis_prefix) as queue:
+        assert queue.batch_status("bmixed").total == 5
+        assert sum(queue.queue_depths().values()) == 1 + 3  # wf + plain + each workflow's first step
+
+    # a refused workflow names the step and field; nothing is queued
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"steps": [steps[1]]}))
+    assert main(["submit", str(bad)]) == 1
+    assert "specs[0].steps.0.prompt" in capsys.readouterr().err
+
+    assert main(["cancel", wid]) == 0
+    assert f"{wid}: workflow cancelled" in capsys.readouterr().out
+    assert main(["results", wid]) == 1  # no step succeeded
+    listed = capsys.readouterr().out
+    assert f"{wid}-describe  cancelled" in listed and f"{wid}-generate  cancelled" in listed
