@@ -357,11 +357,31 @@ def _records(queue: JobQueue, id_: str) -> list[JobRecord]:
         raise JobNotFound(id_)
     if batch.total > MAX_BATCH_LIST:
         raise ValueError(f"batch {id_} has {batch.total} jobs; listing is limited to {MAX_BATCH_LIST}")
-    ids = [batch_job_id(id_, i) for i in range(batch.total)]
+    ids = [batch_job_id(id_, i) for i in range(batch.total)]  # the plain items (fewer in a mixed batch)
     out: list[JobRecord] = []
     for start in range(0, len(ids), 500):
         out.extend(r for r in queue.get_many(ids[start : start + 500]) if r is not None)
+    if len(out) == batch.total or batch.tenant is None:
+        return out
+    for workflow_id in _batch_workflow_ids(queue, id_, batch.tenant, batch.total):
+        workflow = queue.workflow_status(workflow_id)
+        if workflow is not None:
+            out.extend(r for r in queue.get_many([s.job_id for s in workflow.steps]) if r is not None)
     return out
+
+
+def _batch_workflow_ids(queue: JobQueue, batch_id: str, tenant: str, total: int) -> list[str]:
+    """The workflows of a batch, in item order. Item i that is a workflow has the id
+    `workflow_id_for_key(tenant, "{batch_id}/{i}")` (as `submit` and `POST /v1/batches` give it),
+    and a batch of `total` jobs has at most `total` items."""
+    from orchestrator.workflows import workflow_id_for_key
+
+    candidates = [workflow_id_for_key(tenant, f"{batch_id}/{i}") for i in range(total)]
+    with queue.redis.pipeline(transaction=False) as pipe:
+        for workflow_id in candidates:
+            pipe.exists(queue.keys.workflow(workflow_id))
+        found = pipe.execute()
+    return [w for w, hit in zip(candidates, found, strict=True) if hit]
 
 
 def _key_of(uri: str, storage: Storage) -> str:

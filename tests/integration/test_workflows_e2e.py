@@ -238,6 +238,9 @@ def test_cli_submits_status_cancels_and_lists_workflows(tmp_path, capsys, monkey
     with JobQueue(redis_url, prefix=redis_prefix) as queue:
         assert queue.batch_status("bmixed").total == 5
         assert sum(queue.queue_depths().values()) == 1 + 3  # wf + plain + each workflow's first step
+    assert main(["results", "bmixed"]) == 1  # nothing has run: every job of the batch listed as queued
+    listed = capsys.readouterr().out.splitlines()
+    assert len(listed) == 5 and all("  queued" in line for line in listed), listed
 
     # a refused workflow names the step and field; nothing is queued
     bad = tmp_path / "bad.jsonl"
