@@ -1,0 +1,145 @@
+"""An engine process (`audio-omni serve`, a real subprocess) is SIGKILLed while a workflow's second
+step runs, and restarted: every workflow succeeds, the second step reads the first step's stored
+result, and each step has exactly one result object and one metadata object on S3."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+N_WORKFLOWS = 3
+
+
+@pytest.fixture()
+def pools(ray_cluster):
+    from workers.app import deploy, shutdown
+    from workers.settings import PoolSettings, WorkerSettings
+
+    settings = WorkerSettings(
+        preset="tiny",  # the system under test, not the model: the fastest preset
+        app_name=f"t-wfcrash-{uuid.uuid4().hex[:6]}",
+        understand_max_new_tokens=4,
+        encoder=PoolSettings(num_cpus=0.5, max_batch_size=4, batch_wait_timeout_s=0.1),
+        sampler=PoolSettings(num_cpus=0.5, max_batch_size=4, batch_wait_timeout_s=0.2),
+    )
+    deploy(settings)
+    yield settings
+    shutdown(settings)
+
+
+def _engine(app_name: str, consumer: str, env: dict, log: Path) -> subprocess.Popen:
+    import ray
+
+    cmd = [
+        sys.executable, "-m", "orchestrator.cli", "serve",
+        "--no-deploy", "--app-name", app_name, "--preset", "tiny",
+        "--ray-address", ray.get_runtime_context().gcs_address,
+        "--lease-s", "3", "--max-in-flight", "4", "--consumer", consumer, "--drain",
+    ]  # fmt: skip
+    return subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+
+
+def _workflow(i: int, batch_id: str) -> dict:
+    """text_to_audio, then an edit of its result (many sampler steps: a long second step)."""
+    return {
+        "batch_id": batch_id,
+        "steps": [
+            {"id": "first", "task": "text_to_audio", "prompt": f"wind {i}", "duration_s": 1.0, "steps": 2, "seed": i},
+            {
+                "id": "second",
+                "task": "edit",
+                "op": "add",
+                "prompt": "light rain",
+                "input_audio_uri": "{{first.audio}}",
+                "steps": 48,
+                "seed": i,
+            },
+        ],
+    }
+
+
+def test_sigkill_during_a_second_step_then_restart(tmp_path, pools, redis_url, redis_prefix, s3_endpoint, s3_bucket):
+    from orchestrator.queue import JobQueue
+    from orchestrator.workflows import WorkflowState
+
+    env = {
+        **os.environ,
+        "AUDIO_OMNI_REDIS_URL": redis_url,
+        "AUDIO_OMNI_REDIS_PREFIX": redis_prefix,
+        "AUDIO_OMNI_S3_BUCKET": s3_bucket,
+        "AUDIO_OMNI_S3_ENDPOINT_URL": s3_endpoint,
+        "AUDIO_OMNI_S3_ADDRESSING_STYLE": "path",
+        "AUDIO_OMNI_MAX_ATTEMPTS": "5",
+        "AUDIO_OMNI_LOG_LEVEL": "WARNING",
+    }
+    queue = JobQueue(redis_url, prefix=redis_prefix, lease_s=3.0)
+    batch_id = f"wfcrash{uuid.uuid4().hex[:8]}"
+    workflows = [queue.submit_workflow(_workflow(i, batch_id)) for i in range(N_WORKFLOWS)]
+    second_ids = [wf.steps[1].job_id for wf in workflows]
+    log = tmp_path / "engine.log"
+
+    first = _engine(pools.app_name, "wfcrash-a", env, log)
+    deadline = time.monotonic() + 240
+    try:
+        # Kill while a second step runs. The engine is frozen (SIGSTOP) while that is read, so no
+        # step can finish between the read and the kill; if the moment passed, it runs on.
+        killed: set[str] = set()
+        while time.monotonic() < deadline:
+            running = [r for r in queue.get_many(second_ids) if r is not None and r.status.value == "running"]
+            if running:
+                first.send_signal(signal.SIGSTOP)
+                killed = {r.job_id for r in queue.get_many(second_ids) if r is not None and r.status.value == "running"}
+                if killed:
+                    break
+                first.send_signal(signal.SIGCONT)
+            assert first.poll() is None, f"engine exited early:\n{log.read_text()[-3000:]}"
+            time.sleep(0.05)
+        else:
+            pytest.fail(f"no second step was seen running:\n{log.read_text()[-3000:]}")
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+
+    second = _engine(pools.app_name, "wfcrash-b", env, log)
+    try:
+        assert second.wait(timeout=300) == 0, log.read_text()[-3000:]
+    finally:
+        if second.poll() is None:
+            second.kill()
+
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket).get("Contents", [])]
+    for wf in workflows:
+        status = queue.workflow_status(wf.workflow_id)
+        assert status is not None and status.status is WorkflowState.SUCCEEDED, (status, log.read_text()[-3000:])
+        records = {r.job_id: r for r in queue.get_many([s.job_id for s in status.steps]) if r is not None}
+        for step in status.steps:
+            mine = sorted(k for k in keys if k.rsplit("/", 1)[-1].rsplit(".", 1)[0] == step.job_id)
+            assert mine == [f"default/{batch_id}/{step.job_id}.json", f"default/{batch_id}/{step.job_id}.wav"], mine
+            meta = json.loads(client.get_object(Bucket=s3_bucket, Key=mine[0])["Body"].read())
+            assert meta["attempt"] == records[step.job_id].attempts  # the final attempt's metadata
+            assert (meta["workflow_id"], meta["step"]) == (wf.workflow_id, step.id)
+        first_step, second_step = status.steps
+        meta = json.loads(
+            client.get_object(Bucket=s3_bucket, Key=f"default/{batch_id}/{second_step.job_id}.json")["Body"].read()
+        )
+        assert meta["resolved"] == {"input_audio_uri": first_step.result_uri}
+    # The second steps running at the kill were taken over after their lease lapsed.
+    assert killed and all(queue.get(j).attempts >= 2 for j in killed)
+    batch = queue.batch_status(batch_id)
+    assert batch is not None and batch.counts["succeeded"] == 2 * N_WORKFLOWS
+    queue.close()
