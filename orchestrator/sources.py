@@ -22,7 +22,14 @@ from pydantic import ValidationError
 
 from orchestrator.errors import InvalidJobSpec, LeaseLost, PermanentError
 from orchestrator.jobs import JobSpec, JobStatus, batch_job_id, format_validation_error, parse_spec
-from orchestrator.workflows import StepOutput, WorkflowSpec, expand_job, parse_workflow, plan_workflow
+from orchestrator.workflows import (
+    StepOutput,
+    WorkflowSpec,
+    expand_job,
+    is_workflow_data,
+    parse_workflow,
+    plan_workflow,
+)
 
 if TYPE_CHECKING:
     from orchestrator.queue import Claim, JobQueue
@@ -135,7 +142,7 @@ class ManifestSource:
                 if not isinstance(data, dict):
                     raise InvalidJobSpec([("", f"expected a JSON object, got {type(data).__name__}")])
                 data.setdefault("batch_id", self.batch_id)
-                if isinstance(data.get("steps"), list):  # a workflow (a job's `steps` is a number)
+                if is_workflow_data(data):  # `steps` is a list (a job's `steps` is a number)
                     self._add_workflow(job_id, data)
                     continue
                 self._resolve_paths(data)
