@@ -240,3 +240,35 @@ def test_a_retried_step_still_releases_its_dependents(q):
     assert second.job_id == ids["score"]
     status = q.workflow_status(wf.workflow_id)
     assert status is not None and by_id(status)["describe"].error is None
+
+
+def test_the_redis_source_hands_a_step_the_outputs_of_the_steps_it_uses(q):
+    from orchestrator.sources import RedisSource
+    from orchestrator.workflows import StepOutput
+
+    source = RedisSource(q, "engine-1")
+    q.submit_workflow(chain())
+    (describe,) = source.claim(10, 0)
+    assert source.step_outputs(describe) == {}  # uses nothing
+    source.ack_success(describe, result_uri="s3://results/describe.json", timings={}, extra={"text": "a street"})
+    (score,) = source.claim(10, 0)
+    assert source.step_outputs(score) == {"describe": StepOutput(text="a street", audio_uri=None)}
+    source.ack_success(score, result_uri="s3://results/score.wav", timings={}, extra={})
+    (layer,) = source.claim(10, 0)
+    assert source.step_outputs(layer) == {"score": StepOutput(text=None, audio_uri="s3://results/score.wav")}
+
+
+def test_refusals_queue_nothing(q, client):
+    one_step = {"steps": [{"id": "a", "task": "text_to_audio", "prompt": "wind"}]}
+    q.submit({"task": "text_to_audio", "prompt": "taken"}, job_id="wtaken-a")
+    with pytest.raises(ValueError, match="job wtaken-a already exists"):
+        q.submit_workflow(one_step, workflow_id="wtaken")
+    q.submit({"task": "text_to_audio", "prompt": "x", "batch_id": "shared", "tenant": "acme"})
+    with pytest.raises(ValueError, match="batch shared belongs to tenant acme"):
+        q.submit_workflow({**one_step, "batch_id": "shared"})
+    assert q.workflow_status("wtaken") is None
+    assert stream_entries(client, q) == 2  # the two plain jobs only
+    # The same explicit id again is the same workflow (nothing queued twice).
+    first = q.submit_workflow(one_step, workflow_id="wsame")
+    assert q.submit_workflow(one_step, workflow_id="wsame").workflow_id == first.workflow_id == "wsame"
+    assert stream_entries(client, q) == 3
