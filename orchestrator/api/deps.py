@@ -265,6 +265,12 @@ def queue_workflow(services: Services, tenant: Tenant, workflow: WorkflowSpec) -
         if existing is not None and existing.tenant == tenant.tenant_id:
             return _replay(existing, workflow), False
     job_ids = [step_job_id(workflow_id, step.id) for step in workflow.steps]
+    if len(job_ids) > tenant.limits.max_in_flight:  # a 429 would never clear: say so now
+        message = (
+            f"the workflow has {len(job_ids)} steps but this tenant may have at most "
+            f"{tenant.limits.max_in_flight} jobs in flight"
+        )
+        raise ApiError(413, "too_large", message, "steps")
     admit(services, tenant, job_ids)
     try:
         status = queue.submit_workflow(workflow, workflow_id=workflow_id)

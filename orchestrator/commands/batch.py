@@ -114,11 +114,13 @@ def _order(source: ManifestSource) -> list[str]:
 
 
 def _job_label(source: ManifestSource, job_id: str) -> str:
-    """A manifest line's index, or `<workflow>/<step>` for a workflow step."""
+    """A manifest line's index, or `<line index>/<step>` for a workflow step."""
     spec = source.specs.get(job_id)
-    if spec is not None and spec.workflow is not None:
-        return f"{spec.workflow.workflow_id[:9]}/{spec.workflow.step}"
     prefix = f"{source.batch_id}-"
+    if spec is not None and spec.workflow is not None:
+        workflow_id = spec.workflow.workflow_id
+        line = workflow_id[len(prefix) :] if workflow_id.startswith(prefix) else workflow_id[:9]
+        return f"{line}/{spec.workflow.step}"
     return job_id[len(prefix) :] if job_id.startswith(prefix) else job_id
 
 

@@ -278,6 +278,8 @@ def test_in_flight_quota_counts_every_step(api):
     refused = api.http.post("/v1/workflows", json=_wf(UND))
     assert_error(refused, 429, "quota_exceeded")
     assert "Retry-After" in refused.headers
+    api.tenants.update("acme", limits=TenantLimits(max_in_flight=2))  # never room for three steps
+    assert_error(api.http.post("/v1/workflows", json=three), 413, "too_large", "steps")
 
 
 # --------------------------------------------------------------------------- isolation and cancel
