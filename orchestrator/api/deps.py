@@ -185,8 +185,8 @@ def check_workflow(
         try:
             _check_limits_and_inputs(services, tenant, step, f"{where}steps[{i}].")
         except ApiError as exc:
-            exc.message = f"{exc.message} (step {step.id!r})"
-            raise
+            message = f"{exc.message} (step {step.id!r})"
+            raise ApiError(exc.status, exc.code, message, exc.field, headers=exc.headers) from None
     update: dict[str, str] = {"tenant": tenant.tenant_id}
     if batch_id is not None:
         update["batch_id"] = batch_id
@@ -290,6 +290,6 @@ def _replay(existing: WorkflowStatus, workflow: WorkflowSpec) -> WorkflowStatus:
     ids = [step.id for step in workflow.steps]
     have = [step.id for step in existing.steps]
     if ids != have:
-        message = f"idempotency_key was used for a workflow with steps {have}, not {ids}"
+        message = f"idempotency_key was used for a workflow with steps {', '.join(have)}, not {', '.join(ids)}"
         raise ApiError(409, "conflict", message, "idempotency_key")
     return existing

@@ -120,7 +120,9 @@ def _parse_object(text: str, where: str) -> dict[str, Any]:
 
 def _is_workflow(item: dict[str, Any]) -> bool:
     """A workflow is an object whose `steps` is a list (a job's `steps` is its step count)."""
-    return isinstance(item.get("steps"), list)
+    from orchestrator.workflows import is_workflow_data
+
+    return is_workflow_data(item)
 
 
 def _as_workflow(item: dict[str, Any], where: str) -> WorkflowSpec | JobSpec:

@@ -29,7 +29,7 @@ from orchestrator.api_errors import ApiError
 from orchestrator.errors import InvalidJobSpec
 from orchestrator.jobs import JobSpec, batch_job_id, new_batch_id
 from orchestrator.tenants import Tenant
-from orchestrator.workflows import WorkflowSpec, step_job_id, workflow_id_for_key
+from orchestrator.workflows import WorkflowSpec, is_workflow_data, step_job_id, workflow_id_for_key
 
 router = APIRouter(tags=["batches"])
 _Item = TypeVar("_Item", bound=BaseModel)
@@ -129,7 +129,7 @@ def _checked_items(
     for i, raw in enumerate(body.jobs):
         where = f"jobs[{i}]"
         try:
-            if isinstance(raw.get("steps"), list):
+            if is_workflow_data(raw):
                 workflow = _parse(WorkflowSpec, raw, where)
                 workflows.append((i, check_workflow(services, tenant, workflow, f"{where}.", batch_id=batch_id)))
                 continue
@@ -143,7 +143,8 @@ def _checked_items(
             problems.append(exc)
     if problems:
         first = problems[0]
-        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        others = len(problems) - 1
+        more = f" (and problems in {others} more item{'s' if others > 1 else ''})" if others else ""
         details = [d for p in problems for d in (p.details or [{"field": p.field, "message": p.message}])]
         raise ApiError(first.status, first.code, first.message + more, first.field, details=details)
     return plain, workflows
