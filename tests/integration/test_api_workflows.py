@@ -314,6 +314,16 @@ def test_delete_cancels_what_has_not_finished(api):
     finish(api, claim_one(api), data=wav_bytes())
     assert_error(api.http.delete(f"/v1/workflows/{done}"), 409, "conflict", "workflow_id")
 
+    with Client(api.url, api.key) as client:  # the SDK: a queued workflow cancelled at once
+        queued = client.submit_workflow([{**T2A}])
+        ended = client.cancel_workflow(queued["workflow_id"])
+        assert ended["status"] == "cancelled" and [s["status"] for s in ended["steps"]] == ["cancelled"]
+        assert client.wait_workflow(queued["workflow_id"], timeout_s=2)["status"] == "cancelled"
+        with pytest.raises(ApiError) as again:
+            client.cancel_workflow(done)
+        assert again.value.status == 409
+    assert sum(api.queue.queue_depths().values()) == 0
+
 
 # --------------------------------------------------------------------------- built-in chains and batches
 
