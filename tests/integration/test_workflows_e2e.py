@@ -162,7 +162,18 @@ def test_workflows_in_service_mode(ray_cluster, redis_url, redis_prefix, s3_endp
     queue.close()
 
 
-def test_workflow_lines_in_audio_omni_batch(ray_cluster, tmp_path, capsys):
+@pytest.fixture()
+def restore_logging():
+    """`audio-omni batch` points the process's logger at the stderr of its moment (here capsys's,
+    closed after the test): put back the configuration the later tests log through."""
+    import structlog
+
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
+
+
+def test_workflow_lines_in_audio_omni_batch(ray_cluster, tmp_path, capsys, restore_logging):
     from orchestrator.cli import main
 
     (tmp_path / "clip.wav").write_bytes(_wav(1.5))
