@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from typing import Any, TextIO
 
 import structlog
@@ -31,10 +32,30 @@ def configure(*, json: bool = True, level: str = "INFO", stream: TextIO | None =
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(stream) if stream is not None else _StderrLoggerFactory(),
         cache_logger_on_first_use=False,
     )
     _configured = True
+
+
+class _StderrLoggerFactory:
+    """Loggers that write to whatever `sys.stderr` is when they log, not when `configure` ran (a
+    test's captured stream, swapped back afterwards, must not stay bound to a closed file)."""
+
+    def __call__(self, *args: Any) -> _StderrLogger:
+        return _StderrLogger()
+
+
+class _StderrLogger:
+    """One JSON line per call, to the current `sys.stderr`; a lock keeps threads' lines whole."""
+
+    _lock = threading.Lock()
+
+    def msg(self, message: str) -> None:
+        with self._lock:
+            print(message, file=sys.stderr, flush=True)
+
+    log = debug = info = warn = warning = err = error = critical = exception = fatal = failure = msg
 
 
 def get_logger(name: str, **bound: Any) -> FilteringBoundLogger:

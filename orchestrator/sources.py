@@ -364,8 +364,14 @@ class RedisSource:
         records = self.queue.get_many([link.uses[s] for s in steps])
         outputs: dict[str, StepOutput] = {}
         for step, record in zip(steps, records, strict=True):
-            if record is not None and record.status is JobStatus.SUCCEEDED:
-                outputs[step] = _step_output(record.spec, record.extra.get("text"), record.result_uri)
+            if record is None or record.status is not JobStatus.SUCCEEDED:
+                continue
+            # Only a step of this very workflow, for this tenant, may hand over its output: a link
+            # that names another tenant's job (forged past the API) resolves to nothing.
+            used_link = record.spec.workflow if record.spec is not None else None
+            if record.tenant != job.tenant or used_link is None or used_link.workflow_id != link.workflow_id:
+                continue
+            outputs[step] = _step_output(record.spec, record.extra.get("text"), record.result_uri)
         return outputs
 
     def pending(self) -> int:

@@ -258,6 +258,28 @@ def test_the_redis_source_hands_a_step_the_outputs_of_the_steps_it_uses(q):
     assert source.step_outputs(layer) == {"score": StepOutput(text=None, audio_uri="s3://results/score.wav")}
 
 
+def test_a_forged_link_to_another_tenants_step_resolves_to_nothing(q):
+    """A workflow link is refused at the API; one forged past it (a raw queue submit naming another
+    tenant's step job) gets no output from that job, so its text answer cannot leak."""
+    from orchestrator.jobs import JobSpec, WorkflowLink
+    from orchestrator.sources import RedisSource
+    from orchestrator.workflows import StepOutput
+
+    source = RedisSource(q, "engine-1")
+    wf = q.submit_workflow(chain(tenant="victim"))
+    (describe,) = source.claim(10, 0)
+    source.ack_success(describe, result_uri="s3://results/describe.json", timings={}, extra={"text": "a secret"})
+    (score,) = source.claim(10, 0)
+    assert source.step_outputs(score) == {"describe": StepOutput(text="a secret", audio_uri=None)}
+
+    link = WorkflowLink(workflow_id=wf.workflow_id, step="thief", uses={"describe": describe.job_id})
+    forged = JobSpec(task="text_to_audio", prompt="{{describe.text}}", tenant="mallory", workflow=link)
+    q.submit(forged, job_id="forged-1")
+    (claimed,) = source.claim(10, 0)
+    assert claimed.job_id == "forged-1"
+    assert source.step_outputs(claimed) == {}
+
+
 def test_refusals_queue_nothing(q, client):
     one_step = {"steps": [{"id": "a", "task": "text_to_audio", "prompt": "wind"}]}
     q.submit({"task": "text_to_audio", "prompt": "taken"}, job_id="wtaken-a")
