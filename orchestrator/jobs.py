@@ -26,6 +26,7 @@ from enum import StrEnum
 from typing import Annotated, Any, ClassVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -141,6 +142,28 @@ def validate_id(value: Any, what: str = "id", *, max_chars: int = MAX_ID_CHARS) 
             "starting with a letter, digit or '_', without '..'"
         )
     return value
+
+
+def _tenant_id(value: str) -> str:
+    return validate_id(value, "tenant")
+
+
+def _batch_id(value: str) -> str:
+    return validate_id(value, "batch_id", max_chars=MAX_BATCH_ID_CHARS)
+
+
+def _idempotency_key(value: str) -> str:
+    if _CONTROL_RE.search(value) or "\t" in value or "\n" in value:
+        raise ValueError("must not contain control characters")
+    return value
+
+
+# The routing fields a job and a workflow share, each checked by one rule.
+TenantId = Annotated[str, AfterValidator(_tenant_id)]
+BatchId = Annotated[str, AfterValidator(_batch_id)]
+IdempotencyKey = Annotated[
+    str, Field(min_length=1, max_length=MAX_IDEMPOTENCY_KEY_CHARS), AfterValidator(_idempotency_key)
+]
 
 
 def new_job_id() -> str:
@@ -315,10 +338,10 @@ class JobSpec(BaseModel):
     keep_source: bool = Field(default=False, strict=True)
     reasoning: bool = Field(default=False, strict=True)
 
-    tenant: str = "default"
+    tenant: TenantId = "default"
     priority: Priority = Priority.NORMAL
-    idempotency_key: str | None = Field(default=None, min_length=1, max_length=MAX_IDEMPOTENCY_KEY_CHARS)
-    batch_id: str | None = None
+    idempotency_key: IdempotencyKey | None = None
+    batch_id: BatchId | None = None
     # Set by the system on a workflow step's job (`orchestrator.workflows.plan_workflow`), never by a
     # client: left out of the JSON schema, and the API refuses it.
     workflow: Annotated[WorkflowLink | None, SkipJsonSchema()] = None
@@ -372,23 +395,6 @@ class JobSpec(BaseModel):
         path = value.split("://", 1)[-1]
         if ".." in re.split(r"[/\\]", path):
             raise ValueError("must not contain '..' path segments")
-        return value
-
-    @field_validator("tenant")
-    @classmethod
-    def _check_tenant(cls, value: str) -> str:
-        return validate_id(value, "tenant")
-
-    @field_validator("batch_id")
-    @classmethod
-    def _check_batch_id(cls, value: str | None) -> str | None:
-        return None if value is None else validate_id(value, "batch_id", max_chars=MAX_BATCH_ID_CHARS)
-
-    @field_validator("idempotency_key")
-    @classmethod
-    def _check_idempotency_key(cls, value: str | None) -> str | None:
-        if value is not None and (_CONTROL_RE.search(value) or "\t" in value or "\n" in value):
-            raise ValueError("must not contain control characters")
         return value
 
     @model_validator(mode="wrap")

@@ -51,16 +51,17 @@ from model.limits import MAX_REFERENCED_TEXT_CHARS
 from model.prompts import ASR_INSTRUCTION, reasoning_question
 from orchestrator.errors import InvalidJobSpec, PermanentError
 from orchestrator.jobs import (
-    MAX_BATCH_ID_CHARS,
     MAX_ID_CHARS,
-    MAX_IDEMPOTENCY_KEY_CHARS,
     STEP_ID_RE,
+    BatchId,
     BuiltinChain,
     EditOp,
+    IdempotencyKey,
     JobSpec,
     JobStatus,
     Priority,
     TaskName,
+    TenantId,
     WorkflowLink,
     format_validation_error,
     validate_id,
@@ -98,7 +99,6 @@ MAX_WORKFLOW_ID_CHARS = MAX_ID_CHARS - 1 - 32
 # Fields a workflow sets for all its steps; a step may not set them itself.
 _WORKFLOW_FIELDS = ("tenant", "batch_id", "idempotency_key", "workflow")
 _ROUTING_FIELDS = ("tenant", "priority", "batch_id", "idempotency_key", "workflow", "reasoning")
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 # What an inserted text answer must not carry into the next step's spec (`resolve_step`).
 _ANSWER_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _SPECIAL_TOKEN_RE = re.compile(r"<\|[^|<>]{0,40}\|>")
@@ -171,31 +171,14 @@ class WorkflowSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     steps: list[WorkflowStep] = Field(min_length=1, max_length=MAX_WORKFLOW_STEPS)
-    idempotency_key: str | None = Field(default=None, min_length=1, max_length=MAX_IDEMPOTENCY_KEY_CHARS)
-    tenant: str = "default"
+    idempotency_key: IdempotencyKey | None = None
+    tenant: TenantId = "default"
     priority: Priority = Priority.NORMAL
-    batch_id: str | None = None
+    batch_id: BatchId | None = None
 
     # Set by `expand_job` only: step id -> the fields as the client gave them before a built-in
     # chain rewrote them (carried into `WorkflowLink.original` by `plan_workflow`).
     _original: dict[str, dict[str, str]] = PrivateAttr(default_factory=dict)
-
-    @field_validator("tenant")
-    @classmethod
-    def _check_tenant(cls, value: str) -> str:
-        return validate_id(value, "tenant")
-
-    @field_validator("batch_id")
-    @classmethod
-    def _check_batch_id(cls, value: str | None) -> str | None:
-        return None if value is None else validate_id(value, "batch_id", max_chars=MAX_BATCH_ID_CHARS)
-
-    @field_validator("idempotency_key")
-    @classmethod
-    def _check_idempotency_key(cls, value: str | None) -> str | None:
-        if value is not None and _CONTROL_RE.search(value):
-            raise ValueError("must not contain control characters")
-        return value
 
     @model_validator(mode="wrap")
     @classmethod
