@@ -130,8 +130,8 @@ _ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 _SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
 _URI_SCHEMES = frozenset({"s3", "file"})
 # Chat-template markers such as <|im_end|> would be tokenized as control tokens if let through.
-_SPECIAL_TOKEN_RE = re.compile(r"<\|[^|<>]{0,40}\|>")
-_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # control characters other than \t and \n
+SPECIAL_TOKEN_RE = re.compile(r"<\|[^|<>]{0,40}\|>")  # the thinker's chat markers: never in a job's text
+CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # control characters other than \t and \n
 
 
 def validate_id(value: Any, what: str = "id", *, max_chars: int = MAX_ID_CHARS) -> str:
@@ -153,7 +153,7 @@ def _batch_id(value: str) -> str:
 
 
 def _idempotency_key(value: str) -> str:
-    if _CONTROL_RE.search(value) or "\t" in value or "\n" in value:
+    if CONTROL_RE.search(value) or "\t" in value or "\n" in value:
         raise ValueError("must not contain control characters")
     return value
 
@@ -362,9 +362,9 @@ class JobSpec(BaseModel):
     def _check_text(cls, value: str | None) -> str | None:
         if value is None:
             return value
-        if _CONTROL_RE.search(value):
+        if CONTROL_RE.search(value):
             raise ValueError("must not contain control characters (other than tab and newline)")
-        marker = _SPECIAL_TOKEN_RE.search(value)
+        marker = SPECIAL_TOKEN_RE.search(value)
         if marker:
             raise ValueError(f"must not contain chat-template markers such as {marker.group(0)!r}")
         return value

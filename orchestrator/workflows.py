@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -51,7 +50,9 @@ from model.limits import MAX_REFERENCED_TEXT_CHARS
 from model.prompts import ASR_INSTRUCTION, reasoning_question
 from orchestrator.errors import InvalidJobSpec, PermanentError
 from orchestrator.jobs import (
+    CONTROL_RE,
     MAX_ID_CHARS,
+    SPECIAL_TOKEN_RE,
     STEP_ID_RE,
     BatchId,
     BuiltinChain,
@@ -99,9 +100,6 @@ MAX_WORKFLOW_ID_CHARS = MAX_ID_CHARS - 1 - 32
 # Fields a workflow sets for all its steps; a step may not set them itself.
 _WORKFLOW_FIELDS = ("tenant", "batch_id", "idempotency_key", "workflow")
 _ROUTING_FIELDS = ("tenant", "priority", "batch_id", "idempotency_key", "workflow", "reasoning")
-# What an inserted text answer must not carry into the next step's spec (`resolve_step`).
-_ANSWER_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
-_SPECIAL_TOKEN_RE = re.compile(r"<\|[^|<>]{0,40}\|>")
 
 
 def _problem(loc: tuple[str | int, ...], message: str, value: Any = None) -> InitErrorDetails:
@@ -326,9 +324,8 @@ class StepOutput:
 
 def _clean_answer(text: str) -> str:
     """A text answer as it may stand inside another spec: no control characters or chat-template
-    markers, and no `{{` (which would read as a reference); cut to MAX_REFERENCED_TEXT_CHARS."""
-    text = _SPECIAL_TOKEN_RE.sub("", _ANSWER_CONTROL_RE.sub(" ", text)).replace("{{", "{ {").strip()
-    return text
+    markers, and no `{{` (which would read as a reference). `_cut` then bounds its length."""
+    return SPECIAL_TOKEN_RE.sub("", CONTROL_RE.sub(" ", text)).replace("{{", "{ {").strip()
 
 
 def _cut(text: str, limit: int = MAX_REFERENCED_TEXT_CHARS) -> tuple[str, bool]:
