@@ -6,8 +6,9 @@ and workflows routers."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Protocol
+from typing import Annotated, Protocol, TypeVar
 
 from fastapi import Depends, Query, Request
 from fastapi import Path as PathParam
@@ -106,18 +107,32 @@ BatchId = Annotated[str, PathParam(min_length=1, max_length=MAX_ID_CHARS, descri
 WorkflowId = Annotated[str, PathParam(min_length=1, max_length=MAX_ID_CHARS, description="workflow id")]
 
 
-def own_job(job_id: JobId, tenant: CurrentTenant, services: ServicesDep) -> JobRecord:
-    """The caller's job `job_id`; 404 when it is unknown or another tenant's."""
+class _Owned(Protocol):
+    @property
+    def tenant(self) -> str | None: ...
+
+
+T = TypeVar("T", bound=_Owned)
+
+
+def _owned(what: str, value: str, tenant: Tenant, lookup: Callable[[str], T | None]) -> T:
+    """`lookup(value)` when `value` is a valid id naming a record of `tenant`; else a 404 that
+    says the same for an unknown id and another tenant's (ids of others are not confirmed)."""
     record = None
     try:
-        validate_id(job_id, "job_id")
+        validate_id(value, what)
     except ValueError:
         pass
     else:
-        record = services.queue.get(job_id)
+        record = lookup(value)
     if record is None or record.tenant != tenant.tenant_id:
-        raise ApiError(404, "not_found", f"job {job_id!r} not found", "job_id")
+        raise ApiError(404, "not_found", f"{what.removesuffix('_id')} {value!r} not found", what)
     return record
+
+
+def own_job(job_id: JobId, tenant: CurrentTenant, services: ServicesDep) -> JobRecord:
+    """The caller's job `job_id`; 404 when it is unknown or another tenant's."""
+    return _owned("job_id", job_id, tenant, services.queue.get)
 
 
 def own_batch(
@@ -129,30 +144,12 @@ def own_batch(
 ) -> BatchStatus:
     """The caller's batch `batch_id` with the page `[offset, offset + limit)` of its failures; 404
     when it is unknown or another tenant's."""
-    status = None
-    try:
-        validate_id(batch_id, "batch_id")
-    except ValueError:
-        pass
-    else:
-        status = services.queue.batch_status(batch_id, offset=offset, limit=limit)
-    if status is None or status.tenant != tenant.tenant_id:
-        raise ApiError(404, "not_found", f"batch {batch_id!r} not found", "batch_id")
-    return status
+    return _owned("batch_id", batch_id, tenant, lambda b: services.queue.batch_status(b, offset=offset, limit=limit))
 
 
 def own_workflow(workflow_id: WorkflowId, tenant: CurrentTenant, services: ServicesDep) -> WorkflowStatus:
     """The caller's workflow `workflow_id`; 404 when it is unknown or another tenant's."""
-    status = None
-    try:
-        validate_id(workflow_id, "workflow_id")
-    except ValueError:
-        pass
-    else:
-        status = services.queue.workflow_status(workflow_id)
-    if status is None or status.tenant != tenant.tenant_id:
-        raise ApiError(404, "not_found", f"workflow {workflow_id!r} not found", "workflow_id")
-    return status
+    return _owned("workflow_id", workflow_id, tenant, services.queue.workflow_status)
 
 
 OwnJob = Annotated[JobRecord, Depends(own_job)]
