@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -209,31 +209,26 @@ class Client:
     ) -> dict[str, Any]:
         """Poll until the job is final (succeeded, failed, cancelled, dead) and return it.
         Raises `WaitTimeout`; with `raise_on_failure`, `JobFailed` for anything but success."""
-        deadline = time.monotonic() + _positive("timeout_s", timeout_s)
-        delay = min(_positive("poll_s", poll_s), 0.1)
-        while True:
-            job = self.status(job_id)
-            if job["status"] in _FINAL:
-                if raise_on_failure and job["status"] != "succeeded":
-                    raise JobFailed(job)
-                return job
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise WaitTimeout(f"job {job_id} still {job['status']} after {timeout_s:g} s")
-            time.sleep(min(delay, remaining))
-            delay = min(delay * 2, poll_s)  # quick first polls, then every poll_s
+        job = _poll(
+            lambda: self.status(job_id),
+            lambda j: j["status"] in _FINAL,
+            lambda j: f"job {job_id} still {j['status']} after {timeout_s:g} s",
+            timeout_s=timeout_s,
+            poll_s=poll_s,
+        )
+        if raise_on_failure and job["status"] != "succeeded":
+            raise JobFailed(job)
+        return job
 
     def wait_batch(self, batch_id: str, *, timeout_s: float = 3600.0, poll_s: float = 2.0) -> dict[str, Any]:
         """Poll until every job of the batch is final and return the batch status."""
-        deadline = time.monotonic() + _positive("timeout_s", timeout_s)
-        while True:
-            batch = self.batch_status(batch_id)
-            if batch["done"]:
-                return batch
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise WaitTimeout(f"batch {batch_id} has {batch['finished']}/{batch['total']} jobs finished")
-            time.sleep(min(_positive("poll_s", poll_s), remaining))
+        return _poll(
+            lambda: self.batch_status(batch_id),
+            lambda b: bool(b["done"]),
+            lambda b: f"batch {batch_id} has {b['finished']}/{b['total']} jobs finished",
+            timeout_s=timeout_s,
+            poll_s=poll_s,
+        )
 
     # ----------------------------------------------------------------------- workflows
 
@@ -274,25 +269,23 @@ class Client:
         """Poll until the workflow has ended (succeeded, failed or cancelled) and none of its steps
         is still running, and return it. Raises `WaitTimeout`; with `raise_on_failure`,
         `WorkflowFailed` for anything but success. A step's result: `download(step["job_id"], ...)`."""
-        deadline = time.monotonic() + _positive("timeout_s", timeout_s)
-        delay = min(_positive("poll_s", poll_s), 0.1)
-        while True:
-            workflow = self.workflow(workflow_id)
-            steps_final = all(step.get("status") in _FINAL for step in workflow.get("steps", []))
-            if workflow["status"] in _WORKFLOW_FINAL and steps_final:
-                if raise_on_failure and workflow["status"] != "succeeded":
-                    raise WorkflowFailed(workflow)
-                return workflow
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                done = sum(1 for step in workflow.get("steps", []) if step.get("status") in _FINAL)
-                total = len(workflow.get("steps", []))
-                raise WaitTimeout(
-                    f"workflow {workflow_id} still {workflow['status']} after {timeout_s:g} s "
-                    f"({done}/{total} steps finished)"
-                )
-            time.sleep(min(delay, remaining))
-            delay = min(delay * 2, poll_s)
+
+        def finished(steps: list[dict[str, Any]]) -> int:
+            return sum(1 for step in steps if step.get("status") in _FINAL)
+
+        workflow = _poll(
+            lambda: self.workflow(workflow_id),
+            lambda w: w["status"] in _WORKFLOW_FINAL and finished(w.get("steps", [])) == len(w.get("steps", [])),
+            lambda w: (
+                f"workflow {workflow_id} still {w['status']} after {timeout_s:g} s "
+                f"({finished(w.get('steps', []))}/{len(w.get('steps', []))} steps finished)"
+            ),
+            timeout_s=timeout_s,
+            poll_s=poll_s,
+        )
+        if raise_on_failure and workflow["status"] != "succeeded":
+            raise WorkflowFailed(workflow)
+        return workflow
 
     # ----------------------------------------------------------------------- results and inputs
 
@@ -336,6 +329,29 @@ def _segment(value: str) -> str:
     if not isinstance(value, str) or not value or "/" in value or value in (".", ".."):
         raise ValueError(f"id {value!r} is invalid: expected a non-empty id without '/'")
     return value
+
+
+def _poll(
+    fetch: Callable[[], dict[str, Any]],
+    done: Callable[[dict[str, Any]], bool],
+    still: Callable[[dict[str, Any]], str],
+    *,
+    timeout_s: float,
+    poll_s: float,
+) -> dict[str, Any]:
+    """`fetch()` until `done` says so (quick first polls, then every `poll_s`); `WaitTimeout` with
+    `still(last)` once `timeout_s` has passed."""
+    deadline = time.monotonic() + _positive("timeout_s", timeout_s)
+    delay = min(_positive("poll_s", poll_s), 0.1)
+    while True:
+        current = fetch()
+        if done(current):
+            return current
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise WaitTimeout(still(current))
+        time.sleep(min(delay, remaining))
+        delay = min(delay * 2, poll_s)
 
 
 def _positive(name: str, value: float) -> float:
