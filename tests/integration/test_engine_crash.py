@@ -5,13 +5,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
-import uuid
-from pathlib import Path
 
 import boto3
 import pytest
@@ -19,52 +14,12 @@ import soundfile as sf
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 N_JOBS = 12
 
 
-@pytest.fixture()
-def pools(ray_cluster):
-    from workers.app import deploy, shutdown
-    from workers.settings import PoolSettings, WorkerSettings
-
-    settings = WorkerSettings(
-        preset="tiny",  # the system under test, not the model: the fastest preset
-        app_name=f"t-crash-{uuid.uuid4().hex[:6]}",
-        understand_max_new_tokens=4,
-        encoder=PoolSettings(num_cpus=0.5, max_batch_size=4, batch_wait_timeout_s=0.1),
-        sampler=PoolSettings(num_cpus=0.5, max_batch_size=4, batch_wait_timeout_s=0.2),
-    )
-    deploy(settings)
-    yield settings
-    shutdown(settings)
-
-
-def _engine(app_name: str, consumer: str, env: dict, log: Path) -> subprocess.Popen:
-    import ray
-
-    cmd = [
-        sys.executable, "-m", "orchestrator.cli", "serve",
-        "--no-deploy", "--app-name", app_name, "--preset", "tiny",  # the preset the pools were deployed with
-        "--ray-address", ray.get_runtime_context().gcs_address,
-        "--lease-s", "3", "--max-in-flight", "4", "--consumer", consumer, "--drain",
-    ]  # fmt: skip
-    return subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
-
-
-def test_sigkill_mid_batch_then_restart(tmp_path, pools, redis_url, redis_prefix, s3_endpoint, s3_bucket):
+def test_sigkill_mid_batch_then_restart(tmp_path, start_engine, redis_url, redis_prefix, s3_endpoint, s3_bucket):
     from orchestrator.queue import JobQueue
 
-    env = {
-        **os.environ,
-        "AUDIO_OMNI_REDIS_URL": redis_url,
-        "AUDIO_OMNI_REDIS_PREFIX": redis_prefix,
-        "AUDIO_OMNI_S3_BUCKET": s3_bucket,
-        "AUDIO_OMNI_S3_ENDPOINT_URL": s3_endpoint,
-        "AUDIO_OMNI_S3_ADDRESSING_STYLE": "path",
-        "AUDIO_OMNI_MAX_ATTEMPTS": "5",
-        "AUDIO_OMNI_LOG_LEVEL": "WARNING",
-    }
     queue = JobQueue(redis_url, prefix=redis_prefix, lease_s=3.0)
     specs = [
         {"task": "text_to_audio", "prompt": f"sound {i}", "duration_s": 1.0, "steps": 2, "seed": i}
@@ -73,7 +28,7 @@ def test_sigkill_mid_batch_then_restart(tmp_path, pools, redis_url, redis_prefix
     batch_id, job_ids = queue.submit_batch(specs)
     log = tmp_path / "engine.log"
 
-    first = _engine(pools.app_name, "crash-a", env, log)
+    first = start_engine("crash-a", log)
     deadline = time.monotonic() + 240
     try:
         # Kill once some jobs are done and others are in flight (claimed, not finished). The engine is
@@ -98,7 +53,7 @@ def test_sigkill_mid_batch_then_restart(tmp_path, pools, redis_url, redis_prefix
         if first.poll() is None:
             first.kill()
 
-    second = _engine(pools.app_name, "crash-b", env, log)
+    second = start_engine("crash-b", log)
     try:
         assert second.wait(timeout=300) == 0, log.read_text()[-3000:]
     finally:

@@ -5,50 +5,16 @@ result, and each step has exactly one result object and one metadata object on S
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 
 import boto3
 import pytest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 N_WORKFLOWS = 3
-
-
-@pytest.fixture()
-def pools(ray_cluster):
-    from workers.app import deploy, shutdown
-    from workers.settings import PoolSettings, WorkerSettings
-
-    settings = WorkerSettings(
-        preset="tiny",  # the system under test, not the model: the fastest preset
-        app_name=f"t-wfcrash-{uuid.uuid4().hex[:6]}",
-        understand_max_new_tokens=4,
-        encoder=PoolSettings(num_cpus=0.5, max_batch_size=4, batch_wait_timeout_s=0.1),
-        sampler=PoolSettings(num_cpus=0.5, max_batch_size=4, batch_wait_timeout_s=0.2),
-    )
-    deploy(settings)
-    yield settings
-    shutdown(settings)
-
-
-def _engine(app_name: str, consumer: str, env: dict, log: Path) -> subprocess.Popen:
-    import ray
-
-    cmd = [
-        sys.executable, "-m", "orchestrator.cli", "serve",
-        "--no-deploy", "--app-name", app_name, "--preset", "tiny",
-        "--ray-address", ray.get_runtime_context().gcs_address,
-        "--lease-s", "3", "--max-in-flight", "4", "--consumer", consumer, "--drain",
-    ]  # fmt: skip
-    return subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
 
 def _workflow(i: int, batch_id: str) -> dict:
@@ -70,27 +36,19 @@ def _workflow(i: int, batch_id: str) -> dict:
     }
 
 
-def test_sigkill_during_a_second_step_then_restart(tmp_path, pools, redis_url, redis_prefix, s3_endpoint, s3_bucket):
+def test_sigkill_during_a_second_step_then_restart(
+    tmp_path, start_engine, redis_url, redis_prefix, s3_endpoint, s3_bucket
+):
     from orchestrator.queue import JobQueue
     from orchestrator.workflows import WorkflowState
 
-    env = {
-        **os.environ,
-        "AUDIO_OMNI_REDIS_URL": redis_url,
-        "AUDIO_OMNI_REDIS_PREFIX": redis_prefix,
-        "AUDIO_OMNI_S3_BUCKET": s3_bucket,
-        "AUDIO_OMNI_S3_ENDPOINT_URL": s3_endpoint,
-        "AUDIO_OMNI_S3_ADDRESSING_STYLE": "path",
-        "AUDIO_OMNI_MAX_ATTEMPTS": "5",
-        "AUDIO_OMNI_LOG_LEVEL": "WARNING",
-    }
     queue = JobQueue(redis_url, prefix=redis_prefix, lease_s=3.0)
     batch_id = f"wfcrash{uuid.uuid4().hex[:8]}"
     workflows = [queue.submit_workflow(_workflow(i, batch_id)) for i in range(N_WORKFLOWS)]
     second_ids = [wf.steps[1].job_id for wf in workflows]
     log = tmp_path / "engine.log"
 
-    first = _engine(pools.app_name, "wfcrash-a", env, log)
+    first = start_engine("wfcrash-a", log)
     deadline = time.monotonic() + 240
     try:
         # Kill while a second step runs. The engine is frozen (SIGSTOP) while that is read, so no
@@ -114,7 +72,7 @@ def test_sigkill_during_a_second_step_then_restart(tmp_path, pools, redis_url, r
         if first.poll() is None:
             first.kill()
 
-    second = _engine(pools.app_name, "wfcrash-b", env, log)
+    second = start_engine("wfcrash-b", log)
     try:
         assert second.wait(timeout=300) == 0, log.read_text()[-3000:]
     finally:
