@@ -158,6 +158,19 @@ wf_settle = function(wf, job_id, status, err, now_s, quiet)
   wf_stop(wf, "not run: step '" .. step .. "' " .. status, now_s)
 end
 
+-- Count `n` new queued jobs into `batch` (created for `tenant` if new); a finished batch that
+-- gets new jobs stops expiring.
+local function batch_add(batch, tenant, n, now_s)
+  local bk = BATCH .. batch
+  redis.call('HINCRBY', bk, 'total', n)
+  redis.call('HINCRBY', bk, 'queued', n)
+  redis.call('HINCRBY', bk, 'open', n)
+  redis.call('HSETNX', bk, 'tenant', tenant)
+  redis.call('HSETNX', bk, 'created_at', now_s)
+  redis.call('PERSIST', bk)
+  redis.call('PERSIST', FAILS .. batch)
+end
+
 -- The claim check: returns the job's hash fields when (job, entry, token) is still the live claim.
 local function held(job_id, eid, token, ...)
   local r = redis.call('HMGET', JOB .. job_id, 'status', 'lease', 'entry', ...)
@@ -218,16 +231,7 @@ for _ = 1, n do
     out[#out + 1] = 1
   end
 end
-if batch ~= '' and created > 0 then
-  local bk = BATCH .. batch
-  redis.call('HINCRBY', bk, 'total', created)
-  redis.call('HINCRBY', bk, 'queued', created)
-  redis.call('HINCRBY', bk, 'open', created)
-  redis.call('HSETNX', bk, 'tenant', batch_tenant)
-  redis.call('HSETNX', bk, 'created_at', now_s)
-  redis.call('PERSIST', bk)
-  redis.call('PERSIST', FAILS .. batch)
-end
+if batch ~= '' and created > 0 then batch_add(batch, batch_tenant, created, now_s) end
 return out
 """
 )

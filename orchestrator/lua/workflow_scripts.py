@@ -65,16 +65,7 @@ for _ = 1, n do
     redis.call('HSET', jk, 'stage', 'waiting')
   end
 end
-if batch ~= '' then
-  local bk = BATCH .. batch
-  redis.call('HINCRBY', bk, 'total', n)
-  redis.call('HINCRBY', bk, 'queued', n)
-  redis.call('HINCRBY', bk, 'open', n)
-  redis.call('HSETNX', bk, 'tenant', tenant)
-  redis.call('HSETNX', bk, 'created_at', now_s)
-  redis.call('PERSIST', bk)
-  redis.call('PERSIST', FAILS .. batch)
-end
+if batch ~= '' then batch_add(batch, tenant, n, now_s) end
 return {1, wf_id, now_s}
 """
 )
