@@ -14,6 +14,27 @@ from orchestrator.storage.s3 import S3Client, S3Storage, make_s3_client
 __all__ = ["input_resolver_from_settings", "storage_from_settings"]
 
 
+def _client_args(
+    endpoint_url: str | None,
+    region: str | None,
+    access_key_id: str | None,
+    secret_access_key: str | None,
+    session_token: str | None,
+    addressing_style: str,
+    max_attempts: int,
+) -> dict[str, Any]:
+    """The `make_s3_client` arguments both builders below take from the same settings."""
+    return {
+        "endpoint_url": endpoint_url,
+        "region": region,
+        "access_key_id": access_key_id,
+        "secret_access_key": secret_access_key,
+        "session_token": session_token,
+        "addressing_style": addressing_style,
+        "max_attempts": max_attempts,
+    }
+
+
 def storage_from_settings(
     *,
     bucket: str | None = None,
@@ -56,15 +77,9 @@ def storage_from_settings(
     if input_root is not None and not embedded:
         raise ValueError(f"input_root {input_root!r} is invalid in service mode: local inputs need local_root")
     InputPolicy(allowed_input_s3, input_root=input_root, embedded=embedded)  # validate the rules
-    client_args: dict[str, Any] = {
-        "endpoint_url": endpoint_url,
-        "region": region,
-        "access_key_id": access_key_id,
-        "secret_access_key": secret_access_key,
-        "session_token": session_token,
-        "addressing_style": addressing_style,
-        "max_attempts": max_attempts,
-    }
+    client_args = _client_args(
+        endpoint_url, region, access_key_id, secret_access_key, session_token, addressing_style, max_attempts
+    )
     if local_root is not None:
         return LocalStorage(local_root, prefix=prefix)
     assert bucket is not None  # exactly one of the two, checked above
@@ -112,12 +127,8 @@ def input_resolver_from_settings(
         s3_client = storage.client
     elif allowed_input_s3:
         s3_client = make_s3_client(
-            endpoint_url=endpoint_url,
-            region=region,
-            access_key_id=access_key_id,
-            secret_access_key=secret_access_key,
-            session_token=session_token,
-            addressing_style=addressing_style,
-            max_attempts=max_attempts,
+            **_client_args(
+                endpoint_url, region, access_key_id, secret_access_key, session_token, addressing_style, max_attempts
+            )
         )
     return InputResolver(storage, policy, tenant_rules=tenant_rules, s3_client=s3_client)
