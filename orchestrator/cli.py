@@ -26,6 +26,7 @@ class CommandTable:
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("orchestrator.commands.verify", "check weights against reference test vectors"),
+    "verify-sync": ("orchestrator.commands.verify_sync", "check Synchformer weights against its test vectors"),
     "inspect": ("orchestrator.commands.inspect", "list parameter names and shapes of a preset"),
     "convert-checkpoint": ("orchestrator.commands.convert", "split a released checkpoint into parts"),
     "batch": ("orchestrator.commands.batch", "run a JSONL manifest of jobs (embedded mode)"),
@@ -36,6 +37,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "results": ("orchestrator.commands.jobs", "download or list results of a job or batch"),
     "api": ("orchestrator.commands.api", "serve the HTTP API (FastAPI under uvicorn) on Redis/S3"),
     "tenants": ("orchestrator.commands.tenants", "create, list, update and revoke API tenants and keys"),
+    "report": ("orchestrator.commands.report", "write a batch's HTML report (players, spectrograms, timings)"),
+    "dead-letters": ("orchestrator.commands.dead_letters", "list or re-queue dead-lettered jobs (operator)"),
+    "webhooks": ("orchestrator.commands.webhooks", "run the webhook delivery loop; list deliveries"),
 }
 ONLINE = CommandTable(prog="audio-omni", description="Audio-Omni job system", commands=COMMANDS)
 

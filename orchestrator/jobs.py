@@ -91,6 +91,7 @@ __all__ = [
     "REFERENCE_TEXT_FIELDS",
     "REFERENCE_URI_FIELDS",
     "STEP_ID_RE",
+    "VIDEO_OUTPUT_TASKS",
     "BatchFailure",
     "BatchStatus",
     "BuiltinChain",
@@ -193,6 +194,11 @@ def derive_seed(job_id: str) -> int:
 class OutputFormat(StrEnum):
     WAV = "wav"
     FLAC = "flac"
+    MP4 = "mp4"  # video tasks only: the input's video stream with the generated audio as its track
+
+
+# The tasks whose result may be returned as the input video with a new soundtrack.
+VIDEO_OUTPUT_TASKS = frozenset({TaskName.VIDEO_TO_AUDIO, TaskName.VIDEO_TO_MUSIC})
 
 
 class Priority(StrEnum):
@@ -305,7 +311,7 @@ class JobSpec(BaseModel):
 
     Parameters (limits from `model.limits`): `duration_s` in (0, 300], `steps` in [1, 1000],
     `cfg_scale` in [1, 30], `seed` in [0, 2**32 - 1] (None = derived from the job id),
-    `output_format` wav/flac, `keep_source` (remove / extract edits only: the
+    `output_format` wav/flac (mp4 for video tasks), `keep_source` (remove / extract edits only: the
     result keeps the source's phase and untouched parts, the model's output acting as a
     time-frequency mask on the source; see `model.postprocess.source_mask`). Routing: `tenant`, `priority`,
     `idempotency_key` (a re-submit with the same key returns the existing job), `batch_id`.
@@ -431,6 +437,9 @@ class JobSpec(BaseModel):
         """Whole-spec checks beyond the task's inputs: its references (a subclass may add more)."""
         refs, found = scan_references(spec.__dict__)
         problems = [input_problem(field, message, None) for field, message in found]
+        if spec.output_format is OutputFormat.MP4 and spec.task not in VIDEO_OUTPUT_TASKS:
+            message = "'mp4' is for video_to_audio and video_to_music only (the input video with a new soundtrack)"
+            problems.append(input_problem("output_format", message, spec.output_format.value))
         if problems or not refs:
             return problems
         link = spec.workflow
@@ -535,63 +544,5 @@ def parse_spec_json(raw: str | bytes) -> JobSpec:
     return check_runnable(spec)  # a stored spec is a queued job, never a chain still to expand
 
 
-# --------------------------------------------------------------------------- records
-
-
-class JobRecord(BaseModel):
-    """The queue's view of one job (read from its status hash)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    job_id: str
-    status: JobStatus
-    stage: str | None = None  # the engine's current stage while running ("understand", "generate", ...)
-    attempts: int = 0  # times the job was claimed
-    error: str | None = None  # the last error (kept on dead/failed jobs; cleared on success)
-    result_uri: str | None = None
-    timings: dict[str, float] = Field(default_factory=dict)  # stage -> seconds
-    extra: dict[str, Any] = Field(default_factory=dict)  # what the engine attached on success
-    tenant: str = "default"
-    priority: Priority = Priority.NORMAL
-    batch_id: str | None = None
-    seed: int = 0
-    spec: JobSpec | None = None  # None when the stored spec does not parse (see `error`)
-    submitted_at: float = 0.0  # Unix seconds (Redis server clock)
-    started_at: float | None = None  # start of the latest attempt
-    finished_at: float | None = None
-    retry_at: float | None = None  # when a queued retry becomes claimable again
-    consumer: str | None = None  # the consumer that holds / last held the job
-    cancel_requested: bool = False
-
-    @property
-    def is_final(self) -> bool:
-        return self.status.is_final
-
-
-class BatchFailure(BaseModel):
-    """A failed or dead job of a batch, with its last error."""
-
-    job_id: str
-    status: JobStatus | None  # None when the job record already expired
-    error: str | None
-
-
-class BatchStatus(BaseModel):
-    """Progress of a batch: counts by status and one page of its failures."""
-
-    batch_id: str
-    tenant: str | None
-    total: int
-    counts: dict[JobStatus, int]
-    created_at: float | None
-    failures: list[BatchFailure]  # the page [offset, offset + limit) of failed/dead jobs
-    failures_total: int
-    next_offset: int | None  # offset of the next failures page, None on the last one
-
-    @property
-    def finished(self) -> int:
-        return sum(self.counts.get(s, 0) for s in FINAL_STATUSES)
-
-    @property
-    def done(self) -> bool:
-        return self.finished >= self.total
+# Records live in orchestrator.records; re-exported here for the modules that import them from jobs.
+from orchestrator.records import BatchFailure, BatchStatus, JobRecord  # noqa: E402

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from orchestrator.api.deps import InputChecker, Services
 from orchestrator.api.errors import install_error_handlers
 from orchestrator.api.middleware import BodyLimitMiddleware, MetricsMiddleware
-from orchestrator.api.routes import batches, jobs, ops, uploads, workflows
+from orchestrator.api.routes import admin, batches, jobs, openai_audio, ops, reports, uploads, webhooks, workflows
 from orchestrator.api.settings import ApiSettings
 from orchestrator.metrics import ApiMetrics
 from orchestrator.queue import JobQueue
@@ -65,7 +65,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.services = services
-    for module in (ops, jobs, batches, workflows, uploads):
+    for module in (ops, jobs, batches, workflows, uploads, webhooks, admin, openai_audio, reports):
         app.include_router(module.router)
     install_error_handlers(app)
 

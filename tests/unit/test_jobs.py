@@ -143,7 +143,7 @@ def test_valid_specs_per_task(data):
         (
             {"task": "text_to_audio", "prompt": "x", "output_format": "mp3"},
             "output_format",
-            "'wav' or 'flac'",
+            "'wav', 'flac' or 'mp4'",
         ),
         ({"task": "text_to_audio", "prompt": "x" * 2001}, "prompt", "at most 2000 characters"),
         ({"task": "tts", "transcript": "x" * 2001}, "transcript", "at most 2000 characters"),
