@@ -17,6 +17,11 @@ Where each value comes from:
   (The sampler's noise generator itself accepts larger values: long-form segment k samples with
   `seed + k`.)
 - `THINKER_WINDOW_S`: the thinker's audio window (30 s); longer question audio is split into windows.
+- Video: input video obeys the input audio's 300 s bound (`MAX_INPUT_VIDEO_S`). Resolution is
+  checked from the header before any frame is decoded: `MAX_VIDEO_SIDE` admits DCI 4K (4096) and
+  `MAX_VIDEO_PIXELS` one 4096x2304 picture (every 4K format), so one decoded RGB frame stays under
+  30 MB. Frame rates outside [`MIN_VIDEO_FPS`, `MAX_VIDEO_FPS`] are refused as absurd: the model
+  reads 25 fps (sync) and 5 fps (thinker), and 240 fps is the fastest common capture rate.
 - Text: the speech conditioner truncates a transcript at 2584 tokens (about one per character),
   so 2000 characters stay clear of silent truncation; prompts follow the same bound.
 """
@@ -30,14 +35,19 @@ __all__ = [
     "MAX_CFG_SCALE",
     "MAX_DURATION_S",
     "MAX_INPUT_AUDIO_S",
+    "MAX_INPUT_VIDEO_S",
     "MAX_PROMPT_CHARS",
     "MAX_REFERENCED_TEXT_CHARS",
     "MAX_SEED",
     "MAX_STEPS",
     "MAX_TRANSCRIPT_CHARS",
+    "MAX_VIDEO_FPS",
+    "MAX_VIDEO_PIXELS",
+    "MAX_VIDEO_SIDE",
     "MAX_VOICE_PROMPT_TEXT_CHARS",
     "MIN_CFG_SCALE",
     "MIN_STEPS",
+    "MIN_VIDEO_FPS",
     "THINKER_WINDOW_S",
     "VOICE_PROMPT_MAX_S",
 ]
@@ -49,6 +59,10 @@ DEFAULT_CFG_SCALE = 7.0
 
 MAX_DURATION_S = 300.0  # output length, seconds (long-form tasks; one-window tasks stop at the window)
 MAX_INPUT_AUDIO_S = MAX_DURATION_S  # any input audio (edit source, voice prompt, question audio)
+MAX_INPUT_VIDEO_S = MAX_DURATION_S  # any input video (video-to-audio/music, understanding)
+MAX_VIDEO_SIDE = 4096  # pixels, either side of the stored picture
+MAX_VIDEO_PIXELS = 4096 * 2304  # width x height of the stored picture
+MIN_VIDEO_FPS, MAX_VIDEO_FPS = 1.0, 240.0  # average frame rate
 
 MIN_STEPS, MAX_STEPS = 1, 1000
 MIN_CFG_SCALE, MAX_CFG_SCALE = 1.0, 30.0
