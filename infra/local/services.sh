@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Local development services on loopback: Redis and an S3-compatible endpoint (moto's server).
-# One way to start them, used by the Makefile, .ci/run and developers alike.
+# One way to start them, used by the Makefile, .ci/run and developers alike. `start` also makes
+# sure Debian's `chromium` is installed (the browser tests load the batch report and /docs in
+# headless Chromium); it only installs it, it starts no browser.
 #   bash infra/local/services.sh start|stop|status
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -34,6 +36,19 @@ start_s3() {
   s3_up && echo "s3: moto server on http://127.0.0.1:$S3_PORT" || { echo "s3: failed to start"; cat "$RUN_DIR/s3.log"; exit 1; }
 }
 
+ensure_chromium() {
+  if command -v chromium >/dev/null 2>&1; then return; fi
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "chromium: not installed and no apt-get here; the browser tests will be skipped"; return
+  fi
+  echo "chromium: installing chromium (apt)"
+  if (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium) >/dev/null; then
+    echo "chromium: $(chromium --version 2>/dev/null || echo installed)"
+  else
+    echo "chromium: apt-get install failed; the browser tests will be skipped"
+  fi
+}
+
 stop() {
   # Only the processes this script started (their pid files); a Redis started otherwise stays up.
   for f in "$RUN_DIR/s3.pid" "$RUN_DIR/redis.pid"; do
@@ -47,8 +62,11 @@ stop() {
 }
 
 case "${1:-start}" in
-  start) start_redis; start_s3 ;;
+  start) start_redis; start_s3; ensure_chromium ;;
   stop) stop ;;
-  status) redis_up && echo "redis: up" || echo "redis: down"; s3_up && echo "s3: up" || echo "s3: down" ;;
+  status)
+    redis_up && echo "redis: up" || echo "redis: down"
+    s3_up && echo "s3: up" || echo "s3: down"
+    command -v chromium >/dev/null 2>&1 && echo "chromium: installed" || echo "chromium: missing" ;;
   *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
 esac

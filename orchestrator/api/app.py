@@ -7,8 +7,10 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI
 
 from orchestrator.api.deps import InputChecker, Services
+from orchestrator.api.docs_ui import install_docs, operation_id
 from orchestrator.api.errors import install_error_handlers
 from orchestrator.api.middleware import BodyLimitMiddleware, MetricsMiddleware
+from orchestrator.api.openai_compat import OpenAISettings
 from orchestrator.api.routes import admin, batches, jobs, openai_audio, ops, reports, uploads, webhooks, workflows
 from orchestrator.api.settings import ApiSettings
 from orchestrator.metrics import ApiMetrics
@@ -33,6 +35,7 @@ def create_app(
     tenants: TenantStore,
     api_settings: ApiSettings | None = None,
     inputs: InputChecker | None = None,
+    openai: OpenAISettings | None = None,
 ) -> FastAPI:
     """Build the API over a queue, a storage and a tenant store (all shared by the requests).
 
@@ -43,7 +46,11 @@ def create_app(
 
     `settings` is kept on `app.state` for introspection; the limits of the HTTP layer come from
     `api_settings`. A storage that cannot presign URLs (a local folder: embedded mode) gets its
-    results served as bytes."""
+    results served as bytes.
+
+    `openai` configures the OpenAI-compatible audio routes (named voices, model names); without it,
+    `OpenAISettings()` reads `AUDIO_OMNI_OPENAI_*` from the environment. `/docs` is Swagger UI
+    from the installed package (no CDN); operation ids are the endpoint functions' names."""
     limits = api_settings or ApiSettings()
     if inputs is None:
         inputs = input_resolver_from_settings(storage, tenant_rules=tenants.input_policy)
@@ -62,15 +69,20 @@ def create_app(
             "Submit audio understanding, generation and editing jobs, and workflows that chain them; "
             "follow and fetch them."
         ),
+        docs_url=None,
+        redoc_url=None,
+        generate_unique_id_function=operation_id,
     )
     app.state.settings = settings
     app.state.services = services
+    app.state.openai = openai or OpenAISettings()
     for module in (ops, jobs, batches, workflows, uploads, webhooks, admin, openai_audio, reports):
         app.include_router(module.router)
+    install_docs(app)
     install_error_handlers(app)
 
     def body_limit(path: str) -> int:
-        if path == "/v1/uploads":
+        if path in ("/v1/uploads", "/v1/audio/transcriptions"):
             return limits.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
         if path == "/v1/batches":
             return limits.max_batch_body_bytes
