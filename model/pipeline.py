@@ -3,7 +3,10 @@
 `plan_task` checks a task's inputs and turns them into what each part needs: the thinker prompt
 (encoder part), the understanding requests of an `understand` task (one per `THINKER_WINDOW_S`
 window of its audio, answers joined by `TaskPlan.join_answers`) and a `GenerationPlan` that yields
-one `GenerationRequest` per segment and joins the segments' audio. The job engine runs those
+one `GenerationRequest` per segment and joins the segments' audio. A video task reads the video of
+each segment's own span (`VIDEO_WINDOW_S` from the segment's start; spec 7.7): its thinker frames
+(`TaskPlan.segment_prompt`) and its sync features (`GenerationPlan.video_span`, computed by the
+caller and passed to `GenerationPlan.request`). The job engine runs those
 stages on separate worker pools; `AudioOmniPipeline` runs them in-process for tests, benchmarks and
 single-machine use. Tensors in, tensors out: no I/O here.
 """
@@ -42,6 +45,11 @@ from model.sampler import MAX_SEED as MAX_NOISE_SEED
 from model.tasks import EDIT_TASKS, VIDEO_TASKS, Task
 
 OVERLAP_S = 1.0
+# The span of video one generation window reads, from the window's start: the reference reads 10 s
+# (50 thinker frames at the config's 5 fps, 250 Synchformer frames at 25 fps -> 240 sync tokens)
+# and pads a shorter video with its last frame. Long video-to-music reads each segment's own span.
+VIDEO_WINDOW_S = 10.0
+VIDEO_FRAME_SIZE = 224  # the thinker's frames are squash-resized to 224 x 224, as the reference feeds them
 KEEP_SOURCE_TASKS = frozenset({Task.EDIT_REMOVE, Task.EDIT_EXTRACT})  # the result is a part of the source
 LONG_FORM_TASKS = frozenset({Task.TEXT_TO_AUDIO, Task.TEXT_TO_MUSIC, Task.VIDEO_TO_MUSIC, *EDIT_TASKS})
 # Known instructions that come with their own system prompt (the question, stripped -> system).
@@ -62,8 +70,8 @@ class TaskInputs:
     voice_prompt_text: str | None = None  # what the voice prompt says, if known
     audio: torch.Tensor | None = None  # (N,) edit source / speech to convert
     audio_16k: torch.Tensor | None = None  # (N16,) the question's audio at 16 kHz for the thinker (understand)
-    video_frames: torch.Tensor | None = None  # (T, 3, H, W) uint8 at the config's video_fps
-    sync_features: torch.Tensor | None = None  # (240, 768) Synchformer features of the video
+    video_frames: torch.Tensor | None = None  # (T, 3, H, W) uint8 at the config's video_fps, from t = 0
+    sync_features: torch.Tensor | None = None  # (240, 768) Synchformer features of the first window
     duration_s: float | None = None  # None: one window (generation) or the source length (edits)
     steps: int = 100
     cfg_scale: float = 7.0
@@ -89,12 +97,35 @@ class GenerationPlan:
     keep_source: bool = False  # mask `source` with the output instead of returning the output itself
     band_hz: float | None = None  # the model's output carries nothing above this (config.output_band_hz)
     rate: int = 44100  # sample rate of `source` and the output
+    video: bool = False  # a video task: each segment reads the video of its own span
 
-    def request(self, k: int, features: torch.Tensor, previous: torch.Tensor | None) -> GenerationRequest:
-        """Request for segment k (0-based). `previous` is segment k-1's (C, N) audio for continuation."""
+    @property
+    def video_per_segment(self) -> bool:
+        """Whether segments after the first need their own thinker prompt and sync features."""
+        return self.video and self.num_segments > 1
+
+    def video_span(self, k: int) -> tuple[float, float]:
+        """The span of video (seconds) segment k reads: `VIDEO_WINDOW_S` from the segment's start."""
+        if not 0 <= k < self.num_segments:
+            raise ValueError(f"segment index must be in [0, {self.num_segments}), got {k}")
+        start = k * self.hop_samples / self.rate
+        return start, start + VIDEO_WINDOW_S
+
+    def request(
+        self,
+        k: int,
+        features: torch.Tensor,
+        previous: torch.Tensor | None,
+        *,
+        sync_features: torch.Tensor | None = None,
+    ) -> GenerationRequest:
+        """Request for segment k (0-based). `previous` is segment k-1's (C, N) audio for continuation;
+        `sync_features` are the segment's own (those of `video_span(k)`; default: the base request's)."""
         if not 0 <= k < self.num_segments:
             raise ValueError(f"segment index must be in [0, {self.num_segments}), got {k}")
         req = replace(self.base, mllm_features=features, seed=(self.base.seed + k) % (MAX_NOISE_SEED + 1))
+        if sync_features is not None:
+            req.sync_features = sync_features
         if self.source is not None:  # edits: each segment edits its own part of the source
             start = k * self.hop_samples
             req.audio_window = fit_window(self.source[start : start + self.window_samples], self.window_samples)
@@ -148,6 +179,18 @@ class TaskPlan:
     understand_windows: list[UnderstandWindow] = field(default_factory=list)  # understand: the questions
     generation: GenerationPlan | None = None
     notes: list[str] = field(default_factory=list)
+    video_frames: torch.Tensor | None = None  # a video task's thinker frames (all of them, from t = 0)
+    video_fps: float = 5.0
+
+    def segment_prompt(self, k: int) -> MLLMPrompt:
+        """The thinker prompt of generation segment k: the job's prompt with the frames of the
+        segment's own span (`GenerationPlan.video_span`)."""
+        if self.encode is None or self.generation is None:
+            raise ValueError(f"task {self.task.value} has no generation to prompt")
+        if self.video_frames is None:
+            return self.encode
+        start, end = self.generation.video_span(k)
+        return replace(self.encode, video=window_frames(self.video_frames, start, end, self.video_fps))
 
     def join_answers(self, answers: Sequence[str]) -> str:
         """The task's text answer from its windows' answers (in window order).
@@ -251,6 +294,20 @@ def check_inputs(config: AudioOmniConfig, x: TaskInputs) -> Task:
 # ---------------------------------------------------------------------------------------- planning
 
 
+def window_frames(frames: torch.Tensor, start_s: float, end_s: float, fps: float) -> torch.Tensor:
+    """The frames of [start_s, end_s) of `frames` (sampled at `fps` from t = 0), as many as the span
+    holds at `fps`; a span past the last frame repeats it (as the reference pads a short video)."""
+    if frames.shape[0] == 0:
+        raise ValueError("video_frames is empty (0 frames)")
+    first, count = round(start_s * fps), max(1, round((end_s - start_s) * fps))
+    part = frames[first : first + count]
+    if part.shape[0] == 0:
+        part = frames[-1:]
+    if part.shape[0] < count:
+        part = torch.cat([part, part[-1:].expand(count - part.shape[0], *part.shape[1:])])
+    return part
+
+
 def _speech_text(transcript: str, voice_prompt_text: str | None) -> str:
     """Voice-prompt text + transcript, joined with a sentence break as the released model was fed."""
     ref = (voice_prompt_text or "").strip()
@@ -269,32 +326,36 @@ def understand_windows(
     video_fps: float | None = None,
     window_s: float = THINKER_WINDOW_S,
 ) -> list[UnderstandWindow]:
-    """The thinker questions of one understanding request: one per `window_s` span of the audio.
+    """The thinker questions of one understanding request: one per `window_s` span of its media.
 
-    A known instruction (`INSTRUCTION_SYSTEMS`, e.g. the ASR one) gets its own system prompt. A
-    video beside a windowed audio is cut to each window's span at `video_fps` (a window past the
-    video's end asks about the audio alone).
+    A known instruction (`INSTRUCTION_SYSTEMS`, e.g. the ASR one) gets its own system prompt. The
+    media is cut into windows when its audio, or its video (at `video_fps`), is longer than one: each
+    window asks about the audio and the video of its own span (a window past one's end asks about
+    the other alone).
     """
     if not window_s > 0:
         raise ValueError(f"window_s must be > 0 seconds, got {window_s!r}")
     system = INSTRUCTION_SYSTEMS.get(question.strip(), SYS_UNDERSTANDING)
     window_n = round(window_s * QWEN_SAMPLE_RATE_HZ)
-    if audio_16k is None or audio_16k.numel() <= window_n:
+    audio_n = audio_16k.numel() if audio_16k is not None else 0
+    video_s = video_frames.shape[0] / video_fps if video_frames is not None and video_fps and video_fps > 0 else 0.0
+    if audio_n <= window_n and video_s <= window_s:
         return [
             UnderstandWindow(UnderstandRequest(question=question, audio=audio_16k, video=video_frames, system=system))
         ]
     if video_frames is not None and not (video_fps and video_fps > 0):
         raise ValueError(f"video_fps must be > 0 to cut the video into windows, got {video_fps!r}")
     windows = []
-    total = audio_16k.numel()
+    total = max(audio_n, round(video_s * QWEN_SAMPLE_RATE_HZ))
     for start in range(0, total, window_n):
         end = min(start + window_n, total)
         start_s, end_s = start / QWEN_SAMPLE_RATE_HZ, end / QWEN_SAMPLE_RATE_HZ
+        audio = audio_16k[start:end] if audio_16k is not None and start < audio_n else None
         video = None
         if video_frames is not None and video_fps:
             video = video_frames[math.floor(start_s * video_fps) : math.ceil(end_s * video_fps)]
             video = video if video.shape[0] > 0 else None
-        request = UnderstandRequest(question=question, audio=audio_16k[start:end], video=video, system=system)
+        request = UnderstandRequest(question=question, audio=audio, video=video, system=system)
         windows.append(UnderstandWindow(request, start_s, end_s))
     return windows
 
@@ -306,9 +367,11 @@ def plan_task(config: AudioOmniConfig, x: TaskInputs) -> TaskPlan:
         windows = understand_windows(x.prompt, x.audio_16k, x.video_frames, video_fps=config.video_fps)
         plan = TaskPlan(task, understand_windows=windows)
         if len(windows) > 1:
+            length_s = windows[-1].end_s or 0.0
+            audio_n = x.audio_16k.numel() if x.audio_16k is not None else 0
+            media = "audio" if audio_n >= round(length_s * QWEN_SAMPLE_RATE_HZ) else "video"
             plan.notes.append(
-                f"audio of {x.audio_16k.numel() / QWEN_SAMPLE_RATE_HZ:.1f} s asked in {len(windows)} windows "
-                f"of at most {THINKER_WINDOW_S:g} s"
+                f"{media} of {length_s:.1f} s asked in {len(windows)} windows of at most {THINKER_WINDOW_S:g} s"
             )
         return plan
 
@@ -349,10 +412,12 @@ def plan_task(config: AudioOmniConfig, x: TaskInputs) -> TaskPlan:
     seg = plan_segments(total + drop, out_n, round(OVERLAP_S * sr))
     if seg.num_segments > 1 and task not in LONG_FORM_TASKS:
         raise ValueError(f"{task.value} produces at most {config.window_s:.2f} s; got {total / sr:.2f} s")
+    video = x.video_frames if task in VIDEO_TASKS else None
+    if video is not None:
+        plan.video_frames, plan.video_fps = video, float(config.video_fps)
+        video = window_frames(video, 0.0, VIDEO_WINDOW_S, config.video_fps)
     plan.encode = MLLMPrompt(
-        text=generation_prompt(task, prompt=x.prompt, edit_target=x.edit_target),
-        audio=None,
-        video=x.video_frames if task in VIDEO_TASKS else None,
+        text=generation_prompt(task, prompt=x.prompt, edit_target=x.edit_target), audio=None, video=video
     )
     plan.generation = GenerationPlan(
         task=task,
@@ -369,6 +434,7 @@ def plan_task(config: AudioOmniConfig, x: TaskInputs) -> TaskPlan:
         keep_source=x.keep_source,
         band_hz=config.output_band_hz,
         rate=sr,
+        video=task in VIDEO_TASKS,
     )
     return plan
 
@@ -414,10 +480,14 @@ class AudioOmniPipeline:
         if not gen:
             return outputs
         features = dict(zip(gen, self.encoder.encode([plans[i].encode for i in gen]), strict=True))
-        # 4. sample segment by segment; items at the same segment index share one batch
+        # 4. sample segment by segment; items at the same segment index share one batch; a long
+        # video item's later segments are prompted with the frames of their own span
         segs: dict[int, list[torch.Tensor]] = {i: [] for i in gen}
         for k in range(max(plans[i].generation.num_segments for i in gen)):
             live = [i for i in gen if k < plans[i].generation.num_segments]
+            own = [i for i in live if k > 0 and plans[i].generation.video_per_segment]
+            if own:
+                features.update(zip(own, self.encoder.encode([plans[i].segment_prompt(k) for i in own]), strict=True))
             reqs = [plans[i].generation.request(k, features[i], segs[i][-1] if segs[i] else None) for i in live]
             for key in sorted({r.batch_key for r in reqs}):
                 idx = [j for j, r in enumerate(reqs) if r.batch_key == key]

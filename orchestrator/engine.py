@@ -2,8 +2,8 @@
 
 A short loop over narrow seams, each a `Protocol` below or in `orchestrator.sources`: a
 `JobSource` (Redis queue or manifest file), an `InputReader` (the process's `InputResolver`), a
-`ResultStore` (`Storage.put_result`), `Pools` offering `encode`, `understand` and `generate` one
-item per call (`workers.app.ServePools`, or `InProcessPools` without Ray), and optional
+`ResultStore` (`Storage.put_result`), `Pools` offering `encode`, `understand`, `sync_features` and
+`generate` one item per call (`workers.app.ServePools`, or `InProcessPools` without Ray), and optional
 `EngineMetricsSink`. Each job runs in a worker thread; at most `max_in_flight` run at once
 (backpressure: nothing more is claimed until one finishes). Many jobs calling the pools
 concurrently is what lets Serve batch across jobs. A renewer thread keeps every running job's lease
@@ -11,6 +11,11 @@ alive; cancellation is checked between stages; stage timings are recorded. A wor
 references are filled from the outputs of the steps it uses (`JobSource.step_outputs`,
 `orchestrator.workflows.resolve_step`) when it loads; its metadata records `workflow_id`, `step`
 and `resolved` (the fields after substitution).
+
+A video task whose `video_uri` names a video file computes its sync features from the video (stage
+`sync`, one `Pools.sync_features` call per window of video) unless `sync_feature_uri` gives them; a
+long video-to-music job prompts and syncs each segment with the video of its own span; with
+`output_format: "mp4"` the result is the input's video stream (copied) with the audio as its track.
 
 Outcomes are exceptions (orchestrator.errors): a bad input fails the job alone with its reason, a
 transient fault retries it, a cancellation ends it `cancelled`, a lost lease drops it silently.
@@ -27,11 +32,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from model.limits import MAX_INPUT_AUDIO_S
+from model.limits import MAX_INPUT_AUDIO_S, MAX_INPUT_VIDEO_S
 from orchestrator.audio_io import encode_audio
 from orchestrator.errors import JobCancelled, LeaseLost, Outcome, PermanentError, RetryableError, outcome_of
+from orchestrator.jobs import OutputFormat
 from orchestrator.logging import get_logger
-from orchestrator.model_inputs import MAX_INPUT_BYTES, InputLimits, InputReader, spec_to_inputs
+from orchestrator.model_inputs import MAX_INPUT_BYTES, InputLimits, InputReader, load_inputs
 from orchestrator.sources import ClaimedJob, JobSource
 from orchestrator.storage import Data, ResultLocation
 from orchestrator.workflows import resolve_step
@@ -42,9 +48,10 @@ if TYPE_CHECKING:
 
     from model.config import AudioOmniConfig
     from model.mllm import MLLMPrompt, UnderstandRequest
-    from model.pipeline import UnderstandWindow
+    from model.pipeline import GenerationPlan, UnderstandWindow
     from model.requests import GenerationRequest
     from orchestrator.jobs import WorkflowLink
+    from orchestrator.video_io import VideoClip
 
 __all__ = ["Engine", "EngineMetricsSink", "EngineSettings", "JobResult", "Pools", "ResultStore"]
 
@@ -52,7 +59,7 @@ A = TypeVar("A")
 T = TypeVar("T")
 
 # Stages after which a generating job still has to reach the sampler pool.
-_BEFORE_SAMPLER = frozenset({"load", "understand", "encode"})
+_BEFORE_SAMPLER = frozenset({"load", "understand", "sync", "encode"})
 # Understanding windows of one job in flight at once (300 s of audio is 10 windows of 30 s).
 _MAX_CONCURRENT_WINDOWS = 8
 
@@ -69,6 +76,10 @@ class Pools(Protocol):
 
     def understand(self, request: UnderstandRequest) -> str:
         """The thinker's text answer to one request."""
+        ...
+
+    def sync_features(self, frames_u8: torch.Tensor) -> torch.Tensor:
+        """Synchformer features (tokens, D) of uint8 frames (T, 3, 224, 224) at 25 fps."""
         ...
 
     def generate(self, request: GenerationRequest) -> torch.Tensor:
@@ -106,6 +117,7 @@ class EngineSettings:
     claim_block_s: float = 1.0
     max_input_bytes: int = MAX_INPUT_BYTES
     max_input_audio_s: float = MAX_INPUT_AUDIO_S
+    max_input_video_s: float = MAX_INPUT_VIDEO_S
     model_version: str = "tiny-random"
 
     def __post_init__(self) -> None:
@@ -113,11 +125,11 @@ class EngineSettings:
             raise ValueError(f"max_in_flight {self.max_in_flight} is invalid: expected an integer in [1, 1024]")
         if not self.renew_every_s > 0:
             raise ValueError(f"renew_every_s {self.renew_every_s} is invalid: expected seconds > 0")
-        InputLimits(self.max_input_bytes, self.max_input_audio_s)  # checks both, naming the range
+        self.input_limits  # noqa: B018 (checks each limit, naming its range)
 
     @property
     def input_limits(self) -> InputLimits:
-        return InputLimits(self.max_input_bytes, self.max_input_audio_s)
+        return InputLimits(self.max_input_bytes, self.max_input_audio_s, self.max_input_video_s)
 
 
 @dataclass
@@ -148,6 +160,13 @@ def _step_metadata(link: WorkflowLink | None, resolved: dict[str, Any]) -> dict[
     for name, value in link.original.items():
         meta[f"original_{name}"] = value
     return meta
+
+
+def _pad_last(frames: torch.Tensor, count: int) -> torch.Tensor:
+    """`frames` (T, ...) padded to `count` with copies of its last frame."""
+    import torch
+
+    return torch.cat([frames, frames[-1:].expand(count - frames.shape[0], *frames.shape[1:])])
 
 
 class _PoolError(RetryableError):
@@ -349,6 +368,24 @@ class Engine:
         with ThreadPoolExecutor(min(len(windows), _MAX_CONCURRENT_WINDOWS), thread_name_prefix="window") as pool:
             return list(pool.map(lambda w: _call("understand", self.pools.understand, w.request), windows))
 
+    def _sync(self, video: VideoClip, gen: GenerationPlan, k: int) -> torch.Tensor:
+        """Sync features of generation segment k: the Synchformer frames (25 fps, 224 x 224) of the
+        segment's video span through the encoder pool."""
+        from model.sync import SYNC_FPS, SYNC_SIZE, sync_frame_count
+
+        start_s, end_s = gen.video_span(k)
+        frames = video.frames(start_s, end_s, fps=SYNC_FPS, size=SYNC_SIZE)
+        count = sync_frame_count(end_s - start_s)
+        if frames.shape[0] != count:  # the span's frame count as the extractor counts it
+            frames = frames[:count] if frames.shape[0] > count else _pad_last(frames, count)
+        features = _call("sync", self.pools.sync_features, frames)
+        want = (self.config.sync.seq_in, self.config.cond_dim)
+        if tuple(features.shape) != want:  # a deployment whose extractor does not fit the model
+            raise RuntimeError(
+                f"the sync extractor gave features of shape {tuple(features.shape)}; the model takes {want}"
+            )
+        return features.float()
+
     def _execute(self, job: ClaimedJob, timer: _Timer, log: FilteringBoundLogger) -> tuple[str, dict[str, Any]]:
         from model.pipeline import plan_task
 
@@ -359,7 +396,7 @@ class Engine:
                 spec, resolved = resolve_step(spec, self.source.step_outputs(job))
                 step_meta = _step_metadata(spec.workflow, resolved)
             log.debug("loading inputs", stage="load")
-            inputs = spec_to_inputs(
+            loaded = load_inputs(
                 spec,
                 seed=job.seed,
                 tenant=job.tenant,
@@ -367,6 +404,12 @@ class Engine:
                 config=self.config,
                 limits=self.settings.input_limits,
             )
+            inputs, video = loaded.inputs, loaded.video
+            if spec.output_format is OutputFormat.MP4 and video is None:
+                raise PermanentError(
+                    "output_format 'mp4' needs video_uri to name a video file (the result is that video with "
+                    "the generated audio as its track); pre-decoded frames have no video stream to return"
+                )
             try:
                 plan = plan_task(self.config, inputs)
             except ValueError as exc:  # the model's own input checks: a bad input, not a fault
@@ -382,23 +425,41 @@ class Engine:
             self._check_cancel(job)
             if plan.encode is None:  # the planner always pairs a generation with its thinker prompt
                 raise PermanentError(f"task {plan.task.value} planned a generation without a thinker prompt")
+            gen = plan.generation
+            own_sync = video is not None and gen.video and inputs.sync_features is None
+            sync = None
+            if own_sync and video is not None:
+                with self._enter(job, timer, "sync"):
+                    sync = self._sync(video, gen, 0)
             with self._enter(job, timer, "encode"):
                 features = _call("encode", self.pools.encode, plan.encode)
-            gen = plan.generation
             segments: list[torch.Tensor] = []
             self._mark(job, timer, "generate")  # once, not per segment: one source write per stage
             for k in range(gen.num_segments):
                 self._check_cancel(job)
+                if k > 0 and gen.video_per_segment:  # this segment's own span of the video
+                    if own_sync and video is not None:
+                        with timer.stage("sync"):
+                            sync = self._sync(video, gen, k)
+                    with timer.stage("encode"):
+                        features = _call("encode", self.pools.encode, plan.segment_prompt(k))
                 with timer.stage("generate"):
-                    request = gen.request(k, features, segments[-1] if segments else None)
+                    request = gen.request(k, features, segments[-1] if segments else None, sync_features=sync)
                     segments.append(_call("generate", self.pools.generate, request))
             with self._enter(job, timer, "encode_audio"):
                 audio = gen.finish(segments)  # (C, N)
-                audio_bytes = encode_audio(audio.numpy(), self.config.sample_rate, spec.output_format.value)
+                duration_s = audio.shape[-1] / self.config.sample_rate
+                if spec.output_format is OutputFormat.MP4 and video is not None:
+                    from orchestrator.video_mux import mux_soundtrack
+
+                    audio_bytes = mux_soundtrack(video.data, audio.numpy(), self.config.sample_rate, what="input video")
+                    duration_s = video.info.duration_s  # the track is fitted to the video
+                else:
+                    audio_bytes = encode_audio(audio.numpy(), self.config.sample_rate, spec.output_format.value)
             audio_meta = {
                 "sample_rate": self.config.sample_rate,
                 "channels": int(audio.shape[0]),
-                "duration_s": round(audio.shape[-1] / self.config.sample_rate, 6),
+                "duration_s": round(duration_s, 6),
             }
         self._check_cancel(job)
         metadata = {
@@ -416,6 +477,8 @@ class Engine:
             "notes": list(plan.notes),
             **audio_meta,
         }
+        if video is not None:
+            metadata["video"] = video.info.summary()
         with self._enter(job, timer, "write"):
             loc = self.results.put_result(
                 tenant=job.tenant,

@@ -6,6 +6,11 @@
   about who may read what), decoded by `orchestrator.audio_io.decode_audio` (the decoder and limits
   the upload route uses too) at the rates the model expects: `config.sample_rate` for audio the
   model generates from, the thinker's own rate for audio it listens to.
+- `video_uri` names a video file (`.mp4`, `.mov`, `.mkv`, `.webm`, `.m4v`: probed and decoded by
+  `orchestrator.video_io`, the checks the upload route runs) or pre-decoded frames (`.npy` /
+  `.safetensors`, uint8 (T, 3, H, W) at the config's `video_fps`). A video file's thinker frames are
+  sampled at `video_fps`, 224 x 224; the file itself stays open (`LoadedInputs.video`) so the engine
+  can sample each segment's frames for sync features and mux the result.
 - Limits come from `model.limits`; a bad input is a `PermanentError` naming the input and the rule.
 
 torch and the model's torch modules are imported inside `spec_to_inputs`, so importing this module
@@ -18,11 +23,14 @@ import io
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from model.limits import MAX_INPUT_AUDIO_S
+from model.limits import MAX_INPUT_AUDIO_S, MAX_INPUT_VIDEO_S
 from model.tasks import Task
 from orchestrator.audio_io import decode_audio
 from orchestrator.errors import PermanentError
-from orchestrator.jobs import EditOp, JobSpec, TaskName
+from orchestrator.jobs import EditOp, JobSpec, OutputFormat, TaskName
+from orchestrator.task_inputs import VIDEO_EXTENSIONS, VIDEO_FRAMES_EXTENSIONS
+from orchestrator.video_io import VideoClip, is_video_name
+from orchestrator.video_mux import check_muxable
 
 if TYPE_CHECKING:
     import torch
@@ -30,7 +38,16 @@ if TYPE_CHECKING:
     from model.config import AudioOmniConfig
     from model.pipeline import TaskInputs
 
-__all__ = ["EDIT_TASKS", "MAX_INPUT_BYTES", "InputLimits", "InputReader", "model_task", "spec_to_inputs"]
+__all__ = [
+    "EDIT_TASKS",
+    "MAX_INPUT_BYTES",
+    "InputLimits",
+    "InputReader",
+    "LoadedInputs",
+    "load_inputs",
+    "model_task",
+    "spec_to_inputs",
+]
 
 MAX_INPUT_BYTES = 256 * 1024 * 1024  # one input file, before decoding
 
@@ -51,10 +68,11 @@ class InputReader(Protocol):
 
 @dataclass(frozen=True)
 class InputLimits:
-    """How much input one job may bring: bytes per file, and seconds per audio input."""
+    """How much input one job may bring: bytes per file, and seconds per audio or video input."""
 
     max_bytes: int = MAX_INPUT_BYTES
     max_audio_s: float = MAX_INPUT_AUDIO_S
+    max_video_s: float = MAX_INPUT_VIDEO_S
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_bytes <= 4 * 1024**3:
@@ -63,6 +81,18 @@ class InputLimits:
             raise ValueError(
                 f"max_input_audio_s {self.max_audio_s:g} is invalid: expected seconds in (0, {MAX_INPUT_AUDIO_S:g}]"
             )
+        if not 0 < self.max_video_s <= MAX_INPUT_VIDEO_S:
+            raise ValueError(
+                f"max_input_video_s {self.max_video_s:g} is invalid: expected seconds in (0, {MAX_INPUT_VIDEO_S:g}]"
+            )
+
+
+@dataclass(frozen=True)
+class LoadedInputs:
+    """A job's model inputs, and its input video file when `video_uri` named one."""
+
+    inputs: TaskInputs
+    video: VideoClip | None = None
 
 
 def model_task(spec: JobSpec) -> Task:
@@ -83,6 +113,19 @@ def spec_to_inputs(
     config: AudioOmniConfig,
     limits: InputLimits | None = None,
 ) -> TaskInputs:
+    """`load_inputs`' model inputs alone."""
+    return load_inputs(spec, seed=seed, tenant=tenant, inputs=inputs, config=config, limits=limits).inputs
+
+
+def load_inputs(
+    spec: JobSpec,
+    *,
+    seed: int,
+    tenant: str,
+    inputs: InputReader,
+    config: AudioOmniConfig,
+    limits: InputLimits | None = None,
+) -> LoadedInputs:
     """Read and decode a job's inputs into `model.pipeline.TaskInputs` (a bad input: PermanentError).
 
     `seed` is the job's effective seed (the spec's, or one derived from the job id); `tenant` is
@@ -91,7 +134,7 @@ def spec_to_inputs(
     import torch
 
     from model.mllm import QWEN_SAMPLE_RATE_HZ
-    from model.pipeline import TaskInputs
+    from model.pipeline import VIDEO_FRAME_SIZE, VIDEO_WINDOW_S, TaskInputs
 
     limits = limits or InputLimits()
 
@@ -120,7 +163,22 @@ def spec_to_inputs(
             x.audio = audio(spec.input_audio_uri, config.sample_rate, "input audio")
     if spec.voice_prompt_uri:
         x.voice_prompt = audio(spec.voice_prompt_uri, config.sample_rate, "voice prompt")
-    if spec.video_uri:
+    clip = None
+    if spec.video_uri and is_video_name(spec.video_uri):
+        clip = VideoClip.open(read(spec.video_uri), max_duration_s=limits.max_video_s, what="input video")
+        if spec.output_format is OutputFormat.MP4:
+            check_muxable(clip.info.codec, "input video")
+        # The thinker's frames: the whole video to understand; what the generation's windows read.
+        end_s = clip.info.duration_s
+        if x.duration_s is not None:
+            end_s = min(end_s, x.duration_s + VIDEO_WINDOW_S)
+        x.video_frames = clip.frames(0.0, end_s, fps=config.video_fps, size=VIDEO_FRAME_SIZE)
+    elif spec.video_uri:
+        if not spec.video_uri.lower().endswith(VIDEO_FRAMES_EXTENSIONS):
+            videos = ", ".join(VIDEO_EXTENSIONS)
+            raise PermanentError(
+                f"video {spec.video_uri}: expected a video file ({videos}) or frames in a .npy or .safetensors file"
+            )
         frames = _load_array(read(spec.video_uri), spec.video_uri, "video frames")
         if frames.dtype != torch.uint8 or frames.dim() != 4 or frames.shape[1] != 3:
             raise PermanentError(
@@ -130,7 +188,7 @@ def spec_to_inputs(
         x.video_frames = frames
     if spec.sync_feature_uri:
         x.sync_features = _load_array(read(spec.sync_feature_uri), spec.sync_feature_uri, "sync features").float()
-    return x
+    return LoadedInputs(x, clip)
 
 
 def _load_array(data: bytes, uri: str, what: str) -> torch.Tensor:

@@ -21,6 +21,8 @@ __all__ = [
     "TASK_FIELDS",
     "TEXT_FIELDS",
     "URI_FIELDS",
+    "VIDEO_EXTENSIONS",
+    "VIDEO_FRAMES_EXTENSIONS",
     "BuiltinChain",
     "EditOp",
     "TaskName",
@@ -58,6 +60,10 @@ KEEP_SOURCE_OPS = frozenset({EditOp.REMOVE, EditOp.EXTRACT})
 
 TEXT_FIELDS = ("prompt", "source_prompt", "transcript", "voice_prompt_text")
 URI_FIELDS = ("input_audio_uri", "voice_prompt_uri", "video_uri", "sync_feature_uri")
+# What `video_uri` may name, by its ending (case-insensitive): a video file (decoded by
+# `orchestrator.video_io`), or frames already decoded, uint8 (T, 3, H, W) in a tensor file.
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".m4v")
+VIDEO_FRAMES_EXTENSIONS = (".npy", ".safetensors")
 # Fields whose presence depends on the task (checked field by field, so errors name the field).
 TASK_FIELDS = ("op", *TEXT_FIELDS, *URI_FIELDS)
 
@@ -146,6 +152,14 @@ def task_input_problems(values: Mapping[str, Any]) -> list[InitErrorDetails]:
                     "the speech in input_audio_uri is transcribed first)"
                 )
             problems.append(input_problem(name, message, value))
+    video_uri = values.get("video_uri")
+    known_ending = isinstance(video_uri, str) and video_uri.lower().endswith(VIDEO_EXTENSIONS + VIDEO_FRAMES_EXTENSIONS)
+    if present(video_uri) and "video_uri" in required | optional and not known_ending:
+        message = (
+            f"must name a video file ({', '.join(VIDEO_EXTENSIONS)}) "
+            f"or decoded frames ({', '.join(VIDEO_FRAMES_EXTENSIONS)})"
+        )
+        problems.append(input_problem("video_uri", message, video_uri))
     if values.get("reasoning") is True:
         problems.extend(_reasoning_problems(values, task, op))
     if values.get("keep_source") is True and not (task is TaskName.EDIT and op in KEEP_SOURCE_OPS):

@@ -38,6 +38,7 @@ import numpy as np
 
 from model.limits import MAX_INPUT_VIDEO_S, MAX_VIDEO_FPS, MAX_VIDEO_PIXELS, MAX_VIDEO_SIDE, MIN_VIDEO_FPS
 from orchestrator.errors import PermanentError
+from orchestrator.task_inputs import VIDEO_EXTENSIONS
 
 if TYPE_CHECKING:
     import torch
@@ -54,8 +55,6 @@ __all__ = [
     "probe_video",
 ]
 
-# File name endings a video input may have (anything else under video_uri is a frames tensor file).
-VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".m4v")
 # The demuxers accepted (FFmpeg's names) -> what the file is called.
 _MOV_FAMILY, _MATROSKA = "mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm"
 # Video codecs accepted (FFmpeg decoder names) and those an MP4 result can carry as they are.

@@ -49,11 +49,12 @@ MAX_PRESIGN_EXPIRY_S = 7 * 24 * 3600
 CONTENT_TYPES: dict[str, str] = {
     "wav": "audio/wav",
     "flac": "audio/flac",
+    "mp4": "video/mp4",
     "json": "application/json",
 }
 KEY_EXTS = frozenset(CONTENT_TYPES)
 # `json` is reserved for the metadata object that sits beside each result.
-RESULT_EXTS = frozenset({"wav", "flac"})
+RESULT_EXTS = frozenset({"wav", "flac", "mp4"})
 METADATA_EXT = "json"
 # Key of the block that `put_result` adds to the caller's metadata document.
 RESULT_OBJECT_FIELD = "result_object"
