@@ -17,12 +17,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import redis
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from orchestrator.keys import DEFAULT_PREFIX, RedisKeys
 
-__all__ = ["Settings"]
+__all__ = ["ObservabilitySettings", "ServeSettings", "Settings"]
 
 _ENV = "AUDIO_OMNI_"
 
@@ -55,6 +56,10 @@ class Settings(BaseSettings):
     backoff_base_s: float = Field(2.0, gt=0, validation_alias=_env("backoff_base_s"))
     backoff_max_s: float = Field(600.0, gt=0, validation_alias=_env("backoff_max_s"))
     retention_s: int = Field(7 * 24 * 3600, ge=1, validation_alias=_env("retention_s"))
+    # A Redis that refuses or hangs fails a call within these bounds (the API answers 503 meanwhile);
+    # the socket timeout must exceed the engine's blocking claim (1 s).
+    redis_connect_timeout_s: float = Field(5.0, gt=0, le=60, validation_alias=_env("redis_connect_timeout_s"))
+    redis_socket_timeout_s: float = Field(10.0, ge=2, le=300, validation_alias=_env("redis_socket_timeout_s"))
 
     # ----------------------------------------------------------------------- S3 (service mode)
     s3_endpoint_url: str | None = Field(
@@ -137,6 +142,16 @@ class Settings(BaseSettings):
         """How often a lease holder renews: the configured interval, else a third of the lease."""
         return self.renew_interval_s if self.renew_interval_s is not None else self.lease_s / 3
 
+    def redis_client(self) -> redis.Redis:
+        """A client of `redis_url` with this deployment's timeouts. It reconnects by itself: a call
+        after Redis came back opens a new connection (the pool drops broken ones)."""
+        return redis.Redis.from_url(
+            self.redis_url,
+            socket_connect_timeout=self.redis_connect_timeout_s,
+            socket_timeout=self.redis_socket_timeout_s,
+            health_check_interval=30,
+        )
+
     @property
     def keys(self) -> RedisKeys:
         return RedisKeys(self.redis_prefix)
@@ -180,3 +195,86 @@ class Settings(BaseSettings):
 
 def _secret(value: SecretStr | None) -> str | None:
     return None if value is None else value.get_secret_value()
+
+
+# --------------------------------------------------------------------------- process settings
+
+LogFormat = Literal["json", "console"]
+
+
+class ObservabilitySettings(BaseSettings):
+    """How a process (`audio-omni serve`, `audio-omni api`) logs and exports shared metrics:
+    `AUDIO_OMNI_LOG_LEVEL`, `AUDIO_OMNI_LOG_FORMAT` (json: one object per line, the default;
+    console: for a terminal), `AUDIO_OMNI_METRICS_LEADER_TTL_S`."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", populate_by_name=True, case_sensitive=False)
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", validation_alias=_env("log_level"))
+    log_format: LogFormat = Field("json", validation_alias=_env("log_format"))
+    # The shared-state gauges (queue depth, running jobs, dead letters, engines) are exported by one
+    # process at a time: the holder of a Redis lock with this TTL (orchestrator.metrics.LeaderLock).
+    # Prometheus must scrape the API more often than this, or the exporter changes hands.
+    metrics_leader_ttl_s: float = Field(30.0, ge=2, le=600, validation_alias=_env("metrics_leader_ttl_s"))
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _normalise(cls, value: Any) -> Any:
+        return value.strip() if isinstance(value, str) else value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> ObservabilitySettings:
+        """From the environment; keyword arguments that are not None take precedence."""
+        return cls(**{k: v for k, v in overrides.items() if v is not None})
+
+
+class ServeSettings(BaseSettings):
+    """How `audio-omni serve` runs: where `/metrics` listens, whether it deploys the pools or uses the
+    RayService's, which Ray cluster it joins, its engine loops, and the webhook dispatcher.
+
+    The deployment sets these in `infra/k8s/config.env` (`tests/unit/test_deploy_config.py` checks
+    that every key there is read by a settings class); flags of `audio-omni serve` win."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", populate_by_name=True, case_sensitive=False)
+
+    # None: no /metrics endpoint. In a pod: the container port Prometheus scrapes, on 0.0.0.0.
+    metrics_port: int | None = Field(None, ge=0, le=65535, validation_alias=_env("metrics_port"))
+    metrics_addr: str = Field("127.0.0.1", min_length=1, validation_alias=_env("metrics_addr"))
+    # False: use the pools another process deployed (the RayService on Kubernetes), by app name.
+    deploy_pools: bool = Field(True, validation_alias=_env("deploy_pools"))
+    # Ray cluster to join (`ray://head:10001` through Ray Client, or a GCS address); None: a local one.
+    ray_address: str | None = Field(None, validation_alias=_env("ray_address", "RAY_ADDRESS"))
+    engines: int = Field(1, ge=1, le=64, validation_alias=_env("engines"))
+    max_in_flight: int = Field(8, ge=1, le=1024, validation_alias=_env("max_in_flight"))
+    # Run the webhook dispatcher beside the engine loops (any number of processes may run one).
+    webhooks: bool = Field(True, validation_alias=_env("webhooks"))
+
+    @field_validator("metrics_addr")
+    @classmethod
+    def _check_addr(cls, value: str) -> str:
+        import ipaddress
+
+        text = value.strip()
+        try:
+            ipaddress.ip_address(text.strip("[]"))
+        except ValueError:
+            if not all(part and part.replace("-", "").isalnum() for part in text.split(".")):
+                raise ValueError(
+                    f"metrics_addr {value!r} is invalid: expected an IP address (0.0.0.0 for every interface) "
+                    "or a host name"
+                ) from None
+        return text
+
+    @field_validator("ray_address", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> ServeSettings:
+        """From the environment; keyword arguments (flags) that are not None take precedence."""
+        return cls(**{k: v for k, v in overrides.items() if v is not None})

@@ -10,6 +10,7 @@ audio does not depend on its batch-mates.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import Counter, defaultdict
 from typing import TYPE_CHECKING
@@ -65,9 +66,56 @@ class SamplerDeployment:
         return [out[i] for i in range(len(requests))]
 
     def stats(self) -> dict[str, object]:
-        """Batch-size histogram (sampling loops by size) of this replica and its load time."""
-        return {"batch_sizes": dict(self.batch_sizes), "load_s": self.load_s, "precision": str(self.precision)}
+        """This replica's id, batch-size histogram (sampling loops by size), load time, precision and,
+        on CUDA, its GPU figures (`gpu_stats`); the engine exports them (orchestrator.metrics)."""
+        return {
+            "replica_id": _replica_id(),
+            "batch_sizes": dict(self.batch_sizes),
+            "load_s": self.load_s,
+            "precision": str(self.precision),
+            "gpu": gpu_stats(self.settings.device),
+        }
 
     def check_health(self) -> None:
         if self.sampler is None:
             raise RuntimeError("sampler model is not loaded")
+
+
+def _replica_id() -> str | None:
+    """Serve's id of the replica this runs in (None outside a replica)."""
+    try:
+        return str(serve.get_replica_context().replica_id.unique_id)
+    except Exception:  # not inside a Serve replica (tests call the class directly)
+        return None
+
+
+def gpu_stats(device: str) -> dict[str, float] | None:
+    """Memory of the replica's CUDA device as torch's allocator sees it, and its utilisation when
+    `pynvml` is installed (not a dependency); None on CPU."""
+    import torch
+
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        return None
+    index = torch.device(device).index
+    index = torch.cuda.current_device() if index is None else index
+    stats: dict[str, float] = {
+        "memory_allocated_bytes": float(torch.cuda.memory_allocated(index)),
+        "memory_reserved_bytes": float(torch.cuda.memory_reserved(index)),
+        "memory_total_bytes": float(torch.cuda.get_device_properties(index).total_memory),
+    }
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        # NVML counts physical devices; CUDA (under Ray) only the visible ones.
+        visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+        physical = visible[index] if index < len(visible) else str(index)
+        handle = (
+            pynvml.nvmlDeviceGetHandleByIndex(int(physical))
+            if physical.isdigit()
+            else pynvml.nvmlDeviceGetHandleByUUID(physical)
+        )
+        stats["utilization_ratio"] = pynvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100.0
+    except Exception:  # pynvml missing, or no NVML: memory figures only
+        pass
+    return stats

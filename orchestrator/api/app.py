@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from orchestrator.api.deps import InputChecker, Services
 from orchestrator.api.docs_ui import install_docs, operation_id
 from orchestrator.api.errors import install_error_handlers
-from orchestrator.api.middleware import BodyLimitMiddleware, MetricsMiddleware
+from orchestrator.api.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
 from orchestrator.api.openai_compat import OpenAISettings
 from orchestrator.api.routes import admin, batches, jobs, openai_audio, ops, reports, uploads, webhooks, workflows
 from orchestrator.api.settings import ApiSettings
@@ -90,4 +90,5 @@ def create_app(
 
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limit)
     app.add_middleware(MetricsMiddleware, metrics=services.metrics)
+    app.add_middleware(RequestIdMiddleware)  # outermost: every response and error body carries the id
     return app

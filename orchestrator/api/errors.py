@@ -1,10 +1,12 @@
 """Errors of the HTTP API: the body models, and the handlers that turn every failure into one shape,
-`{"error": {"code", "message", "field", "details"}}`. The exception itself is
-`orchestrator.api_errors.ApiError`, shared with the SDK."""
+`{"error": {"code", "message", "field", "details", "request_id"}}`. The exception itself is
+`orchestrator.api_errors.ApiError`, shared with the SDK. `request_id` is the request's
+`X-Request-ID` (`orchestrator.api.middleware.RequestIdMiddleware`): a user quotes it, an operator
+finds every log line of the request by it. Redis unreachable (refused, timed out, loading) is a 503
+`unavailable` with `Retry-After` on every route, never a 500."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -16,6 +18,7 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from orchestrator.api_errors import ApiError
+from orchestrator.logging import current_request_id, get_logger
 from orchestrator.storage import StorageUnavailable
 
 __all__ = [
@@ -27,11 +30,13 @@ __all__ = [
     "documented",
     "error_response",
     "install_error_handlers",
+    "internal_error",
     "problems_error",
+    "redis_unavailable",
     "validation_problems",
 ]
 
-log = logging.getLogger(__name__)
+log = get_logger("api.errors")
 
 STATUS_CODES = {
     400: "bad_request",
@@ -61,6 +66,7 @@ class ErrorBody(BaseModel):
     message: str
     field: str | None = Field(None, description="the request field at fault, if one is")
     details: list[ErrorDetail] = Field(default_factory=list)
+    request_id: str | None = Field(None, description="this request's X-Request-ID: quote it when reporting a problem")
 
 
 class ErrorResponse(BaseModel):
@@ -69,17 +75,25 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
-def error_response(exc: ApiError) -> JSONResponse:
-    """The JSON response of an `ApiError`."""
+def error_response(exc: ApiError, request_id: str | None = None) -> JSONResponse:
+    """The JSON response of an `ApiError`, carrying the request's id (default: the one bound in
+    this context by the request-id middleware)."""
     body = ErrorResponse(
         error=ErrorBody(
             code=exc.code,
             message=exc.message,
             field=exc.field,
             details=[ErrorDetail(field=d["field"], message=d["message"] or "") for d in exc.details],
+            request_id=request_id or current_request_id(),
         )
     )
     return JSONResponse(body.model_dump(mode="json"), status_code=exc.status, headers=exc.headers)
+
+
+def internal_error(request_id: str | None) -> ApiError:
+    """The 500 of an unexpected failure: the user gets the request id to quote, the log the traceback."""
+    where = f"quote request id {request_id} when reporting it" if request_id else "it was logged"
+    return ApiError(500, "internal", f"internal error; {where}")
 
 
 def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -170,21 +184,25 @@ async def _http(request: Request, exc: Exception) -> JSONResponse:
     return error_response(ApiError(http_exc.status_code, code, message, headers=dict(http_exc.headers or {})))
 
 
+def redis_unavailable() -> ApiError:
+    """The 503 of a Redis that refuses, times out or is still loading its data."""
+    return ApiError(503, "unavailable", "the job store is unavailable; retry later", headers=RETRY_LATER)
+
+
 async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
-    log.error("Redis error on %s %s: %s", request.method, request.url.path, exc)
-    return error_response(
-        ApiError(503, "unavailable", "the job store is unavailable; retry later", headers=RETRY_LATER)
-    )
+    log.error("Redis unavailable", method=request.method, path=request.url.path, error=str(exc))
+    return error_response(redis_unavailable())
 
 
 async def _storage_down(request: Request, exc: Exception) -> JSONResponse:
-    log.error("storage unavailable on %s %s: %s", request.method, request.url.path, exc)
+    log.error("storage unavailable", method=request.method, path=request.url.path, error=str(exc))
     return error_response(ApiError(503, "unavailable", "storage is unavailable; retry later", headers=RETRY_LATER))
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return error_response(ApiError(500, "internal", "internal error; it was logged"))
+    # Reached only outside the request-id middleware (it answers unexpected errors itself).
+    log.exception("unhandled error", method=request.method, path=request.url.path)
+    return error_response(internal_error(current_request_id()))
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -1,18 +1,85 @@
-"""ASGI middleware of the API: a per-path request body limit, and request metrics."""
+"""ASGI middleware of the API: request ids (and one log line per request), a per-path request
+body limit, and request metrics. Outermost first: RequestId, Metrics, BodyLimit."""
 
 from __future__ import annotations
 
+import re
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
+from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from orchestrator.api.errors import error_response
+from orchestrator.api.errors import error_response, internal_error
 from orchestrator.api_errors import ApiError
+from orchestrator.logging import bind_context, get_logger, unbind_context
 from orchestrator.metrics import ApiMetrics
 
-__all__ = ["BodyLimitMiddleware", "MetricsMiddleware"]
+__all__ = ["REQUEST_ID_HEADER", "BodyLimitMiddleware", "MetricsMiddleware", "RequestIdMiddleware", "request_id_of"]
+
+REQUEST_ID_HEADER = "X-Request-ID"
+# An id a client or a proxy sent is kept when it is this tame; anything else is replaced by a new one.
+QUIET_PATHS = frozenset({"/healthz", "/metrics"})  # probes and scrapes: logged at debug when they succeed
+_GIVEN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,127}")
+
+
+def request_id_of(given: str | None) -> str:
+    """The request's id: the client's `X-Request-ID` when it is 1-128 plain characters, else a new one."""
+    if given is not None and _GIVEN_ID_RE.fullmatch(given):
+        return given
+    return uuid.uuid4().hex
+
+
+class RequestIdMiddleware:
+    """Take the request's `X-Request-ID` (or make one), return it on every response, bind it into
+    the logging context for the request's log lines (and error bodies), log one line per request,
+    and answer an unexpected failure with a 500 that carries the id instead of a bare crash."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.log = get_logger("api.request")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = None
+        for name, value in scope.get("headers", ()):
+            if name == b"x-request-id":
+                given = value.decode("latin-1")
+        request_id = request_id_of(given)
+        scope.setdefault("state", {})["request_id"] = request_id
+        tokens = bind_context(request_id=request_id)
+        started = time.perf_counter()
+        state: dict[str, Any] = {"status": None}
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                state["status"] = message["status"]
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            self.log.exception("unhandled error", method=scope.get("method"), path=scope.get("path"))
+            if state["status"] is None:
+                await error_response(internal_error(request_id), request_id)(scope, receive, send_with_id)
+        finally:
+            route: Any = scope.get("route")
+            path = scope.get("path", "")
+            log = self.log.debug if path in QUIET_PATHS and state["status"] == 200 else self.log.info
+            log(
+                "request",
+                method=scope.get("method"),
+                path=path,
+                route=getattr(route, "path", None),
+                status=state["status"],
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            )
+            unbind_context(tokens)
 
 
 class _BodyTooLarge(Exception):

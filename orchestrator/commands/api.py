@@ -8,7 +8,6 @@ embedded mode, results from a local folder. The API is stateless: run as many as
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from typing import TYPE_CHECKING
 
@@ -25,7 +24,12 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--out", default=None, help="embedded mode: serve results from this folder")
     parser.add_argument("--max-upload-mb", type=int, default=100, help="upload size limit in MiB (default 100)")
     parser.add_argument("--max-batch-jobs", type=int, default=10_000, help="jobs per batch request (default 10000)")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--log-level",
+        default=None,
+        choices=["debug", "info", "warning", "error"],
+        help="default AUDIO_OMNI_LOG_LEVEL, else info (JSON lines; AUDIO_OMNI_LOG_FORMAT=console for a terminal)",
+    )
     parser.add_argument("--proxy-headers", action="store_true", help="trust X-Forwarded-* (behind a load balancer)")
 
 
@@ -43,7 +47,7 @@ def build_app(args: argparse.Namespace) -> FastAPI:
     embedded = settings.s3_bucket is None and settings.output_root is not None
     storage_kwargs = settings.storage_kwargs(embedded=embedded)
     storage = storage_from_settings(**storage_kwargs)
-    queue = JobQueue.from_settings(settings)
+    queue = JobQueue.from_settings(settings, client=settings.redis_client())  # its timeouts: 503s, not hangs
     tenants = TenantStore.from_settings(settings, client=queue.redis)
     # The engine builds its resolver from the same settings: the door and the engine apply the same input rules.
     inputs = input_resolver_from_settings(storage, tenant_rules=tenants.input_policy, **storage_kwargs)
@@ -57,7 +61,15 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.port <= 65535:
         print(f"audio-omni api: --port {args.port} is invalid: expected 1-65535", file=sys.stderr)
         return 2
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from orchestrator.logging import configure
+    from orchestrator.settings import ObservabilitySettings
+
+    try:
+        obs = ObservabilitySettings.from_env(log_level=args.log_level)
+    except ValueError as exc:
+        print(f"audio-omni api: {exc}", file=sys.stderr)
+        return 2
+    configure(json=obs.log_format == "json", level=obs.log_level)  # uvicorn's loggers too (log_config=None)
     try:
         app = build_app(args)
     except ValueError as exc:
@@ -67,7 +79,9 @@ def run(args: argparse.Namespace) -> int:
         app,
         host=args.host,
         port=args.port,
-        log_level=args.log_level,
+        log_level=obs.log_level.lower(),
+        log_config=None,
+        access_log=False,  # one line per request comes from the request-id middleware, with its id
         proxy_headers=args.proxy_headers,
         timeout_graceful_shutdown=30,
     )

@@ -1,13 +1,18 @@
 """`audio-omni serve`: service mode.
 
-Connects to (or starts) Ray, deploys the encoder and sampler pools (unless `--no-deploy`), then runs
-N engine loops in this process, each a Redis consumer of the shared queue writing results to S3.
-Beside them, one housekeeping thread publishes the backlog for the autoscaling policy
-(`workers.autoscaling`) and refreshes the Prometheus gauges; `/metrics` is served on
-`--metrics-port`. SIGTERM / SIGINT stop claiming, let the jobs in flight finish, and (if this process
+Connects to (or starts) Ray, deploys the encoder and sampler pools (unless told to use the ones
+another process deployed: `--no-deploy` / `AUDIO_OMNI_DEPLOY_POOLS=false`, as on Kubernetes where
+the RayService runs them), then runs N engine loops in this process, each a Redis consumer of the
+shared queue writing results to S3, and the webhook dispatcher (`AUDIO_OMNI_WEBHOOKS=false` turns it
+off). Beside them, one housekeeping thread publishes the backlog for the autoscaling policy
+(`workers.autoscaling`), contends for exporting the shared-state gauges and the pool replicas'
+figures (`orchestrator.metrics`), and refreshes them. `/metrics` is served on `--metrics-addr`:
+`--metrics-port` (`AUDIO_OMNI_METRICS_ADDR` / `AUDIO_OMNI_METRICS_PORT`) from the start, before Ray
+is reached. SIGTERM / SIGINT stop claiming, let the jobs in flight finish, and (if this process
 deployed them) delete the pools. `--drain` exits once the queue is empty and nothing runs.
 
-Settings come from the environment (`AUDIO_OMNI_*`, `REDIS_URL`, `S3_BUCKET`, ...); flags win.
+Settings come from the environment (`orchestrator.settings.Settings`, `ServeSettings`,
+`ObservabilitySettings`, `workers.settings.WorkerSettings`); flags win.
 """
 
 from __future__ import annotations
@@ -24,16 +29,19 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from model.limits import MAX_INPUT_AUDIO_S
+from orchestrator.logging import get_logger
+from orchestrator.metrics import LeaderLock, leader_key
 from workers.settings import DEFAULT_PRESET, WorkerSettings
 
 if TYPE_CHECKING:
     from orchestrator.engine import Engine
-    from orchestrator.settings import Settings
+    from orchestrator.settings import ObservabilitySettings, Settings
     from orchestrator.storage import Storage
     from workers.app import ServePools
 
 HOUSEKEEPING_EVERY_S = 1.0
 BATCH_STATS_EVERY_S = 10.0
+REPLICA_PROBES = 8  # concurrent stats calls, spread over the sampler replicas by Serve's router
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,8 @@ class ServiceOptions:
     drain: bool = False  # exit once the queue is empty and no job runs
     model_version: str | None = None
     max_input_audio_s: float = MAX_INPUT_AUDIO_S  # longer input audio fails its job
+    webhooks: bool = False  # run the webhook dispatcher in this process
+    metrics_leader_ttl_s: float = 30.0  # TTL of the metrics exporter locks (orchestrator.metrics)
 
     def __post_init__(self) -> None:
         if not 1 <= self.engines <= 64:
@@ -76,8 +86,6 @@ class Service:
         *,
         storage: Storage | None = None,
     ) -> None:
-        import redis
-
         from orchestrator.metrics import EngineMetrics
         from orchestrator.storage import storage_from_settings
 
@@ -89,13 +97,31 @@ class Service:
                 backlog_redis_url=settings.redis_url, backlog_prefix=settings.redis_prefix
             )
         self.worker_settings = worker_settings
-        self.redis = redis.Redis.from_url(settings.redis_url)
+        self.redis = settings.redis_client()
         self.storage = storage or storage_from_settings(**settings.storage_kwargs(embedded=False))
-        self.metrics = EngineMetrics()
+        self.metrics = EngineMetrics(holder=options.consumer)
         self.engines: list[Engine] = []
         self.pools: ServePools | None = None  # set by start()
+        self.log = get_logger("serve", consumer=options.consumer)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._metrics_server: Any = None
+        self._pools_lock: LeaderLock | None = None
+        self._sampler_handle: Any = None
+
+    def serve_metrics(self) -> None:
+        """Start `/metrics` on the configured address and port (if any); done before Ray is reached,
+        so the process can be scraped (build info, its liveness) while it waits for the cluster."""
+        if self.options.metrics_port is not None and self._metrics_server is None:
+            self._metrics_server, _ = self.metrics.serve(self.options.metrics_port, addr=self.options.metrics_addr)
+            self.log.info(
+                "metrics listening", addr=self.options.metrics_addr, port=self._metrics_server.server_address[1]
+            )
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The port `/metrics` listens on (the real one when 0 was asked for), else None."""
+        return None if self._metrics_server is None else int(self._metrics_server.server_address[1])
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -111,6 +137,7 @@ class Service:
         ws = self.worker_settings
         pools = deploy(ws) if self.options.deploy else ServePools.connect(ws.app_name, timeout_s=ws.max_job_s)
         self.pools = pools
+        self._sampler_handle = _sampler_handle(ws.app_name)
         config = ws.load_config()
         version = self.options.model_version or ws.model_version
         engine_settings = EngineSettings(
@@ -133,8 +160,13 @@ class Service:
                 Engine(source, self.storage, inputs, pools, config, engine_settings, metrics=self.metrics)
             )
         self._queue = JobQueue.from_settings(self.settings, client=self.redis)
-        if self.options.metrics_port is not None:
-            self.metrics.serve(self.options.metrics_port, addr=self.options.metrics_addr)
+        ttl_s = self.options.metrics_leader_ttl_s
+        self.metrics.attach(self._queue, self.redis, backlog_key=ws.backlog_key, ttl_s=ttl_s)
+        pools_key = leader_key(self.settings.redis_prefix, "pools")
+        self._pools_lock = LeaderLock(self.redis, pools_key, self.options.consumer, max(ttl_s, 3 * BATCH_STATS_EVERY_S))
+        self.serve_metrics()
+        if self.options.webhooks:
+            self._start_webhooks()
         for i, engine in enumerate(self.engines):
             t = threading.Thread(
                 target=engine.run, kwargs={"until_exhausted": self.options.drain}, name=f"engine-{i}", daemon=True
@@ -165,42 +197,87 @@ class Service:
         from workers.autoscaling import withdraw_backlog
 
         self._stop.set()
-        if getattr(self, "_housekeeper", None) is not None:
-            self._housekeeper.join(timeout=5)
+        for thread in (getattr(self, "_housekeeper", None), getattr(self, "_webhooks", None)):
+            if thread is not None:
+                thread.join(timeout=5)
         try:
             withdraw_backlog(self.redis, self.worker_settings.backlog_key, self.options.consumer)
         except Exception as exc:  # Redis gone at exit: the report ages out by itself
-            print(f"audio-omni serve: could not withdraw the backlog report: {exc}", file=sys.stderr)
+            self.log.warning("could not withdraw the backlog report", error=str(exc))
+        for lock in (self.metrics.exporter.lock if self.metrics.exporter else None, self._pools_lock):
+            if lock is not None:
+                lock.release()  # another process takes over the metrics at once
         if self.options.deploy and not self.options.keep_pools:
             shutdown(self.worker_settings)
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
         self.redis.close()
+
+    def _start_webhooks(self) -> None:
+        """The webhook dispatcher on this process's Redis client, stopped with the housekeeping."""
+        from orchestrator.webhooks.dispatcher import start_dispatcher
+        from orchestrator.webhooks.settings import WebhookSettings
+
+        self._webhooks = start_dispatcher(
+            self.redis, self.settings.keys, stop=self._stop, settings=WebhookSettings.from_env()
+        )
 
     # ------------------------------------------------------------------ housekeeping
 
     def _housekeeping(self) -> None:
-        """Publish the backlog (autoscaling) and refresh the queue-depth and batch-size metrics."""
+        """Publish the backlog (autoscaling); export the shared state and the pool replicas' figures
+        when this process holds their locks."""
         from workers.autoscaling import backlog_report, publish_backlog
 
         key = self.worker_settings.backlog_key
-        next_batch_stats = 0.0
+        next_replica_poll = 0.0
+        exporter = self.metrics.exporter
+        was_pools_leader = False
         while not self._stop.is_set():
             try:
-                depths = self._queue.queue_depths()
-                self.metrics.set_queue_depths(depths)
                 upstream = {"encoder": 0, "sampler": 0}
                 for engine in self.engines:
                     b = engine.backlog()
                     upstream["encoder"] += b["encoder"]
                     upstream["sampler"] += b["sampler"]
-                report = backlog_report(sum(depths.values()), upstream["encoder"], upstream["sampler"])
+                queued = sum(self._queue.queue_depths().values())
+                report = backlog_report(queued, upstream["encoder"], upstream["sampler"])
                 publish_backlog(self.redis, key, self.options.consumer, report)
-                if time.monotonic() >= next_batch_stats:
-                    next_batch_stats = time.monotonic() + BATCH_STATS_EVERY_S
-                    for replica, hist in (self.pools.sampler_replica_stats() if self.pools else {}).items():
-                        self.metrics.observe_batch_sizes(hist, replica=replica)
+                if exporter is not None:
+                    exporter.refresh()
+                pools_leader = self._pools_lock is not None and self._pools_lock.acquire()
+                if pools_leader and time.monotonic() >= next_replica_poll:
+                    next_replica_poll = time.monotonic() + BATCH_STATS_EVERY_S
+                    # A new exporter only takes the replicas' counters as its baseline.
+                    self.metrics.observe_replica_reports(self._replica_reports(), baseline=not was_pools_leader)
+                elif not pools_leader and was_pools_leader:
+                    self.metrics.forget_replicas()
+                was_pools_leader = pools_leader
             except Exception as exc:  # Redis or a replica blip: next tick tries again
-                print(f"audio-omni serve: housekeeping failed: {exc}", file=sys.stderr)
+                self.log.warning("housekeeping failed", error=str(exc), error_type=type(exc).__name__)
             self._stop.wait(HOUSEKEEPING_EVERY_S)
+
+    def _replica_reports(self) -> dict[str, dict[str, Any]]:
+        """`SamplerDeployment.stats()` of each sampler replica reached by a few concurrent calls."""
+        if self._sampler_handle is None:
+            return {}
+        responses = [self._sampler_handle.stats.remote() for _ in range(REPLICA_PROBES)]
+        out: dict[str, dict[str, Any]] = {}
+        for response in responses:
+            stats = response.result(timeout_s=60)
+            out[str(stats.get("replica_id") or stats.get("load_s"))] = stats
+        return out
+
+
+def _sampler_handle(app_name: str) -> Any:
+    """A handle on the sampler pool's deployment, for the replicas' stats."""
+    from ray import serve
+
+    from workers.app import SAMPLER
+    from workers.sampler import SamplerDeployment
+
+    return serve.get_deployment_handle(SamplerDeployment.__name__, app_name=f"{app_name}-{SAMPLER}")
 
 
 # --------------------------------------------------------------------------- CLI
@@ -213,7 +290,9 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     conn.add_argument("--s3-bucket", default=None, help="result bucket (S3_BUCKET)")
     conn.add_argument("--s3-endpoint-url", default=None, help="S3-compatible endpoint (S3_ENDPOINT_URL)")
     conn.add_argument("--lease-s", type=float, default=None, help="job lease in seconds")
-    conn.add_argument("--ray-address", default=None, help="Ray cluster to join (default: start a local one)")
+    conn.add_argument(
+        "--ray-address", default=None, help="Ray cluster to join (RAY_ADDRESS; default: start a local one)"
+    )
     conn.add_argument("--num-cpus", type=float, default=None, help="CPUs of a local Ray (default: all)")
     model = parser.add_argument_group("model")
     model.add_argument(
@@ -231,14 +310,32 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     pools.add_argument("--sampler-max-replicas", type=int, default=None)
     pools.add_argument("--encoder-min-replicas", type=int, default=None)
     pools.add_argument("--encoder-max-replicas", type=int, default=None)
-    pools.add_argument("--no-deploy", action="store_true", help="use pools another process deployed")
+    pools.add_argument(
+        "--deploy",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="deploy the pools, or (--no-deploy) use the ones another process deployed under --app-name "
+        "(AUDIO_OMNI_DEPLOY_POOLS; default: deploy)",
+    )
     pools.add_argument("--keep-pools", action="store_true", help="leave the pools running on exit")
     run = parser.add_argument_group("engine")
-    run.add_argument("--engines", type=int, default=1, help="engine loops in this process (default 1)")
-    run.add_argument("--max-in-flight", type=int, default=8, help="jobs in flight per engine (default 8)")
+    run.add_argument("--engines", type=int, default=None, help="engine loops in this process (AUDIO_OMNI_ENGINES; 1)")
+    run.add_argument(
+        "--max-in-flight", type=int, default=None, help="jobs in flight per engine (AUDIO_OMNI_MAX_IN_FLIGHT; 8)"
+    )
     run.add_argument("--consumer", default=None, help="consumer name (default: host-pid-random)")
-    run.add_argument("--metrics-port", type=int, default=None, help="serve /metrics on this port")
-    run.add_argument("--metrics-addr", default="127.0.0.1", help="address of /metrics (default loopback)")
+    run.add_argument(
+        "--metrics-port", type=int, default=None, help="serve /metrics on this port (AUDIO_OMNI_METRICS_PORT)"
+    )
+    run.add_argument(
+        "--metrics-addr", default=None, help="address of /metrics (AUDIO_OMNI_METRICS_ADDR; default 127.0.0.1)"
+    )
+    run.add_argument(
+        "--webhooks",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run the webhook dispatcher (AUDIO_OMNI_WEBHOOKS; default on)",
+    )
     run.add_argument("--drain", action="store_true", help="exit once the queue is empty and nothing runs")
     run.add_argument(
         "--max-input-audio-s",
@@ -274,50 +371,101 @@ def _worker_settings(args: argparse.Namespace) -> WorkerSettings:
     return ws.replace(sampler=sampler, encoder=encoder)
 
 
+@dataclass(frozen=True)
+class Resolved:
+    """Everything `audio-omni serve` runs with, from the environment and the flags."""
+
+    settings: Settings
+    worker_settings: WorkerSettings
+    options: ServiceOptions
+    ray_address: str | None
+    observability: ObservabilitySettings
+
+
+def resolve(args: argparse.Namespace) -> Resolved:
+    """The settings of a `serve` run: environment first, flags win. Raises ValueError naming the
+    setting at fault."""
+    from orchestrator.settings import ObservabilitySettings, ServeSettings, Settings
+
+    settings = Settings.from_env(
+        redis_url=args.redis_url,
+        redis_prefix=args.redis_prefix,
+        s3_bucket=args.s3_bucket,
+        s3_endpoint_url=args.s3_endpoint_url,
+        lease_s=args.lease_s,
+    )
+    serve = ServeSettings.from_env(
+        metrics_port=args.metrics_port,
+        metrics_addr=args.metrics_addr,
+        deploy_pools=args.deploy,
+        ray_address=args.ray_address,
+        engines=args.engines,
+        max_in_flight=args.max_in_flight,
+        webhooks=args.webhooks,
+    )
+    observability = ObservabilitySettings.from_env()
+    options = ServiceOptions(
+        engines=serve.engines,
+        max_in_flight=serve.max_in_flight,
+        metrics_port=serve.metrics_port,
+        metrics_addr=serve.metrics_addr,
+        deploy=serve.deploy_pools,
+        keep_pools=args.keep_pools,
+        drain=args.drain,
+        max_input_audio_s=args.max_input_audio_s,
+        webhooks=serve.webhooks,
+        metrics_leader_ttl_s=observability.metrics_leader_ttl_s,
+        **({"consumer": args.consumer} if args.consumer else {}),
+    )
+    settings.storage_kwargs(embedded=False)  # fail now, not at the first result, without a bucket
+    return Resolved(settings, _worker_settings(args), options, serve.ray_address, observability)
+
+
+def _errors_of(exc: ValueError) -> str:
+    """A settings error in one line per problem, naming the setting (pydantic's, shortened)."""
+    from pydantic import ValidationError
+
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg'].removeprefix('Value error, ')}"
+        for err in exc.errors(include_url=False)
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     from orchestrator.logging import configure
 
-    configure(level=os.environ.get("AUDIO_OMNI_LOG_LEVEL", "INFO"))
-    from orchestrator.settings import Settings
-
     try:
-        settings = Settings.from_env(
-            redis_url=args.redis_url,
-            redis_prefix=args.redis_prefix,
-            s3_bucket=args.s3_bucket,
-            s3_endpoint_url=args.s3_endpoint_url,
-            lease_s=args.lease_s,
-        )
-        worker_settings = _worker_settings(args)
-        options = ServiceOptions(
-            engines=args.engines,
-            max_in_flight=args.max_in_flight,
-            metrics_port=args.metrics_port,
-            metrics_addr=args.metrics_addr,
-            deploy=not args.no_deploy,
-            keep_pools=args.keep_pools,
-            drain=args.drain,
-            max_input_audio_s=args.max_input_audio_s,
-            **({"consumer": args.consumer} if args.consumer else {}),
-        )
-        settings.storage_kwargs(embedded=False)  # fail now, not at the first result, without a bucket
+        resolved = resolve(args)
     except ValueError as exc:
-        print(f"audio-omni serve: {exc}", file=sys.stderr)
+        print(f"audio-omni serve: {_errors_of(exc)}", file=sys.stderr)
         return 2
+    obs = resolved.observability
+    configure(json=obs.log_format == "json", level=obs.log_level)
+    settings, options = resolved.settings, resolved.options
     import ray
 
     from workers.local_ray import init_ray
 
-    started_ray = init_ray(address=args.ray_address, num_cpus=args.num_cpus)
-    service = Service(settings, worker_settings, options)
+    service = Service(settings, resolved.worker_settings, options)
+    try:
+        service.serve_metrics()
+    except OSError as exc:
+        print(
+            f"audio-omni serve: cannot serve /metrics on {options.metrics_addr}:{options.metrics_port}: {exc}",
+            file=sys.stderr,
+        )
+        return 2
+    started_ray = init_ray(address=resolved.ray_address, num_cpus=args.num_cpus)
     stopping = threading.Event()
 
     def _on_signal(signum: int, _frame: Any) -> None:
         if stopping.is_set():  # a second signal: leave now
             raise KeyboardInterrupt
         stopping.set()
-        print("audio-omni serve: stopping; letting the jobs in flight finish", file=sys.stderr)
+        service.log.info("stopping; letting the jobs in flight finish", signal=signum)
         service.stop()
 
     if threading.current_thread() is threading.main_thread():
@@ -325,11 +473,16 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, _on_signal)
     try:
         service.start()
-        print(
-            f"audio-omni serve: {options.engines} engine loop(s) as {options.consumer} on "
-            f"{settings.redis_url} (prefix {settings.redis_prefix}) -> s3://{settings.s3_bucket}"
-            + (f"; metrics on :{options.metrics_port}/metrics" if options.metrics_port is not None else ""),
-            file=sys.stderr,
+        service.log.info(
+            "serving",
+            engines=options.engines,
+            redis=settings.redis_url.split("@")[-1],
+            prefix=settings.redis_prefix,
+            bucket=settings.s3_bucket,
+            deployed_pools=options.deploy,
+            app_name=resolved.worker_settings.app_name,
+            metrics=f"{options.metrics_addr}:{service.metrics_port}" if service.metrics_port is not None else None,
+            webhooks=options.webhooks,
         )
         while not service.wait(timeout_s=1.0):
             pass

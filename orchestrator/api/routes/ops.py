@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import redis
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -12,8 +10,10 @@ from orchestrator.api.deps import ServicesDep
 from orchestrator.api.errors import RETRY_LATER, documented
 from orchestrator.api.views import HealthView
 from orchestrator.api_errors import ApiError
+from orchestrator.logging import get_logger
+from orchestrator.settings import ObservabilitySettings
 
-log = logging.getLogger(__name__)
+log = get_logger("api.ops")
 
 router = APIRouter(tags=["ops"])
 
@@ -34,9 +34,15 @@ def healthz(services: ServicesDep) -> HealthView:
     responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}}},
 )
 def metrics_endpoint(services: ServicesDep) -> Response:
-    """Prometheus metrics: requests, latencies, admissions, queue depth."""
+    """Prometheus metrics: requests, latencies, admissions, build info; and the shared state (queue
+    depth, running jobs, dead letters, engines) when this process is its one exporter
+    (docs/operations.md, "Metrics")."""
+    metrics = services.metrics
+    exporter = metrics.exporter or metrics.attach(
+        services.queue, ttl_s=ObservabilitySettings.from_env().metrics_leader_ttl_s
+    )
     try:
-        services.metrics.set_queue_depths(services.queue.queue_depths())
+        exporter.refresh()
     except redis.RedisError as exc:  # the rest of the metrics are still worth serving
-        log.warning("queue depth unavailable for /metrics: %s", exc)
-    return Response(services.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        log.warning("shared state unavailable for /metrics", error=str(exc))
+    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
