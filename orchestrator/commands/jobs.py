@@ -12,13 +12,21 @@
 - `results ID [--out DIR] [--urls]`: list a job's, workflow's or batch's results; `--out` downloads
   each result and its metadata JSON, `--urls` prints presigned links.
 
-Connections come from the environment (`REDIS_URL`, `S3_BUCKET`, ...) or the flags.
+Two paths, one output:
+
+- through the HTTP API (`orchestrator.commands.jobs_http`, the SDK) when `AUDIO_OMNI_API_URL` and
+  `AUDIO_OMNI_API_KEY` are set: for remote tenants; the key decides the tenant and the API's
+  admission and quotas apply. `submit MANIFEST.jsonl --out DIR` then runs the whole manifest with
+  the SDK's `run_jsonl` (chunked under the quota, resumable, results downloaded into DIR);
+- directly on Redis (and S3 for `results`) otherwise: the operator's path, connections from the
+  environment (`REDIS_URL`, `S3_BUCKET`, ...) or the flags.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -45,6 +53,12 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         )
         parser.add_argument("--batch-id", default=None, help="batch id (default: random); re-submitting is idempotent")
         parser.add_argument("--tenant", default=None, help="set this tenant on every spec that names none")
+        parser.add_argument(
+            "--idempotency-key", default=None, help="re-submitting with the same key returns the first job/batch"
+        )
+        parser.add_argument(
+            "--out", type=Path, default=None, help="API only: run the .jsonl to the end, results into this folder"
+        )
     elif name == "status":
         parser.add_argument("id", help="a job id, a workflow id or a batch id")
         parser.add_argument("--watch", action="store_true", help="a batch: live progress until it is done")
@@ -61,7 +75,16 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         raise ValueError(f"unknown jobs command {name!r}; known: submit, status, cancel, results")
 
 
+def uses_api() -> bool:
+    """Whether the commands go through the HTTP API: `AUDIO_OMNI_API_URL` and `AUDIO_OMNI_API_KEY` set."""
+    return bool(os.environ.get("AUDIO_OMNI_API_URL")) and bool(os.environ.get("AUDIO_OMNI_API_KEY"))
+
+
 def run(args: argparse.Namespace) -> int:
+    if uses_api():
+        from orchestrator.commands import jobs_http
+
+        return jobs_http.run(args, _read_specs)
     from orchestrator.errors import InvalidJobSpec, JobNotFound
     from orchestrator.queue import JobQueue
     from orchestrator.settings import Settings
@@ -148,7 +171,18 @@ def _as_workflow(item: dict[str, Any], where: str) -> WorkflowSpec | JobSpec:
 
 
 def _submit(args: argparse.Namespace, queue: JobQueue, settings: Settings) -> int:
+    if args.out is not None:
+        raise ValueError(
+            "--out runs a manifest through the API: set AUDIO_OMNI_API_URL and AUDIO_OMNI_API_KEY "
+            "(or run it in embedded mode with `audio-omni batch MANIFEST --out DIR`)"
+        )
     specs, is_batch = _read_specs(args.spec)
+    if args.idempotency_key:
+        if is_batch:
+            raise ValueError(
+                "--idempotency-key names one job or workflow here; a batch is made idempotent by --batch-id"
+            )
+        specs[0]["idempotency_key"] = args.idempotency_key
     if args.tenant:
         for spec in specs:
             spec.setdefault("tenant", args.tenant)
