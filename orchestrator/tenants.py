@@ -2,12 +2,17 @@
 
 State in Redis (under the deployment prefix `P`; every key is built by `orchestrator.keys.RedisKeys`)::
 
-    P tenant:{tenant_id}          hash: the tenant record (limits, allowed input locations)
+    P tenant:{tenant_id}          hash: the tenant record (limits, allowed input locations, admin flag,
+                                  webhook signing secret and the previous one after a rotation)
     P apikey:{sha256 hex}         hash: tenant id, key id, creation time of one API key
     P tenants                     set of tenant ids
     P tenant-keys:{tenant_id}     set of the SHA-256 hex of the tenant's API keys
     P tenant-rate:{tenant_id}     GCRA state of the submissions-per-minute limit (ms timestamp)
     P tenant-inflight:{tenant_id} sorted set: job id -> reservation time (ms) of unfinished jobs
+
+A tenant with `admin` set may use the operator routes (`/v1/admin/...`). Its webhook secret
+(`whsec_...`, `webhook_secret`) is created on first use and signs every delivery to the tenant;
+after a rotation the previous secret also signs deliveries for a while (`webhook_signing_secrets`).
 
 Only the SHA-256 of a key is stored: a key is shown once, when it is issued, and a leaked Redis
 dump cannot be replayed against the API. The key id (the first 12 hex digits of the hash) names a
@@ -42,6 +47,7 @@ from orchestrator.jobs import FINAL_STATUSES, MAX_DURATION_S, MAX_STEPS, validat
 from orchestrator.keys import DEFAULT_PREFIX, RedisKeys
 from orchestrator.redis_conn import redis_client
 from orchestrator.storage import InputPolicy
+from orchestrator.webhooks.signing import new_secret
 
 if TYPE_CHECKING:
     from orchestrator.settings import Settings
@@ -161,6 +167,7 @@ class Tenant(BaseModel):
     tenant_id: str
     limits: TenantLimits = TenantLimits()
     disabled: bool = False
+    admin: bool = False  # may use the operator routes (dead letters)
     created_at: float = 0.0  # Unix seconds
 
     @field_validator("tenant_id")
@@ -245,6 +252,18 @@ return {0, count + n}
 """
 
 
+# KEYS: tenant hash. ARGV: new secret. The current secret becomes the previous one.
+_ROTATE_SECRET = """
+local t = redis.call('TIME')
+local current = redis.call('HGET', KEYS[1], 'webhook_secret')
+if current then
+  redis.call('HSET', KEYS[1], 'webhook_secret_previous', current, 'webhook_secret_rotated_at', t[1])
+end
+redis.call('HSET', KEYS[1], 'webhook_secret', ARGV[1])
+return 1
+"""
+
+
 def _admit_script() -> str:
     final = ", ".join(f"[{json.dumps(s.value)}] = true" for s in sorted(FINAL_STATUSES))
     return f"local FINAL = {{{final}}}\n" + _ADMIT
@@ -263,6 +282,7 @@ class TenantStore:
         self.keys = RedisKeys(prefix)
         self._r, self._owns_client = redis_client(redis_client_or_url)
         self._admit = self._r.register_script(_admit_script())
+        self._rotate = self._r.register_script(_ROTATE_SECRET)
 
     @classmethod
     def from_settings(cls, settings: Settings, client: redis.Redis | None = None) -> TenantStore:
@@ -278,16 +298,23 @@ class TenantStore:
 
     # ----------------------------------------------------------------------- tenants
 
-    def create(self, tenant_id: str, limits: TenantLimits | None = None) -> Tenant:
+    def create(self, tenant_id: str, limits: TenantLimits | None = None, *, admin: bool = False) -> Tenant:
         """Create a tenant; raises `TenantExists` if the id is taken."""
-        tenant = Tenant(tenant_id=tenant_id, limits=limits or TenantLimits(), created_at=time.time())
+        tenant = Tenant(tenant_id=tenant_id, limits=limits or TenantLimits(), admin=admin, created_at=time.time())
         if not self._r.hsetnx(self.keys.tenant(tenant_id), "created_at", repr(tenant.created_at)):
             raise TenantExists(tenant_id)
         self._write(tenant)
         return tenant
 
-    def update(self, tenant_id: str, *, limits: TenantLimits | None = None, disabled: bool | None = None) -> Tenant:
-        """Change a tenant's limits and/or disable or re-enable it."""
+    def update(
+        self,
+        tenant_id: str,
+        *,
+        limits: TenantLimits | None = None,
+        disabled: bool | None = None,
+        admin: bool | None = None,
+    ) -> Tenant:
+        """Change a tenant's limits, disable or re-enable it, grant or withdraw the admin role."""
         current = self.get(tenant_id)
         if current is None:
             raise TenantNotFound(tenant_id)
@@ -296,6 +323,8 @@ class TenantStore:
             changes["limits"] = limits
         if disabled is not None:
             changes["disabled"] = bool(disabled)
+        if admin is not None:
+            changes["admin"] = bool(admin)
         tenant = current.model_copy(update=changes)
         self._write(tenant)
         return tenant
@@ -307,6 +336,7 @@ class TenantStore:
             mapping={
                 "created_at": repr(tenant.created_at),
                 "disabled": "1" if tenant.disabled else "0",
+                "admin": "1" if tenant.admin else "0",
                 "limits": tenant.limits.model_dump_json(),
             },
         )
@@ -328,6 +358,7 @@ class TenantStore:
             tenant_id=tenant_id,
             limits=limits,
             disabled=fields.get("disabled") == "1",
+            admin=fields.get("admin") == "1",
             created_at=float(fields.get("created_at") or 0.0),
         )
 
@@ -342,6 +373,37 @@ class TenantStore:
         """All tenants, sorted by id."""
         ids = sorted(_s(t) for t in self._r.smembers(self.keys.tenants))
         return [t for t in (self.get(i) for i in ids) if t is not None]
+
+    # ----------------------------------------------------------------------- webhook secrets
+
+    def webhook_secret(self, tenant_id: str) -> str:
+        """The tenant's webhook signing secret (`whsec_...`), created on first use."""
+        key = self._existing(tenant_id)
+        self._r.hsetnx(key, "webhook_secret", new_secret())
+        return _s(self._r.hget(key, "webhook_secret"))
+
+    def rotate_webhook_secret(self, tenant_id: str) -> str:
+        """A new secret for the tenant; the one it replaces is kept as the previous secret."""
+        key = self._existing(tenant_id)
+        secret = new_secret()
+        self._rotate(keys=[key], args=[secret])
+        return secret
+
+    def webhook_signing_secrets(self, tenant_id: str, *, overlap_s: float) -> list[str]:
+        """The secrets a delivery is signed with: the current one (created on first use), and the
+        previous one while its rotation is less than `overlap_s` old."""
+        current = self.webhook_secret(tenant_id)
+        previous, rotated_at = self._r.hmget(
+            self.keys.tenant(tenant_id), "webhook_secret_previous", "webhook_secret_rotated_at"
+        )
+        if previous and rotated_at and time.time() - float(_s(rotated_at)) < overlap_s:
+            return [current, _s(previous)]
+        return [current]
+
+    def _existing(self, tenant_id: str) -> str:
+        if self.get(tenant_id) is None:
+            raise TenantNotFound(tenant_id)
+        return self.keys.tenant(tenant_id)
 
     # ----------------------------------------------------------------------- API keys
 

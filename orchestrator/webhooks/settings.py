@@ -48,7 +48,9 @@ def parse_allow_entry(entry: str) -> str | ipaddress.IPv4Network | ipaddress.IPv
 class WebhookSettings(BaseSettings):
     """Delivery of webhook events: address policy, timeouts, retry schedule and the dispatcher's leases."""
 
-    model_config = SettingsConfigDict(frozen=True, extra="ignore", populate_by_name=True, case_sensitive=False)
+    model_config = SettingsConfigDict(
+        frozen=True, extra="ignore", populate_by_name=True, case_sensitive=False, hide_input_in_errors=True
+    )
 
     # Host names, IP addresses or CIDRs a webhook may be sent to even though the address policy
     # refuses them (loopback, private, link-local, ...). A cloud metadata address is allowed only
@@ -59,6 +61,8 @@ class WebhookSettings(BaseSettings):
     # One attempt: connecting, then each read and write (httpx timeouts); the response body is not awaited.
     timeout_s: float = Field(10.0, gt=0, le=120, validation_alias=_env("timeout_s"))
     connect_timeout_s: float = Field(5.0, gt=0, le=60, validation_alias=_env("connect_timeout_s"))
+    # CA certificates (PEM file) to trust instead of the default bundle, e.g. an internal CA.
+    ca_bundle: str | None = Field(None, validation_alias=_env("ca_bundle"))
     # Retry n waits a uniform draw in [(1 - jitter) * cap, cap], cap = retry_schedule_s[n - 1]; the
     # delivery fails after the last one. jitter 1.0 is "full jitter".
     retry_schedule_s: Annotated[tuple[float, ...], NoDecode] = Field(
@@ -71,8 +75,8 @@ class WebhookSettings(BaseSettings):
     # An event read from the stream but not turned into a delivery for this long (its reader
     # died) is taken over by another dispatcher (XAUTOCLAIM).
     event_claim_idle_s: float = Field(30.0, gt=0, le=3600, validation_alias=_env("event_claim_idle_s"))
-    # How long the loop waits for new events when nothing is due.
-    poll_interval_s: float = Field(1.0, gt=0, le=60, validation_alias=_env("poll_interval_s"))
+    # How long the loop waits for new events when nothing is due (below any Redis socket timeout).
+    poll_interval_s: float = Field(1.0, gt=0, le=5, validation_alias=_env("poll_interval_s"))
     concurrency: int = Field(8, ge=1, le=256, validation_alias=_env("concurrency"))
     # Finished delivery records (and their listing entries) are kept this long.
     retention_s: int = Field(7 * 24 * 3600, ge=60, validation_alias=_env("retention_s"))
