@@ -12,6 +12,10 @@ Work code raises; the engine maps the exception to what the queue records (`outc
 
 Any other exception is treated as retryable: an unexpected fault (a bug, an OOM) is retried a
 bounded number of times and then dead-lettered with its message, never silently dropped.
+
+Beside its message every failed, dead or cancelled job records a machine code (`ErrorCode`): the
+one mapping from an exception to its code is `error_code_of`; the queue's scripts write the codes
+of the ends they decide themselves (`retries_exhausted`, `cancelled`, `dependency_failed`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from collections.abc import Sequence
 from enum import StrEnum
 
 __all__ = [
+    "ErrorCode",
     "InvalidJobSpec",
     "JobCancelled",
     "JobNotFound",
@@ -28,6 +33,7 @@ __all__ = [
     "Outcome",
     "PermanentError",
     "RetryableError",
+    "error_code_of",
     "outcome_of",
 ]
 
@@ -116,3 +122,53 @@ def outcome_of(exc: BaseException) -> Outcome:
         return Outcome.FAILED
     # RetryableError and anything unexpected: bounded retries, then the dead-letter stream.
     return Outcome.RETRY
+
+
+class ErrorCode(StrEnum):
+    """The machine code recorded beside a job's error (`JobView.error_code`, results, webhooks).
+
+    docs/errors.md says what a user should do about each one."""
+
+    INVALID_SPEC = "invalid_spec"  # the spec does not validate (e.g. after a workflow's substitution)
+    INPUT_NOT_FOUND = "input_not_found"  # an input URI names no object
+    INPUT_NOT_ALLOWED = "input_not_allowed"  # the tenant may not read an input URI
+    INPUT_TOO_LARGE = "input_too_large"  # an input is over the size limit
+    INPUT_CORRUPT = "input_corrupt"  # an input's bytes do not match their recorded checksum
+    BAD_AUDIO = "bad_audio"  # an input audio file cannot be used (format, length, rate, channels)
+    BAD_VIDEO = "bad_video"  # an input video file cannot be used
+    INVALID_INPUT = "invalid_input"  # another input the model refuses (a permanent error)
+    STORAGE_ERROR = "storage_error"  # storage refused an operation that retrying will not fix
+    STORAGE_UNAVAILABLE = "storage_unavailable"  # storage was unreachable or throttling (retried)
+    WORKER_UNAVAILABLE = "worker_unavailable"  # a model worker failed or restarted (retried)
+    RETRIES_EXHAUSTED = "retries_exhausted"  # dead: every attempt failed transiently or its lease lapsed
+    CANCELLED = "cancelled"  # cancelled by the client (the job or its workflow)
+    DEPENDENCY_FAILED = "dependency_failed"  # a workflow step not run because an earlier step failed
+    INTERNAL = "internal"  # an unexpected fault (retried like a transient one)
+
+
+# The one mapping from an exception to its code, by class name along the exception's MRO (the first
+# class named here wins), so this module imports none of the modules that raise them.
+_CODES_BY_CLASS: dict[str, ErrorCode] = {
+    "InvalidJobSpec": ErrorCode.INVALID_SPEC,
+    "InputNotFound": ErrorCode.INPUT_NOT_FOUND,
+    "InputNotAllowed": ErrorCode.INPUT_NOT_ALLOWED,
+    "InputTooLarge": ErrorCode.INPUT_TOO_LARGE,
+    "ChecksumMismatch": ErrorCode.INPUT_CORRUPT,
+    "BadAudio": ErrorCode.BAD_AUDIO,
+    "BadVideo": ErrorCode.BAD_VIDEO,
+    "StorageError": ErrorCode.STORAGE_ERROR,
+    "StorageUnavailable": ErrorCode.STORAGE_UNAVAILABLE,
+    "_PoolError": ErrorCode.WORKER_UNAVAILABLE,
+    "JobCancelled": ErrorCode.CANCELLED,
+    "PermanentError": ErrorCode.INVALID_INPUT,
+    "RetryableError": ErrorCode.INTERNAL,
+}
+
+
+def error_code_of(exc: BaseException) -> ErrorCode:
+    """The machine code of the error an attempt ended with (`internal` for anything unexpected)."""
+    for cls in type(exc).__mro__:
+        code = _CODES_BY_CLASS.get(cls.__name__)
+        if code is not None:
+            return code
+    return ErrorCode.INTERNAL

@@ -53,6 +53,7 @@ from model.limits import (
     MIN_STEPS,
 )
 from orchestrator.errors import InvalidJobSpec
+from orchestrator.job_fields import TASK_EXAMPLES, CustomId, Metadata, WebhookUrl
 from orchestrator.references import (
     REFERENCE_TEXT_FIELDS,
     REFERENCE_URI_FIELDS,
@@ -315,6 +316,9 @@ class JobSpec(BaseModel):
     result keeps the source's phase and untouched parts, the model's output acting as a
     time-frequency mask on the source; see `model.postprocess.source_mask`). Routing: `tenant`, `priority`,
     `idempotency_key` (a re-submit with the same key returns the existing job), `batch_id`.
+
+    The client's own fields (`orchestrator.job_fields`), stored and echoed, never interpreted:
+    `metadata` (a small JSON object), `custom_id` (a label), `webhook_url` (called when the job ends).
     """
 
     model_config = ConfigDict(
@@ -322,32 +326,77 @@ class JobSpec(BaseModel):
         frozen=True,
         str_strip_whitespace=True,
         allow_inf_nan=False,
+        json_schema_extra={"examples": TASK_EXAMPLES},
     )
 
-    task: TaskName
-    op: EditOp | None = None
+    task: TaskName = Field(description="what to do; the other fields needed depend on it (see the examples)")
+    op: EditOp | None = Field(default=None, description="edit only: add, remove, extract or style_transfer")
 
-    prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
-    source_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
-    transcript: str | None = Field(default=None, max_length=MAX_TRANSCRIPT_CHARS)
-    voice_prompt_text: str | None = Field(default=None, max_length=MAX_VOICE_PROMPT_TEXT_CHARS)
-    input_audio_uri: str | None = Field(default=None, max_length=MAX_URI_CHARS)
-    voice_prompt_uri: str | None = Field(default=None, max_length=MAX_URI_CHARS)
-    video_uri: str | None = Field(default=None, max_length=MAX_URI_CHARS)
-    sync_feature_uri: str | None = Field(default=None, max_length=MAX_URI_CHARS)
+    prompt: str | None = Field(
+        default=None,
+        max_length=MAX_PROMPT_CHARS,
+        description="the question (understand), the description of the sound or music, or the edit instruction",
+    )
+    source_prompt: str | None = Field(
+        default=None, max_length=MAX_PROMPT_CHARS, description="style_transfer only: the sound to change"
+    )
+    transcript: str | None = Field(
+        default=None, max_length=MAX_TRANSCRIPT_CHARS, description="tts, voice_conversion: the words to speak"
+    )
+    voice_prompt_text: str | None = Field(
+        default=None, max_length=MAX_VOICE_PROMPT_TEXT_CHARS, description="the transcript of the voice prompt"
+    )
+    input_audio_uri: str | None = Field(
+        default=None,
+        max_length=MAX_URI_CHARS,
+        description="audio to listen to or edit: s3://bucket/key (e.g. from POST /v1/uploads) or a local path",
+    )
+    voice_prompt_uri: str | None = Field(
+        default=None, max_length=MAX_URI_CHARS, description="tts, voice_conversion: a recording of the voice to use"
+    )
+    video_uri: str | None = Field(
+        default=None, max_length=MAX_URI_CHARS, description="video_to_audio, video_to_music, understand: the video"
+    )
+    sync_feature_uri: str | None = Field(
+        default=None, max_length=MAX_URI_CHARS, description="precomputed Synchformer features of the video"
+    )
 
-    duration_s: float = Field(default=DEFAULT_DURATION_S, gt=0.0, le=MAX_DURATION_S, strict=True)
-    steps: int = Field(default=DEFAULT_STEPS, ge=MIN_STEPS, le=MAX_STEPS, strict=True)
-    cfg_scale: float = Field(default=DEFAULT_CFG_SCALE, ge=MIN_CFG_SCALE, le=MAX_CFG_SCALE, strict=True)
-    seed: int | None = Field(default=None, ge=0, le=MAX_SEED, strict=True)
-    output_format: OutputFormat = OutputFormat.WAV
-    keep_source: bool = Field(default=False, strict=True)
-    reasoning: bool = Field(default=False, strict=True)
+    duration_s: float = Field(
+        default=DEFAULT_DURATION_S, gt=0.0, le=MAX_DURATION_S, strict=True, description="seconds of audio to make"
+    )
+    steps: int = Field(
+        default=DEFAULT_STEPS, ge=MIN_STEPS, le=MAX_STEPS, strict=True, description="sampling (Euler) steps"
+    )
+    cfg_scale: float = Field(
+        default=DEFAULT_CFG_SCALE,
+        ge=MIN_CFG_SCALE,
+        le=MAX_CFG_SCALE,
+        strict=True,
+        description="classifier-free guidance scale",
+    )
+    seed: int | None = Field(
+        default=None, ge=0, le=MAX_SEED, strict=True, description="sampling seed; none: derived from the job id"
+    )
+    output_format: OutputFormat = Field(
+        default=OutputFormat.WAV,
+        description="wav or flac; mp4 (the input video with the new soundtrack) for video tasks",
+    )
+    keep_source: bool = Field(
+        default=False, strict=True, description="remove / extract edits: keep the source's phase and untouched parts"
+    )
+    reasoning: bool = Field(
+        default=False, strict=True, description="let the thinker first rewrite the prompt (runs as a two-step workflow)"
+    )
 
-    tenant: TenantId = "default"
-    priority: Priority = Priority.NORMAL
-    idempotency_key: IdempotencyKey | None = None
-    batch_id: BatchId | None = None
+    tenant: TenantId = Field(default="default", description="set from the API key; only operators name it")
+    priority: Priority = Field(default=Priority.NORMAL, description="high, normal or low (6:3:1 share of claims)")
+    idempotency_key: IdempotencyKey | None = Field(
+        default=None, description="a re-submit with the same key (per tenant) returns the existing job"
+    )
+    batch_id: BatchId | None = Field(default=None, description="set by POST /v1/batches for the jobs of a batch")
+    metadata: Metadata | None = None
+    custom_id: CustomId | None = None
+    webhook_url: WebhookUrl | None = None
     # Set by the system on a workflow step's job (`orchestrator.workflows.plan_workflow`), never by a
     # client: left out of the JSON schema, and the API refuses it.
     workflow: Annotated[WorkflowLink | None, SkipJsonSchema()] = None

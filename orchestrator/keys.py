@@ -13,6 +13,10 @@ Layout under prefix `P` (default `aomni:`)::
     P job:{job_id}            hash: status, stage, attempts, error, result uri, timings, spec, ...
     P batch:{batch_id}        hash: total and counts by status
     P batch-failures:{id}     list of failed / dead job ids of a batch, in order of failure
+    P batch-jobs:{id}         list of a batch's job ids in submission order (its results' order)
+    P tenant-jobs:{tenant}    sorted set: the tenant's job ids by submit time (ms), for listing
+    P tenant-batches:{tenant} sorted set: the tenant's batch ids by creation time (ms), for listing
+    P webhooks:events         stream of ends of objects with a webhook_url (`orchestrator.webhooks`)
     P idem:{tenant}:{key}     idempotency key -> job id
     P wf:{workflow_id}        hash: tenant, steps (JSON [{id, job_id, task}]), created_at, batch,
                               idem, open (steps not yet final), cancelled ('1'), failed_step, error
@@ -115,6 +119,39 @@ class RedisKeys:
 
     def batch_failures(self, batch_id: str) -> str:
         return self.batch_failures_base + batch_id
+
+    @property
+    def batch_jobs_base(self) -> str:
+        return f"{self.prefix}batch-jobs:"
+
+    def batch_jobs(self, batch_id: str) -> str:
+        """List of the batch's job ids in submission order."""
+        return self.batch_jobs_base + batch_id
+
+    # ----------------------------------------------------------------------- listing (per tenant)
+
+    @property
+    def tenant_jobs_base(self) -> str:
+        return f"{self.prefix}tenant-jobs:"
+
+    def tenant_jobs(self, tenant_id: str) -> str:
+        """Sorted set of one tenant's job ids, scored by submit time in ms (GET /v1/jobs)."""
+        return self.tenant_jobs_base + tenant_id
+
+    @property
+    def tenant_batches_base(self) -> str:
+        return f"{self.prefix}tenant-batches:"
+
+    def tenant_batches(self, tenant_id: str) -> str:
+        """Sorted set of one tenant's batch ids, scored by creation time in ms (GET /v1/batches)."""
+        return self.tenant_batches_base + tenant_id
+
+    # ----------------------------------------------------------------------- webhooks
+
+    @property
+    def webhook_events(self) -> str:
+        """Stream of the ends of jobs, batches and workflows that have a `webhook_url`."""
+        return f"{self.prefix}webhooks:events"
 
     def idempotency(self, tenant: str, key: str) -> str:
         return f"{self.prefix}idem:{tenant}:{key}"

@@ -22,6 +22,7 @@ class JobRecord(BaseModel):
     stage: str | None = None  # the engine's current stage while running ("understand", "generate", ...)
     attempts: int = 0  # times the job was claimed
     error: str | None = None  # the last error (kept on dead/failed jobs; cleared on success)
+    error_code: str | None = None  # its machine code (`orchestrator.errors.ErrorCode`)
     result_uri: str | None = None
     timings: dict[str, float] = Field(default_factory=dict)  # stage -> seconds
     extra: dict[str, Any] = Field(default_factory=dict)  # what the engine attached on success
@@ -41,13 +42,30 @@ class JobRecord(BaseModel):
     def is_final(self) -> bool:
         return self.status.is_final
 
+    @property
+    def metadata(self) -> dict[str, Any] | None:
+        """The client's `metadata` of the job (from its spec)."""
+        return self.spec.metadata if self.spec is not None else None
+
+    @property
+    def custom_id(self) -> str | None:
+        """The client's `custom_id` of the job (from its spec)."""
+        return self.spec.custom_id if self.spec is not None else None
+
+    @property
+    def text(self) -> str | None:
+        """The text answer of an understanding job (or step), once it succeeded."""
+        text = self.extra.get("text")
+        return text if isinstance(text, str) else None
+
 
 class BatchFailure(BaseModel):
-    """A failed or dead job of a batch, with its last error."""
+    """A failed or dead job of a batch, with its last error and that error's code."""
 
     job_id: str
     status: JobStatus | None  # None when the job record already expired
     error: str | None
+    error_code: str | None = None
 
 
 class BatchStatus(BaseModel):
@@ -61,6 +79,7 @@ class BatchStatus(BaseModel):
     failures: list[BatchFailure]  # the page [offset, offset + limit) of failed/dead jobs
     failures_total: int
     next_offset: int | None  # offset of the next failures page, None on the last one
+    webhook_url: str | None = None  # called with `batch.completed` when its last job ends
 
     @property
     def finished(self) -> int:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import ValidationError
 
-from orchestrator.errors import InvalidJobSpec, LeaseLost, PermanentError
+from orchestrator.errors import ErrorCode, InvalidJobSpec, LeaseLost, PermanentError, error_code_of
 from orchestrator.jobs import JobSpec, JobStatus, batch_job_id, format_validation_error, parse_spec
 from orchestrator.workflows import (
     StepOutput,
@@ -71,6 +71,7 @@ class JobOutcome:
     timings: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     attempts: int = 1
+    error_code: str | None = None  # `orchestrator.errors.ErrorCode` of a job that did not succeed
 
 
 class JobSource(Protocol):
@@ -154,7 +155,8 @@ class ManifestSource:
             except (json.JSONDecodeError, PermanentError) as exc:
                 reason = f"line {line_no}: {exc}"
                 self.invalid[job_id] = reason
-                self.outcomes[job_id] = JobOutcome(job_id, JobStatus.FAILED, error=reason, attempts=0)
+                code = error_code_of(exc) if isinstance(exc, PermanentError) else ErrorCode.INVALID_SPEC
+                self.outcomes[job_id] = JobOutcome(job_id, JobStatus.FAILED, reason, attempts=0, error_code=code)
                 continue
             self.specs[job_id] = spec
             self._queue.append(ClaimedJob(job_id, spec))
@@ -259,9 +261,10 @@ class ManifestSource:
                     if not waits and user in self._waiting:
                         self._queue.append(self._waiting.pop(user))
             else:
-                self._stop_workflow(link.workflow_id, f"not run: step {link.step!r} {outcome.status.value}")
+                code = ErrorCode.CANCELLED if outcome.status is JobStatus.CANCELLED else ErrorCode.DEPENDENCY_FAILED
+                self._stop_workflow(link.workflow_id, f"not run: step {link.step!r} {outcome.status.value}", code)
 
-    def _stop_workflow(self, workflow_id: str, why: str) -> None:
+    def _stop_workflow(self, workflow_id: str, why: str, code: ErrorCode) -> None:
         """End the steps of a workflow that have not finished (called with the lock held)."""
         queued = {j.job_id for j in self._queue}
         delayed = {j.job_id for _, j in self._delayed}
@@ -270,7 +273,7 @@ class ManifestSource:
                 continue
             if job_id in self._waiting or job_id in queued or job_id in delayed:
                 self._waiting.pop(job_id, None)
-                self.outcomes[job_id] = JobOutcome(job_id, JobStatus.CANCELLED, why, attempts=0)
+                self.outcomes[job_id] = JobOutcome(job_id, JobStatus.CANCELLED, why, attempts=0, error_code=code)
             else:  # running: its engine sees the request between stages
                 self._cancel.add(job_id)
         self._queue = deque(j for j in self._queue if j.job_id not in self.outcomes)
@@ -287,10 +290,14 @@ class ManifestSource:
                 self._delayed.append((time.monotonic() + backoff_s, ClaimedJob(job.job_id, job.spec, job.attempt + 1)))
             return
         status = JobStatus.DEAD if retry else JobStatus.FAILED
-        self._finish(job, JobOutcome(job.job_id, status, str(error), timings=timings, attempts=job.attempt))
+        code = ErrorCode.RETRIES_EXHAUSTED if retry else error_code_of(error)
+        outcome = JobOutcome(job.job_id, status, str(error), timings=timings, attempts=job.attempt, error_code=code)
+        self._finish(job, outcome)
 
     def cancel(self, job: ClaimedJob) -> None:
-        self._finish(job, JobOutcome(job.job_id, JobStatus.CANCELLED, "cancelled", attempts=job.attempt))
+        code = ErrorCode.CANCELLED
+        outcome = JobOutcome(job.job_id, JobStatus.CANCELLED, "cancelled", attempts=job.attempt, error_code=code)
+        self._finish(job, outcome)
 
     def pending(self) -> int:
         with self._lock:
@@ -349,7 +356,14 @@ class RedisSource:
     def fail(self, job: ClaimedJob, error: BaseException, *, retry: bool, timings: dict) -> None:
         # A retryable error may name its own delay (e.g. storage asked to back off).
         delay_s = getattr(error, "retry_after_s", None) if retry else None
-        self.queue.fail(self._claim(job), str(error), retryable=retry, delay_s=delay_s, timings=timings)
+        self.queue.fail(
+            self._claim(job),
+            str(error),
+            retryable=retry,
+            delay_s=delay_s,
+            timings=timings,
+            error_code=error_code_of(error),
+        )
 
     def cancel(self, job: ClaimedJob) -> None:
         self.queue.ack_cancelled(self._claim(job))

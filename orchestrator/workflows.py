@@ -49,6 +49,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from model.limits import MAX_REFERENCED_TEXT_CHARS
 from model.prompts import ASR_INSTRUCTION, reasoning_question
 from orchestrator.errors import InvalidJobSpec, PermanentError
+from orchestrator.job_fields import WebhookUrl
 from orchestrator.jobs import (
     CONTROL_RE,
     MAX_ID_CHARS,
@@ -121,7 +122,9 @@ class WorkflowStep(JobSpec):
     `workflow` belong to the workflow, and the built-in chains are not available inside one (write
     the understand step yourself)."""
 
-    id: str
+    model_config = ConfigDict(json_schema_extra=None)  # the job examples have no step id
+
+    id: str = Field(description="the step's id (1-32 of [a-z0-9_-]), used in {{<id>.text}} / {{<id>.audio}}")
 
     _references_need_link: ClassVar[bool] = False
 
@@ -164,15 +167,37 @@ class WorkflowStep(JobSpec):
 
 class WorkflowSpec(BaseModel):
     """A workflow as a client submits it. `priority` is the default of the steps that give none;
-    `tenant`, `batch_id` and `idempotency_key` apply to the whole workflow."""
+    `tenant`, `batch_id` and `idempotency_key` apply to the whole workflow; `webhook_url` is
+    called once when the workflow ends (`workflow.succeeded`, `.failed` or `.cancelled`; a step
+    may have a `webhook_url` of its own)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "steps": [
+                        {
+                            "id": "describe",
+                            "task": "understand",
+                            "prompt": "Describe the scene in one sentence.",
+                            "input_audio_uri": "s3://my-bucket/street.wav",
+                        },
+                        {"id": "score", "task": "text_to_music", "prompt": "Music for: {{describe.text}}"},
+                    ],
+                    "webhook_url": "https://example.com/hooks/audio-omni",
+                }
+            ]
+        },
+    )
 
     steps: list[WorkflowStep] = Field(min_length=1, max_length=MAX_WORKFLOW_STEPS)
     idempotency_key: IdempotencyKey | None = None
     tenant: TenantId = "default"
     priority: Priority = Priority.NORMAL
     batch_id: BatchId | None = None
+    webhook_url: WebhookUrl | None = None
 
     # Set by `expand_job` only: step id -> the fields as the client gave them before a built-in
     # chain rewrote them (carried into `WorkflowLink.original` by `plan_workflow`).
@@ -383,7 +408,8 @@ def resolve_step(spec: JobSpec, outputs: Mapping[str, StepOutput]) -> tuple[JobS
 
 # --------------------------------------------------------------------------- built-in chains
 
-_KEEP_OUT_OF_STEPS = frozenset(_ROUTING_FIELDS)
+_KEEP_OUT_OF_STEPS = frozenset((*_ROUTING_FIELDS, "webhook_url"))  # the workflow's, not a step's
+_CLIENT_FIELDS = ("metadata", "custom_id")  # echoed on every step of a built-in chain
 
 
 def _model_task(spec: JobSpec) -> str:
@@ -401,11 +427,13 @@ def expand_job(spec: JobSpec) -> WorkflowSpec | None:
     - `voice_conversion` with `input_audio_uri` and no transcript: step `transcribe` (understand
       with `model.prompts.ASR_INSTRUCTION`), then step `convert` (transcript `{{transcribe.text}}`).
 
-    The workflow keeps the job's tenant, priority, batch and idempotency key."""
+    The workflow keeps the job's tenant, priority, batch, idempotency key and webhook URL (called
+    once, when the workflow ends); both steps keep its `metadata` and `custom_id`."""
     chain = spec.chain
     if chain is None:
         return None
     job = {k: v for k, v in spec.model_dump(exclude_none=True).items() if k not in _KEEP_OUT_OF_STEPS}
+    client = {k: job[k] for k in _CLIENT_FIELDS if k in job}
     original: dict[str, dict[str, str]] = {}
     if chain is BuiltinChain.REASONING:
         assert spec.prompt is not None  # JobSpec requires it with reasoning
@@ -414,7 +442,7 @@ def expand_job(spec: JobSpec) -> WorkflowSpec | None:
         except ValueError as exc:  # JobSpec checks the same rules; kept as a clear refusal anyway
             raise InvalidJobSpec([("prompt", str(exc))]) from None
         steps = [
-            {"id": "reason", "task": TaskName.UNDERSTAND, "prompt": question},
+            {"id": "reason", "task": TaskName.UNDERSTAND, "prompt": question, **client},
             {**job, "id": "generate", "prompt": "{{reason.text}}"},
         ]
         original["generate"] = {"prompt": spec.prompt}
@@ -426,6 +454,7 @@ def expand_job(spec: JobSpec) -> WorkflowSpec | None:
                 "task": TaskName.UNDERSTAND,
                 "prompt": ASR_INSTRUCTION,
                 "input_audio_uri": spec.input_audio_uri,
+                **client,
             },
             {**convert, "id": "convert", "transcript": "{{transcribe.text}}"},
         ]
@@ -436,6 +465,7 @@ def expand_job(spec: JobSpec) -> WorkflowSpec | None:
             "priority": spec.priority,
             "batch_id": spec.batch_id,
             "idempotency_key": spec.idempotency_key,
+            "webhook_url": spec.webhook_url,
         }
     )
     wf._original = original
@@ -468,6 +498,7 @@ class StepStatus(BaseModel):
     result_uri: str | None = None
     result_available: bool = False
     error: str | None = None
+    error_code: str | None = None
 
 
 class WorkflowStatus(BaseModel):
@@ -481,6 +512,7 @@ class WorkflowStatus(BaseModel):
     error: str | None = None
     created_at: float | None = None
     batch_id: str | None = None
+    webhook_url: str | None = None
 
     def step(self, step_id: str) -> StepStatus | None:
         return next((s for s in self.steps if s.id == step_id), None)

@@ -1,8 +1,8 @@
 """What the routes depend on, as FastAPI `Depends` providers: the services the app was built over,
-the caller's tenant (from its bearer key), and the caller's own job, batch or workflow (404 for
-anyone else's: existence is never revealed). Also the per-tenant checks of a submitted spec or
-workflow, the admission of new jobs and the queueing of a workflow, shared by the jobs, batches
-and workflows routers."""
+the caller's tenant (from its bearer key), an operator (`AdminTenant`), and the caller's own job,
+batch or workflow (404 for anyone else's: existence is never revealed). Also the per-tenant checks
+of a submitted spec or workflow (webhook URLs through the webhook target policy), the admission of
+new jobs and the queueing of a workflow, shared by the jobs, batches and workflows routers."""
 
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ from orchestrator.queue import JobQueue
 from orchestrator.references import scan_references
 from orchestrator.storage import InputNotAllowed, Storage
 from orchestrator.tenants import QuotaExceeded, RateLimited, Tenant, TenantStore, retry_after_header
+from orchestrator.webhooks.settings import WebhookSettings
+from orchestrator.webhooks.targets import WebhookTargetRefused, check_webhook_target
 from orchestrator.workflows import (
     WorkflowSpec,
     WorkflowStatus,
@@ -36,11 +38,13 @@ from orchestrator.workflows import (
 
 __all__ = [
     "URI_FIELDS",
+    "AdminTenant",
     "BatchId",
     "CurrentTenant",
     "InputChecker",
     "JobId",
     "OwnBatch",
+    "OwnBatchCounts",
     "OwnJob",
     "OwnWorkflow",
     "Services",
@@ -48,6 +52,7 @@ __all__ = [
     "WorkflowId",
     "admit",
     "check_spec",
+    "check_webhook",
     "check_workflow",
     "expand",
     "queue_workflow",
@@ -75,6 +80,8 @@ class Services:
     inputs: InputChecker
     limits: ApiSettings
     metrics: ApiMetrics
+    # The webhook address policy; None: `WebhookSettings.from_env()` at each check.
+    webhooks: WebhookSettings | None = None
 
 
 def get_services(request: Request) -> Services:
@@ -102,6 +109,16 @@ def authenticate(
 
 
 CurrentTenant = Annotated[Tenant, Depends(authenticate)]
+
+
+def require_admin(tenant: CurrentTenant) -> Tenant:
+    """The caller's tenant if it is an operator (`Tenant.admin`), else 403."""
+    if not getattr(tenant, "admin", False):
+        raise ApiError(403, "forbidden", "operators only: this key's tenant is not an admin tenant")
+    return tenant
+
+
+AdminTenant = Annotated[Tenant, Depends(require_admin)]
 JobId = Annotated[str, PathParam(min_length=1, max_length=MAX_ID_CHARS, description="job id")]
 BatchId = Annotated[str, PathParam(min_length=1, max_length=MAX_ID_CHARS, description="batch id")]
 WorkflowId = Annotated[str, PathParam(min_length=1, max_length=MAX_ID_CHARS, description="workflow id")]
@@ -147,6 +164,11 @@ def own_batch(
     return _owned("batch_id", batch_id, tenant, lambda b: services.queue.batch_status(b, offset=offset, limit=limit))
 
 
+def own_batch_counts(batch_id: BatchId, tenant: CurrentTenant, services: ServicesDep) -> BatchStatus:
+    """The caller's batch `batch_id` (its counts and first failure); 404 as `own_batch`."""
+    return _owned("batch_id", batch_id, tenant, lambda b: services.queue.batch_status(b, limit=1))
+
+
 def own_workflow(workflow_id: WorkflowId, tenant: CurrentTenant, services: ServicesDep) -> WorkflowStatus:
     """The caller's workflow `workflow_id`; 404 when it is unknown or another tenant's."""
     return _owned("workflow_id", workflow_id, tenant, services.queue.workflow_status)
@@ -154,6 +176,7 @@ def own_workflow(workflow_id: WorkflowId, tenant: CurrentTenant, services: Servi
 
 OwnJob = Annotated[JobRecord, Depends(own_job)]
 OwnBatch = Annotated[BatchStatus, Depends(own_batch)]
+OwnBatchCounts = Annotated[BatchStatus, Depends(own_batch_counts)]
 OwnWorkflow = Annotated[WorkflowStatus, Depends(own_workflow)]
 
 
@@ -170,6 +193,19 @@ def check_spec(services: Services, tenant: Tenant, spec: JobSpec, where: str = "
     return spec.model_copy(update={"tenant": tenant.tenant_id})
 
 
+def check_webhook(services: Services, url: str | None, field: str = "webhook_url") -> None:
+    """422 `webhook_url_refused` when `url` may not receive webhooks (a private, loopback,
+    link-local or metadata address the deployment does not allow, or a host that does not resolve)."""
+    if url is None:
+        return
+    try:
+        check_webhook_target(url, services.webhooks)
+    except WebhookTargetRefused as exc:
+        text = str(exc)  # the policy's messages name the field "webhook_url"; name where it is
+        message = field + text.removeprefix("webhook_url") if text.startswith("webhook_url") else f"{field}: {text}"
+        raise ApiError(422, "webhook_url_refused", message, field) from None
+
+
 def check_workflow(
     services: Services, tenant: Tenant, workflow: WorkflowSpec, where: str = "", *, batch_id: str | None = None
 ) -> WorkflowSpec:
@@ -178,6 +214,7 @@ def check_workflow(
     `steps[i].<field>` and the step named, and references to other steps' audio skipped (they
     name results the workflow itself writes)."""
     _check_owner(tenant, workflow.model_fields_set, workflow.tenant, workflow.batch_id, where)
+    check_webhook(services, workflow.webhook_url, f"{where}webhook_url")
     for i, step in enumerate(workflow.steps):  # a step's tenant and batch are the workflow's (schema)
         try:
             _check_limits_and_inputs(services, tenant, step, f"{where}steps[{i}].")
@@ -200,6 +237,7 @@ def _check_owner(tenant: Tenant, given: set[str], spec_tenant: str, batch_id: st
 
 
 def _check_limits_and_inputs(services: Services, tenant: Tenant, spec: JobSpec, where: str) -> None:
+    check_webhook(services, spec.webhook_url, f"{where}webhook_url")
     limits = tenant.limits
     if spec.duration_s > limits.max_duration_s:
         field = f"{where}duration_s"

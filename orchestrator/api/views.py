@@ -8,17 +8,24 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from orchestrator.api.settings import MAX_BATCH_JOBS
 from orchestrator.audio_io import AudioInfo
+from orchestrator.job_fields import WebhookUrl
 from orchestrator.jobs import BatchStatus, JobRecord, JobStatus, Priority, TaskName
+from orchestrator.queue import DeadLetter
 from orchestrator.workflows import WorkflowState, WorkflowStatus
 
 __all__ = [
     "BatchCreated",
     "BatchFailureView",
+    "BatchPage",
     "BatchRequest",
+    "BatchResultLine",
     "BatchView",
     "BatchWorkflowItem",
     "CancelView",
+    "DeadLetterPage",
+    "DeadLetterView",
     "HealthView",
+    "JobPage",
     "JobView",
     "ResultView",
     "UploadView",
@@ -35,6 +42,7 @@ class JobView(BaseModel):
     stage: str | None = None
     attempts: int = 0
     error: str | None = None
+    error_code: str | None = Field(None, description="machine code of the error (docs/errors.md)")
     priority: Priority
     batch_id: str | None = None
     seed: int
@@ -44,17 +52,19 @@ class JobView(BaseModel):
     cancel_requested: bool = False
     result_available: bool = Field(description="GET /v1/jobs/{id}/result will return the result")
     text: str | None = Field(None, description="the text answer of an understanding job")
+    metadata: dict[str, Any] | None = Field(None, description="the metadata object given at submission")
+    custom_id: str | None = Field(None, description="the custom_id given at submission")
     spec: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, record: JobRecord) -> JobView:
-        text = record.extra.get("text")
         return cls(
             job_id=record.job_id,
             status=record.status,
             stage=record.stage,
             attempts=record.attempts,
             error=record.error,
+            error_code=record.error_code,
             priority=record.priority,
             batch_id=record.batch_id,
             seed=record.seed,
@@ -63,7 +73,9 @@ class JobView(BaseModel):
             finished_at=record.finished_at,
             cancel_requested=record.cancel_requested,
             result_available=record.status is JobStatus.SUCCEEDED and bool(record.result_uri),
-            text=text if isinstance(text, str) else None,
+            text=record.text,
+            metadata=record.metadata,
+            custom_id=record.custom_id,
             spec=None if record.spec is None else record.spec.model_dump(mode="json", exclude_none=True),
         )
 
@@ -83,6 +95,9 @@ class BatchRequest(BaseModel):
 
     jobs: list[Annotated[dict[str, Any], WithJsonSchema(_BATCH_ITEM_SCHEMA)]] = Field(
         min_length=1, max_length=MAX_BATCH_JOBS
+    )
+    webhook_url: WebhookUrl | None = Field(
+        None, description="called once with `batch.completed` when the batch's last job ends (see docs/webhooks.md)"
     )
 
 
@@ -105,6 +120,7 @@ class BatchFailureView(BaseModel):
     job_id: str
     status: JobStatus | None
     error: str | None
+    error_code: str | None = None
 
 
 class BatchView(BaseModel):
@@ -117,6 +133,7 @@ class BatchView(BaseModel):
     failures: list[BatchFailureView]
     failures_total: int
     next_offset: int | None
+    webhook_url: str | None = None
 
     @classmethod
     def of(cls, status: BatchStatus) -> BatchView:
@@ -127,10 +144,74 @@ class BatchView(BaseModel):
             finished=status.finished,
             done=status.done,
             created_at=status.created_at,
-            failures=[BatchFailureView(job_id=f.job_id, status=f.status, error=f.error) for f in status.failures],
+            failures=[
+                BatchFailureView(job_id=f.job_id, status=f.status, error=f.error, error_code=f.error_code)
+                for f in status.failures
+            ],
             failures_total=status.failures_total,
             next_offset=status.next_offset,
+            webhook_url=status.webhook_url,
         )
+
+
+class JobPage(BaseModel):
+    """One page of `GET /v1/jobs`, newest first."""
+
+    items: list[JobView]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null on the last one")
+
+
+class BatchPage(BaseModel):
+    """One page of `GET /v1/batches`, newest first (failures are listed by GET /v1/batches/{id})."""
+
+    items: list[BatchView]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null on the last one")
+
+
+class BatchResultLine(BaseModel):
+    """One line of `GET /v1/batches/{id}/results` (JSON Lines, one per job in batch order)."""
+
+    job_id: str
+    index: int = Field(description="the job's position in the batch")
+    status: JobStatus
+    custom_id: str | None = None
+    metadata: dict[str, Any] | None = None
+    result_uri: str | None = None
+    result_url: str | None = Field(None, description="a presigned URL, or this API's result URL; null if none")
+    text: str | None = None
+    error: str | None = None
+    error_code: str | None = None
+
+
+class DeadLetterView(BaseModel):
+    """One entry of the dead-letter stream (operators only)."""
+
+    entry_id: str
+    job_id: str | None = Field(description="null for a malformed queue entry (nothing to requeue)")
+    tenant: str | None
+    error: str
+    error_code: str | None
+    attempts: int
+    dead_at: float | None
+
+    @classmethod
+    def of(cls, letter: DeadLetter) -> DeadLetterView:
+        return cls(
+            entry_id=letter.entry_id,
+            job_id=letter.job_id,
+            tenant=letter.tenant,
+            error=letter.error,
+            error_code=letter.error_code,
+            attempts=letter.attempts,
+            dead_at=letter.dead_at,
+        )
+
+
+class DeadLetterPage(BaseModel):
+    """One page of `GET /v1/admin/dead-letters`, newest first."""
+
+    items: list[DeadLetterView]
+    next_cursor: str | None
 
 
 class CancelView(BaseModel):
@@ -196,6 +277,7 @@ class WorkflowStepView(BaseModel):
     text: str | None = Field(None, description="the text answer of an understanding step")
     result_available: bool = Field(False, description="GET /v1/jobs/{job_id}/result will return the result")
     error: str | None = None
+    error_code: str | None = None
 
 
 class WorkflowView(BaseModel):
@@ -208,6 +290,7 @@ class WorkflowView(BaseModel):
     error: str | None = None
     created_at: float | None = None
     batch_id: str | None = None
+    webhook_url: str | None = None
 
     @classmethod
     def of(cls, status: WorkflowStatus) -> WorkflowView:
@@ -223,6 +306,7 @@ class WorkflowView(BaseModel):
                     text=step.text,
                     result_available=step.result_available,
                     error=step.error,
+                    error_code=step.error_code,
                 )
                 for step in status.steps
             ],
@@ -230,4 +314,5 @@ class WorkflowView(BaseModel):
             error=status.error,
             created_at=status.created_at,
             batch_id=status.batch_id,
+            webhook_url=status.webhook_url,
         )

@@ -40,7 +40,12 @@ Public API (stable; used by the engine, the CLI and the HTTP API)::
     q.cancel(job_id) -> JobStatus                      # raises JobNotFound
     q.is_cancel_requested(job_id) -> bool
     q.queue_depths() -> {priority: queued + delayed};  q.running_count() -> int
-    q.dead_letters(count=100, after="-") -> [dict, ...]
+    q.dead_letters(count=100, after="-") -> [dict, ...]       # oldest first, raw fields
+    q.dead_letters_page(limit=100, cursor=None) -> ([DeadLetter, ...], next_cursor)  # newest first
+    q.requeue_dead(job_id) -> JobRecord                # raises NotDeadLettered, RequeueRefused
+    q.list_jobs(tenant, status=, batch_id=, created_after=, limit=50, cursor=) -> ([JobRecord], next_cursor)
+    q.list_batches(tenant, created_after=, limit=50, cursor=) -> ([BatchStatus], next_cursor)
+    q.batch_items(batch_id, limit=100, cursor=) -> ([BatchItem], next_cursor)   # batch order
     q.retry_delay_s(attempt) -> float
     q.submit_workflow(wf, workflow_id=None) -> WorkflowStatus   # idempotent on wf.idempotency_key
     q.workflow_status(workflow_id) -> WorkflowStatus | None
@@ -59,28 +64,37 @@ exceptions with `orchestrator.errors.outcome_of`.
 from __future__ import annotations
 
 from orchestrator.queue.core import DEFAULT_PRIORITY_WEIGHTS, Claim, QueueCore
+from orchestrator.queue.dead_letters import DeadLetter, DeadLetters, NotDeadLettered, RequeueRefused
 from orchestrator.queue.leases import Leases
+from orchestrator.queue.listing import BatchItem, InvalidCursor, Listing
 from orchestrator.queue.submission import Submission
 from orchestrator.queue.views import ReadViews
 from orchestrator.queue.workflows import WorkflowNotFound, WorkflowOps
 
 __all__ = [
     "DEFAULT_PRIORITY_WEIGHTS",
+    "BatchItem",
     "Claim",
+    "DeadLetter",
+    "DeadLetters",
+    "InvalidCursor",
     "JobQueue",
     "Leases",
+    "Listing",
+    "NotDeadLettered",
     "QueueCore",
     "ReadViews",
+    "RequeueRefused",
     "Submission",
     "WorkflowNotFound",
     "WorkflowOps",
 ]
 
 
-class JobQueue(Submission, Leases, WorkflowOps):
+class JobQueue(Submission, Leases, WorkflowOps, Listing, DeadLetters):
     """A Redis Streams job queue with leases, retries, dead-lettering, cancel, priorities and batches.
 
-    Admission (`Submission`), the lease holder's calls (`Leases`), workflows (`WorkflowOps`) and the
-    read views (`ReadViews`) over one connection and one configuration (`QueueCore`: its docstring
-    lists the parameters).
+    Admission (`Submission`), the lease holder's calls (`Leases`), workflows (`WorkflowOps`),
+    listing (`Listing`), dead letters (`DeadLetters`) and the read views (`ReadViews`) over one
+    connection and one configuration (`QueueCore`: its docstring lists the parameters).
     """

@@ -18,7 +18,7 @@ import redis
 
 from orchestrator.jobs import PRIORITIES, JobSpec, Priority
 from orchestrator.keys import DEFAULT_PREFIX, RedisKeys
-from orchestrator.lua import scripts, workflow_scripts
+from orchestrator.lua import dead_scripts, list_scripts, scripts, workflow_scripts
 from orchestrator.redis_conn import redis_client
 
 if TYPE_CHECKING:
@@ -164,6 +164,10 @@ class QueueCore:
             self.keys.stream_base,
             self.keys.delayed_base,
             self.keys.workflow_base,
+            self.keys.webhook_events,
+            self.keys.tenant_jobs_base,
+            self.keys.tenant_batches_base,
+            self.keys.batch_jobs_base,
         ]
         n = len(PRIORITIES)
         self._claim_keys = (
@@ -182,6 +186,8 @@ class QueueCore:
         self._cancel = self._r.register_script(scripts.CANCEL)
         self._submit_workflow = self._r.register_script(workflow_scripts.SUBMIT_WORKFLOW)
         self._cancel_workflow = self._r.register_script(workflow_scripts.CANCEL_WORKFLOW)
+        self._list_page = self._r.register_script(list_scripts.LIST_PAGE)
+        self._requeue_dead = self._r.register_script(dead_scripts.REQUEUE_DEAD)
 
     @classmethod
     def from_settings(cls, settings: Settings, client: redis.Redis | None = None) -> Self:

@@ -17,7 +17,7 @@ from typing import Any
 import redis
 from redis.typing import KeyT, StreamIdT
 
-from orchestrator.errors import InvalidJobSpec, LeaseLost
+from orchestrator.errors import ErrorCode, InvalidJobSpec, LeaseLost
 from orchestrator.jobs import PRIORITIES, JobStatus, Priority, parse_spec_json
 from orchestrator.queue.core import (
     MAX_BLOCK_S,
@@ -111,7 +111,16 @@ class Leases(QueueCore):
                 # A record written by something other than `submit` (or an older schema): fail this
                 # job with the reason and keep going.
                 log.warning("job %s has an invalid spec: %s", job_id, exc)
-                self._run_fail(job_id, entry_id, priority, attempt, str(exc), retryable=False, delay_s=0.0)
+                self._run_fail(
+                    job_id,
+                    entry_id,
+                    priority,
+                    attempt,
+                    str(exc),
+                    retryable=False,
+                    delay_s=0.0,
+                    error_code=ErrorCode.INVALID_SPEC,
+                )
                 continue
             claims.append(
                 Claim(
@@ -213,11 +222,15 @@ class Leases(QueueCore):
         retryable: bool,
         delay_s: float | None = None,
         timings: Mapping[str, float] | None = None,
+        error_code: ErrorCode | str | None = None,
     ) -> JobStatus:
         """Record a failed attempt. Retryable: queued again after `retry_delay_s(attempt)` (or
         `delay_s`), or `dead` once `max_attempts` attempts were made. Not retryable: `failed`.
-        A job with a pending cancel ends `cancelled`. The error is kept on the record either way.
-        Returns the job's new status; raises `LeaseLost`."""
+        A job with a pending cancel ends `cancelled`. The error is kept on the record either way,
+        with `error_code` (`orchestrator.errors.error_code_of` of the exception; default `internal`
+        for a retryable error, `invalid_input` for another); a dead job's code is
+        `retries_exhausted`, a cancelled one's `cancelled`. Returns the job's new status; raises
+        `LeaseLost`."""
         if delay_s is None:
             delay_s = self.retry_delay_s(claim.attempt)
         elif not delay_s >= 0:
@@ -231,6 +244,7 @@ class Leases(QueueCore):
             retryable=retryable,
             delay_s=delay_s,
             timings=timings,
+            error_code=error_code,
         )
         if status is None:
             raise LeaseLost(claim.job_id, "fail")
@@ -247,7 +261,11 @@ class Leases(QueueCore):
         retryable: bool,
         delay_s: float,
         timings: Mapping[str, float] | None = None,
+        error_code: ErrorCode | str | None = None,
     ) -> JobStatus | None:
+        if error_code is None:
+            error_code = ErrorCode.INTERNAL if retryable else ErrorCode.INVALID_INPUT
+        code = ErrorCode(error_code).value  # an unknown code is a programming error: ValueError
         args = [
             *self._common,
             job_id,
@@ -258,6 +276,7 @@ class Leases(QueueCore):
             str(max(0, round(delay_s * 1000))),
             str(self.max_attempts),
             _timings_json(timings),
+            code,
         ]
         reply = _s(self._fail(keys=[self.keys.stream(priority), self.keys.delayed(priority)], args=args))
         return JobStatus(reply) if reply else None

@@ -35,7 +35,10 @@ class Submission(ReadViews):
     def submit(self, spec: JobSpec | Mapping[str, Any], *, job_id: str | None = None) -> JobRecord:
         """Queue one job and return its record. With `spec.idempotency_key` (per tenant) or an
         existing `job_id`, a re-submit returns the existing job instead of creating a second one.
-        A spec with `batch_id` joins (or starts) that batch. Raises `InvalidJobSpec`."""
+        A spec with `batch_id` joins (or starts) that batch. Raises `InvalidJobSpec`.
+
+        The job is listed for its tenant (`list_jobs`) in the same atomic call; with
+        `spec.webhook_url` its end is announced on the webhook events stream."""
         spec = parse_spec(spec)
         job_id = new_job_id() if job_id is None else validate_id(job_id, "job_id")
         submitted_at, rows = self._submit_chunk(spec.batch_id or "", spec.tenant, [(job_id, spec)])
@@ -63,6 +66,7 @@ class Submission(ReadViews):
         *,
         batch_id: str | None = None,
         chunk_size: int = 500,
+        webhook_url: str | None = None,
     ) -> tuple[str, list[str]]:
         """Queue many jobs as one batch, `chunk_size` jobs per atomic script call.
 
@@ -70,6 +74,8 @@ class Submission(ReadViews):
         item as `specs[i].field`). All specs must share one tenant. Item i gets the job id
         `{batch_id}-{i}`, so re-submitting a batch under the same id creates nothing twice.
         Returns `(batch_id, job_ids)` in input order (existing ids where items already existed).
+        With `webhook_url` (already checked by the caller), `batch.completed` is announced when the
+        batch's last job ends.
         """
         if not isinstance(chunk_size, int) or not 1 <= chunk_size <= MAX_CHUNK_SIZE:
             raise ValueError(f"chunk_size {chunk_size!r} is invalid: expected an integer in [1, {MAX_CHUNK_SIZE}]")
@@ -98,14 +104,14 @@ class Submission(ReadViews):
         job_ids: list[str] = []
         for start in range(0, len(parsed), chunk_size):
             chunk = [(batch_job_id(batch_id, start + k), s) for k, s in enumerate(parsed[start : start + chunk_size])]
-            _, rows = self._submit_chunk(batch_id, tenant, chunk)
+            _, rows = self._submit_chunk(batch_id, tenant, chunk, webhook_url=webhook_url or "")
             job_ids.extend(jid for jid, _ in rows)
         return batch_id, job_ids
 
     def _submit_chunk(
-        self, batch_id: str, tenant: str, jobs: Sequence[tuple[str, JobSpec]]
+        self, batch_id: str, tenant: str, jobs: Sequence[tuple[str, JobSpec]], *, webhook_url: str = ""
     ) -> tuple[float, list[tuple[str, bool]]]:
-        args = [*self._common, batch_id, tenant, str(len(jobs))]
+        args = [*self._common, batch_id, tenant, webhook_url, str(len(jobs))]
         idem = self.keys.idempotency
         for job_id, spec in jobs:
             args += (
@@ -115,6 +121,7 @@ class Submission(ReadViews):
                 str(spec.effective_seed(job_id)),
                 idem(spec.tenant, spec.idempotency_key) if spec.idempotency_key else "",
                 spec.to_json(),
+                spec.webhook_url or "",
             )
         try:
             reply = self._submit(keys=[], args=args)

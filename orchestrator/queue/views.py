@@ -9,7 +9,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from orchestrator.errors import InvalidJobSpec
+from orchestrator.errors import ErrorCode, InvalidJobSpec
 from orchestrator.jobs import (
     PRIORITIES,
     BatchFailure,
@@ -62,10 +62,12 @@ class ReadViews(QueueCore):
         page_ids = [_s(j) for j in page]
         pipe = self._r.pipeline(transaction=False)
         for job_id in page_ids:
-            pipe.hmget(self.keys.job(job_id), ["status", "error"])
+            pipe.hmget(self.keys.job(job_id), ["status", "error", "error_code"])
         failures = [
-            BatchFailure(job_id=j, status=JobStatus(_s(st)) if st else None, error=_s(err) or None)
-            for j, (st, err) in zip(page_ids, pipe.execute() if page_ids else [], strict=True)
+            BatchFailure(
+                job_id=j, status=JobStatus(_s(st)) if st else None, error=_s(err) or None, error_code=_s(code) or None
+            )
+            for j, (st, err, code) in zip(page_ids, pipe.execute() if page_ids else [], strict=True)
         ]
         end = offset + len(page_ids)
         return BatchStatus(
@@ -77,6 +79,7 @@ class ReadViews(QueueCore):
             failures=failures,
             failures_total=int(failures_total),
             next_offset=end if end < int(failures_total) else None,
+            webhook_url=fields.get("webhook_url") or None,
         )
 
     def queue_depths(self) -> dict[str, int]:
@@ -118,11 +121,13 @@ def _record(job_id: str, raw: Mapping[Any, Any]) -> JobRecord:
     f = {_s(k): _s(v) for k, v in raw.items()}
     spec: JobSpec | None
     error = f.get("error") or None
+    error_code = f.get("error_code") or None
     try:
         spec = parse_spec_json(f.get("spec", ""))
     except InvalidJobSpec as exc:
         spec = None
         error = error or str(exc)
+        error_code = error_code or ErrorCode.INVALID_SPEC.value
     timings = json.loads(f["timings"]) if f.get("timings") else {}
     extra = json.loads(f["extra"]) if f.get("extra") else {}
     return JobRecord(
@@ -131,6 +136,7 @@ def _record(job_id: str, raw: Mapping[Any, Any]) -> JobRecord:
         stage=f.get("stage") or None,
         attempts=int(f.get("attempts") or 0),
         error=error,
+        error_code=error_code,
         result_uri=f.get("result_uri") or None,
         timings=timings if isinstance(timings, dict) else {},
         extra=extra if isinstance(extra, dict) else {},

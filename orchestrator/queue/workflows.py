@@ -49,7 +49,11 @@ class WorkflowOps(ReadViews):
     """`submit_workflow`, `workflow_status`, `cancel_workflow`."""
 
     def submit_workflow(
-        self, wf: WorkflowSpec | Mapping[str, Any], *, workflow_id: str | None = None
+        self,
+        wf: WorkflowSpec | Mapping[str, Any],
+        *,
+        workflow_id: str | None = None,
+        batch_webhook_url: str | None = None,
     ) -> WorkflowStatus:
         """Queue every step of a workflow in one atomic call and return its status.
 
@@ -58,7 +62,8 @@ class WorkflowOps(ReadViews):
         the existing workflow and queues nothing. Without a `workflow_id`, the id is derived from
         the idempotency key (so two submitters racing with one key agree) or drawn at random.
         Raises pydantic's `ValidationError` for a bad workflow (nothing is queued) and `ValueError`
-        for a batch of another tenant or a step job id already taken."""
+        for a batch of another tenant or a step job id already taken. `batch_webhook_url` (checked
+        by the caller) is set on the workflow's batch, as `submit_batch(webhook_url=...)` does."""
         wf = parse_workflow(wf)
         if workflow_id is None:
             key = wf.idempotency_key
@@ -75,6 +80,8 @@ class WorkflowOps(ReadViews):
             wf.batch_id or "",
             _steps_json(planned),
             str(len(planned)),
+            wf.webhook_url or "",
+            batch_webhook_url or "",
         ]
         for step, dependents in zip(planned, _dependents(planned), strict=True):
             args += (
@@ -84,6 +91,7 @@ class WorkflowOps(ReadViews):
                 step.spec.to_json(),
                 str(len(set(step.uses))),
                 json.dumps(dependents),
+                step.spec.webhook_url or "",
             )
         try:
             reply = self._submit_workflow(keys=[], args=args)
@@ -96,7 +104,7 @@ class WorkflowOps(ReadViews):
         found = _s(reply[1])
         status = self.workflow_status(found)
         if status is None:  # expired between the two calls: the key is free again
-            return self.submit_workflow(wf, workflow_id=workflow_id)
+            return self.submit_workflow(wf, workflow_id=workflow_id, batch_webhook_url=batch_webhook_url)
         return status
 
     def workflow_status(self, workflow_id: str) -> WorkflowStatus | None:
@@ -119,6 +127,7 @@ class WorkflowOps(ReadViews):
             error=fields.get("error") or None,
             created_at=float(fields.get("created_at") or 0.0),
             batch_id=fields.get("batch") or None,
+            webhook_url=fields.get("webhook_url") or None,
         )
 
     def cancel_workflow(self, workflow_id: str) -> WorkflowStatus:
@@ -158,7 +167,7 @@ def _step_status(meta: Mapping[str, str], record: JobRecord | None) -> StepStatu
             result_uri=None,
             result_available=False,
             error="the step's record expired after its retention",
-        )
+        )  # no error_code: the step's own end is no longer known
     text = record.extra.get("text")
     succeeded = record.status is JobStatus.SUCCEEDED
     return StepStatus(
@@ -170,4 +179,5 @@ def _step_status(meta: Mapping[str, str], record: JobRecord | None) -> StepStatu
         result_uri=record.result_uri,
         result_available=succeeded and bool(record.result_uri),
         error=record.error,
+        error_code=record.error_code,
     )

@@ -20,6 +20,7 @@ import pytest
 import soundfile as sf
 
 from orchestrator.api import ApiSettings, create_app, serve_in_thread
+from orchestrator.api.views import JobView
 from orchestrator.client import ApiError, Client
 from orchestrator.queue import JobQueue
 from orchestrator.storage import LocalStorage, S3Storage, input_resolver_from_settings, make_s3_client
@@ -116,7 +117,7 @@ def test_job_submitted_over_http_runs_to_a_downloadable_result(api, tmp_path):
     assert httpx.get(result["metadata_url"]).json()["result_object"]["sha256"] == result["sha256"]
 
     with Client(api.url, api.key) as client:
-        assert client.wait(job["job_id"], timeout_s=5)["status"] == "succeeded"
+        assert client.wait(job["job_id"], timeout_s=5).status == "succeeded"
         assert client.download(job["job_id"], tmp_path / "out.wav") == len(audio)
     assert (tmp_path / "out.wav").read_bytes() == audio
 
@@ -124,24 +125,26 @@ def test_job_submitted_over_http_runs_to_a_downloadable_result(api, tmp_path):
 def test_sdk_submit_wait_cancel_and_batch(api, tmp_path):
     with Client(api.url, api.key) as client:
         job = client.submit(T2A, steps=8, duration_s=2.0, seed=7)
-        assert client.status(job["job_id"])["spec"]["steps"] == 8
+        assert isinstance(job, JobView)
+        assert client.status(job.job_id).spec["steps"] == 8
 
         # A background "engine" finishes the job while the client waits on it.
-        worker = threading.Thread(target=finish, args=(api, job["job_id"], wav_bytes()))
+        worker = threading.Thread(target=finish, args=(api, job.job_id, wav_bytes()))
         worker.start()
-        done = client.wait(job["job_id"], timeout_s=10, poll_s=0.1)
+        done = client.wait(job.job_id, timeout_s=10, poll_s=0.1)
         worker.join()
-        assert done["status"] == "succeeded"
+        assert done.status == "succeeded"
 
         other = client.submit({"task": "text_to_music", "prompt": "slow piano"})
-        assert client.cancel(other["job_id"])["status"] == "cancelled"
-        assert client.wait(other["job_id"], timeout_s=2)["status"] == "cancelled"
+        assert isinstance(other, JobView)
+        assert client.cancel(other.job_id).status == "cancelled"
+        assert client.wait(other.job_id, timeout_s=2).status == "cancelled"
 
         batch = client.submit_batch([{**T2A, "seed": i} for i in range(5)])
-        assert batch["total"] == 5 and client.batch_status(batch["batch_id"])["counts"]["queued"] == 5
+        assert batch.total == 5 and client.batch_status(batch.batch_id).counts["queued"] == 5
 
         upload = client.upload(wav_bytes(fmt="FLAC"), filename="voice.flac")
-        assert upload["format"] == "flac" and upload["uri"].endswith(".flac")
+        assert upload.format == "flac" and upload.uri.endswith(".flac")
 
         with pytest.raises(ApiError) as err:
             client.status("0" * 32)
@@ -465,8 +468,8 @@ def test_audio_omni_api_command_serves_from_the_environment(redis_url, redis_pre
             time.sleep(0.2)
         with Client(url, key) as client:
             job = client.submit(T2A)
-            assert client.status(job["job_id"])["status"] == "queued"
-            assert client.upload(wav_bytes())["uri"].startswith(f"s3://{s3_bucket}/acme/uploads/")
+            assert client.status(job.job_id).status == "queued"
+            assert client.upload(wav_bytes()).uri.startswith(f"s3://{s3_bucket}/acme/uploads/")
     finally:
         proc.terminate()
         proc.wait(timeout=20)

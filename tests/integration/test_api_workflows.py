@@ -148,8 +148,8 @@ def test_workflow_runs_step_by_step_and_reports_each_step(api, tmp_path):
 
     with Client(api.url, api.key) as client:
         done = client.wait_workflow(wid, timeout_s=5, poll_s=0.05, raise_on_failure=True)
-        assert done["status"] == "succeeded" and done["failed_step"] is None
-        assert done["steps"][1]["result_available"] and done["steps"][1]["task"] == "text_to_audio"
+        assert done.status == "succeeded" and done.failed_step is None
+        assert done.steps[1].result_available and done.steps[1].task == "text_to_audio"
         assert client.download(f"{wid}-generate", tmp_path / "gen.wav") == len(audio)  # a step's job id
         assert client.workflow(wid) == done
     assert (tmp_path / "gen.wav").read_bytes() == audio
@@ -166,13 +166,14 @@ def test_sdk_submits_a_list_of_steps_and_raises_on_a_failed_workflow(api):
         )
         failing.start()
         with pytest.raises(WorkflowFailed, match="ended failed at step 'describe'"):
-            client.wait_workflow(wf["workflow_id"], timeout_s=10, poll_s=0.05, raise_on_failure=True)
+            client.wait_workflow(wf.workflow_id, timeout_s=10, poll_s=0.05, raise_on_failure=True)
         failing.join()
-        ended = client.workflow(wf["workflow_id"])
-        assert ended["status"] == "failed" and ended["failed_step"] == "describe"
-        assert "input not found" in ended["error"]
-        assert [s["status"] for s in ended["steps"]] == ["failed", "cancelled"]
-        assert "describe" in ended["steps"][1]["error"]
+        ended = client.workflow(wf.workflow_id)
+        assert ended.status == "failed" and ended.failed_step == "describe"
+        assert ended.error is not None and "input not found" in ended.error
+        assert [s.status for s in ended.steps] == ["failed", "cancelled"]
+        assert [s.error_code for s in ended.steps] == ["invalid_input", "dependency_failed"]
+        assert ended.steps[1].error is not None and "describe" in ended.steps[1].error
         assert claim_one(api, block_ms=200) is None  # the later step never runs
 
         with pytest.raises(ApiError) as refused:
@@ -316,9 +317,9 @@ def test_delete_cancels_what_has_not_finished(api):
 
     with Client(api.url, api.key) as client:  # the SDK: a queued workflow cancelled at once
         queued = client.submit_workflow([{**T2A}])
-        ended = client.cancel_workflow(queued["workflow_id"])
-        assert ended["status"] == "cancelled" and [s["status"] for s in ended["steps"]] == ["cancelled"]
-        assert client.wait_workflow(queued["workflow_id"], timeout_s=2)["status"] == "cancelled"
+        ended = client.cancel_workflow(queued.workflow_id)
+        assert ended.status == "cancelled" and [s.status for s in ended.steps] == ["cancelled"]
+        assert client.wait_workflow(queued.workflow_id, timeout_s=2).status == "cancelled"
         with pytest.raises(ApiError) as again:
             client.cancel_workflow(done)
         assert again.value.status == 409

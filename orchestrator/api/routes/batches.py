@@ -1,8 +1,11 @@
 """Batches: many jobs (and workflows) in one request, and their progress.
 
-POST   /v1/batches            {"jobs": [JobSpec or {"steps": [...]}, ...]} -> 201 {batch_id, total,
-                              job_ids, workflows}
+POST   /v1/batches            {"jobs": [JobSpec or {"steps": [...]}, ...], "webhook_url": ...} -> 201
+                              {batch_id, total, job_ids, workflows}
+GET    /v1/batches            the caller's batches, newest first (?created_after=&limit=&cursor=)
 GET    /v1/batches/{id}       counts by status, one page of failures (?offset=&limit=)
+GET    /v1/batches/{id}/results   JSON Lines, one per job in batch order (?limit=&cursor=; the next
+                              page's cursor in the `X-Next-Cursor` header)
 """
 
 from __future__ import annotations
@@ -10,24 +13,36 @@ from __future__ import annotations
 import hashlib
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Header, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import BaseModel, ValidationError
 
 from orchestrator.api.deps import (
     CurrentTenant,
     OwnBatch,
+    OwnBatchCounts,
     Services,
     ServicesDep,
     admit,
     check_spec,
+    check_webhook,
     check_workflow,
     expand,
 )
 from orchestrator.api.errors import COMMON_ERRORS, documented, problems_error, validation_problems
-from orchestrator.api.views import BatchCreated, BatchRequest, BatchView, BatchWorkflowItem
+from orchestrator.api.routes.jobs import CreatedAfter, Cursor
+from orchestrator.api.views import (
+    BatchCreated,
+    BatchPage,
+    BatchRequest,
+    BatchResultLine,
+    BatchView,
+    BatchWorkflowItem,
+)
 from orchestrator.api_errors import ApiError
 from orchestrator.errors import InvalidJobSpec
-from orchestrator.jobs import JobSpec, batch_job_id, new_batch_id
+from orchestrator.jobs import JobSpec, JobStatus, batch_job_id, new_batch_id
+from orchestrator.queue import BatchItem, InvalidCursor
+from orchestrator.queue.listing import MAX_LIST_LIMIT, MAX_RESULTS_LIMIT
 from orchestrator.tenants import Tenant
 from orchestrator.workflows import WorkflowSpec, is_workflow_data, step_job_id, workflow_id_for_key
 
@@ -64,8 +79,10 @@ def submit_batch(
     workflow (`{"steps": [...]}`), or a job that runs as a built-in chain; its steps are jobs of
     the batch (`total` counts them). The plain items get the job ids `{batch_id}-{j}` (j counting
     plain items), each workflow (item i) an id derived from the batch and i, so a re-send queues
-    nothing twice."""
+    nothing twice. With `webhook_url`, `batch.completed` is sent when the batch's last job ends
+    (each job and workflow may have its own `webhook_url` too)."""
     limits, queue = services.limits, services.queue
+    check_webhook(services, body.webhook_url)
     n = len(body.jobs)
     if n > limits.max_batch_jobs:
         raise ApiError(413, "too_large", f"the batch has {n} jobs; at most {limits.max_batch_jobs} per request", "jobs")
@@ -104,9 +121,11 @@ def submit_batch(
     admit(services, tenant, job_ids)
     try:
         if plain:
-            queue.submit_batch(plain, batch_id=batch_id, chunk_size=limits.batch_chunk_size)
+            queue.submit_batch(
+                plain, batch_id=batch_id, chunk_size=limits.batch_chunk_size, webhook_url=body.webhook_url
+            )
         for _, workflow_id, workflow in workflow_ids:
-            queue.submit_workflow(workflow, workflow_id=workflow_id)
+            queue.submit_workflow(workflow, workflow_id=workflow_id, batch_webhook_url=body.webhook_url)
     except InvalidJobSpec as exc:  # not expected: every spec was validated above
         services.tenants.release(tenant.tenant_id, job_ids)
         raise ApiError(422, "invalid_field", str(exc), details=exc.errors) from None
@@ -157,10 +176,92 @@ def _parse(model: type[_Item], raw: dict[str, Any], where: str) -> _Item:
         raise problems_error(validation_problems(exc, where)) from None
 
 
+@router.get("/v1/batches", responses=documented(*COMMON_ERRORS))
+def list_batches(
+    tenant: CurrentTenant,
+    services: ServicesDep,
+    created_after: CreatedAfter = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT, description="batches per page")] = 50,
+    cursor: Cursor = None,
+) -> BatchPage:
+    """The caller's batches, newest first, with their counts; follow `next_cursor` until it is
+    null. Each batch's failures are listed by GET /v1/batches/{id} (`next_offset` 0 when it has any)."""
+    try:
+        batches, next_cursor = services.queue.list_batches(
+            tenant.tenant_id, created_after=created_after, limit=limit, cursor=cursor
+        )
+    except InvalidCursor as exc:
+        raise ApiError(422, "invalid_field", f"cursor: {exc}", "cursor") from None
+    return BatchPage(items=[BatchView.of(b) for b in batches], next_cursor=next_cursor)
+
+
 @router.get("/v1/batches/{batch_id}", responses=documented(*COMMON_ERRORS))
 def get_batch(batch: OwnBatch) -> BatchView:
     """Counts by status, whether the batch is done, and one page of its failed jobs."""
     return BatchView.of(batch)
+
+
+@router.get(
+    "/v1/batches/{batch_id}/results",
+    response_class=Response,
+    responses={
+        200: {
+            "description": (
+                "JSON Lines: one `BatchResultLine` per job in batch order; the next page's cursor is in "
+                "the `X-Next-Cursor` header (absent on the last page)"
+            ),
+            "content": {"application/x-ndjson": {"schema": {"$ref": "#/components/schemas/BatchResultLine"}}},
+        },
+        **documented(*COMMON_ERRORS),
+    },
+)
+def get_batch_results(
+    batch: OwnBatchCounts,
+    tenant: CurrentTenant,
+    request: Request,
+    services: ServicesDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_RESULTS_LIMIT, description="jobs per page")] = 100,
+    cursor: Cursor = None,
+) -> Response:
+    """Every job of the batch in batch order, one JSON line each: job id, index, status,
+    `custom_id`, `metadata`, the result's URI and a URL to fetch it (presigned, or this API's
+    result route), the text answer, the error and its `error_code`."""
+    try:
+        items, next_cursor = services.queue.batch_items(batch.batch_id, limit=limit, cursor=cursor)
+    except InvalidCursor as exc:
+        raise ApiError(422, "invalid_field", f"cursor: {exc}", "cursor") from None
+    lines = [
+        _result_line(services, request, tenant.tenant_id, item)
+        for item in items
+        if item.record.tenant == tenant.tenant_id
+    ]
+    body = "".join(line.model_dump_json() + "\n" for line in lines)
+    headers = {"X-Next-Cursor": next_cursor} if next_cursor else {}
+    return Response(body, media_type="application/x-ndjson", headers=headers)
+
+
+def _result_line(services: Services, request: Request, tenant: str, item: BatchItem) -> BatchResultLine:
+    record = item.record
+    url = None
+    if record.status is JobStatus.SUCCEEDED and record.result_uri:
+        storage = services.storage
+        key = storage.key_of(record.result_uri)
+        if not storage.presigns_urls:
+            url = str(request.url_for("get_result", job_id=record.job_id))
+        elif key is not None and key.startswith(storage.tenant_prefix(tenant)):
+            url = storage.url(key, expires_s=services.limits.result_url_expires_s)
+    return BatchResultLine(
+        job_id=record.job_id,
+        index=item.index,
+        status=record.status,
+        custom_id=record.custom_id,
+        metadata=record.metadata,
+        result_uri=record.result_uri,
+        result_url=url,
+        text=record.text,
+        error=record.error,
+        error_code=record.error_code,
+    )
 
 
 def _idempotent_batch_id(tenant_id: str, key: str) -> str:

@@ -2,6 +2,8 @@
 
 POST   /v1/jobs               a `JobSpec` -> 201 the job (200 for an idempotent re-submit); a job
                               that is a built-in chain -> 201 its workflow
+GET    /v1/jobs               the caller's jobs, newest first (?status=&batch_id=&created_after=
+                              &limit=&cursor=) -> {"items": [...], "next_cursor": ...}
 GET    /v1/jobs/{id}          the job's status
 DELETE /v1/jobs/{id}          cancel (200 cancelled, 202 cancel requested for a running job)
 GET    /v1/jobs/{id}/result   presigned URL (S3), or the bytes themselves (embedded mode)
@@ -9,7 +11,9 @@ GET    /v1/jobs/{id}/result   presigned URL (S3), or the bytes themselves (embed
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
 
 from orchestrator.api.deps import (
     CurrentTenant,
@@ -24,10 +28,12 @@ from orchestrator.api.deps import (
     queue_workflow,
 )
 from orchestrator.api.errors import COMMON_ERRORS, documented
-from orchestrator.api.views import CancelView, JobView, ResultView, WorkflowView
+from orchestrator.api.views import CancelView, JobPage, JobView, ResultView, WorkflowView
 from orchestrator.api_errors import ApiError
 from orchestrator.errors import JobNotFound
-from orchestrator.jobs import JobSpec, JobStatus, new_job_id
+from orchestrator.jobs import MAX_BATCH_ID_CHARS, JobSpec, JobStatus, new_job_id, validate_id
+from orchestrator.queue import InvalidCursor
+from orchestrator.queue.listing import MAX_LIST_LIMIT
 from orchestrator.storage import content_type_for
 from orchestrator.tenants import Tenant
 
@@ -74,6 +80,39 @@ def submit_job(
         services.metrics.submitted.labels("job").inc()
     response.headers["Location"] = f"/v1/jobs/{record.job_id}"
     return JobView.of(record)
+
+
+Cursor = Annotated[str | None, Query(min_length=1, max_length=512, description="the next_cursor of the previous page")]
+CreatedAfter = Annotated[
+    float | None, Query(ge=0, le=1e11, description="only what was created after this time (Unix seconds)")
+]
+
+
+@router.get("/v1/jobs", responses=documented(*COMMON_ERRORS))
+def list_jobs(
+    tenant: CurrentTenant,
+    services: ServicesDep,
+    status: Annotated[JobStatus | None, Query(description="only jobs in this status")] = None,
+    batch_id: Annotated[str | None, Query(min_length=1, max_length=64, description="only this batch's jobs")] = None,
+    created_after: CreatedAfter = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT, description="jobs per page")] = 50,
+    cursor: Cursor = None,
+) -> JobPage:
+    """The caller's jobs, newest first, one page at a time: follow `next_cursor` until it is null.
+    A filtered page may hold fewer than `limit` jobs while `next_cursor` is set (each page looks
+    at a bounded number of jobs). Jobs are listed until their records expire."""
+    if batch_id is not None:
+        try:
+            validate_id(batch_id, "batch_id", max_chars=MAX_BATCH_ID_CHARS)
+        except ValueError as exc:
+            raise ApiError(422, "invalid_field", f"batch_id: {exc}", "batch_id") from None
+    try:
+        records, next_cursor = services.queue.list_jobs(
+            tenant.tenant_id, status=status, batch_id=batch_id, created_after=created_after, limit=limit, cursor=cursor
+        )
+    except InvalidCursor as exc:
+        raise ApiError(422, "invalid_field", f"cursor: {exc}", "cursor") from None
+    return JobPage(items=[JobView.of(r) for r in records], next_cursor=next_cursor)
 
 
 @router.get("/v1/jobs/{job_id}", responses=documented(*COMMON_ERRORS))
