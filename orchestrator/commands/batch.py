@@ -3,8 +3,9 @@
 Starts a local Ray (or joins the one this process already runs), deploys both pools, runs every
 manifest line through the engine with a folder sink, shows a progress bar and ends with a summary
 table. A line is a job, or a workflow (`{"steps": [...]}`: each step runs as its own job once the
-steps it uses have succeeded; `audio-omni submit` describes the references). Exit status 0 when
-every job succeeded, 1 otherwise.
+steps it uses have succeeded; `audio-omni submit` describes the references). Writes
+`report.html` into `--out` (`orchestrator.report`: players, spectrograms, timings, answers and
+errors on one self-contained page). Exit status 0 when every job succeeded, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from orchestrator.jobs import JobSpec
     from orchestrator.sources import ManifestSource
+    from orchestrator.storage import InputResolver, Storage
     from workers.settings import WorkerSettings
 
 from workers.settings import DEFAULT_PRESET
 
+MAX_REPORT_INPUT_BYTES = 256 * 1024 * 1024  # an input read again to show it in the report
 RELEASED_MODEL_HINT = (
     "      To run the released model: download the Audio-Omni checkpoint (model.ckpt) and "
     "Qwen/Qwen2.5-Omni-3B, set QWEN_OMNI_MODEL_PATH to the Qwen folder, then on a GPU machine:\n"
@@ -213,9 +216,23 @@ def run(args: argparse.Namespace) -> int:
     ok = sum(1 for o in source.outcomes.values() if o.status.value == "succeeded")
     print(f"\n{ok}/{source.total} jobs succeeded in {elapsed:.1f} s; sampler batch sizes {hist}")
     print(f"results and metadata JSON are in {args.out.resolve()}/")
+    print(f"report: {_write_report(source, storage, inputs, args.out).resolve()}")
     if settings.uses_random_weights:
         print("(random weights: the audio is noise; see the note at the top for the released checkpoint)")
     return 0 if ok == source.total else 1
+
+
+def _write_report(source: ManifestSource, storage: Storage, inputs: InputResolver, out: Path) -> Path:
+    """The run's HTML report (the same page as `audio-omni report`), written as `out/report.html`."""
+    from orchestrator.report import DEFAULT_MAX_JOBS, REPORT_FILE, jobs_from_manifest, render_report
+
+    def read_input(uri: str, tenant: str) -> bytes:
+        return inputs.read(uri, tenant=tenant, max_bytes=MAX_REPORT_INPUT_BYTES)
+
+    jobs, total = jobs_from_manifest(source, storage, read_input=read_input, max_jobs=DEFAULT_MAX_JOBS)
+    path = out / REPORT_FILE
+    path.write_text(render_report(f"audio-omni batch {source.path.name}", jobs, total=total), encoding="utf-8")
+    return path
 
 
 def _model_notice(settings: WorkerSettings, args: argparse.Namespace) -> str:
