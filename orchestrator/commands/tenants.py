@@ -5,7 +5,11 @@
     audio-omni tenants create acme --new-key     # another key for an existing tenant (rotation)
     audio-omni tenants list
     audio-omni tenants revoke acme [--key-id ID]  # one key, or every key of the tenant
-    audio-omni tenants update acme --max-steps 200 [--disable | --enable]
+    audio-omni tenants update acme --max-steps 200 [--disable | --enable] [--admin | --no-admin]
+    audio-omni tenants create ops --admin        # may use the operator routes (dead letters)
+    audio-omni tenants webhook-secret acme [--rotate]
+        ... prints the tenant's webhook signing secret (whsec_...), creating it if missing; --rotate
+        replaces it (the previous one keeps signing deliveries for a day, AUDIO_OMNI_WEBHOOK_SECRET_OVERLAP_S)
 
 Reads `REDIS_URL` / `AUDIO_OMNI_REDIS_PREFIX` like the API does.
 """
@@ -42,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     create = sub.add_parser("create", help="create a tenant and print a new API key (last line)")
     create.add_argument("tenant", help="tenant id: 1-64 of [A-Za-z0-9_.-]")
     create.add_argument("--new-key", action="store_true", help="the tenant exists: issue another key")
+    create.add_argument(
+        "--admin", action=argparse.BooleanOptionalAction, default=False, help="may use the operator routes"
+    )
     limit_flags(create)
     sub.add_parser("list", help="list tenants, their limits and key ids")
     revoke = sub.add_parser("revoke", help="revoke a tenant's keys (all, or one by --key-id)")
@@ -53,6 +60,15 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     state = update.add_mutually_exclusive_group()
     state.add_argument("--disable", action="store_true", help="refuse all its keys")
     state.add_argument("--enable", action="store_true")
+    update.add_argument(
+        "--admin",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="grant (--admin) or withdraw (--no-admin) the operator routes",
+    )
+    secret = sub.add_parser("webhook-secret", help="print the tenant's webhook signing secret (created if missing)")
+    secret.add_argument("tenant")
+    secret.add_argument("--rotate", action="store_true", help="replace it with a new secret and print that")
 
 
 def _limits(args: argparse.Namespace, base: TenantLimits | None = None) -> TenantLimits:
@@ -101,8 +117,9 @@ def run(args: argparse.Namespace) -> int:
                 if store.get(args.tenant) is None:
                     raise TenantNotFound(args.tenant)
             else:
-                tenant = store.create(args.tenant, _limits(args))
-                print(f"created tenant {tenant.tenant_id}: {tenant.limits.model_dump_json()}")
+                tenant = store.create(args.tenant, _limits(args), admin=args.admin)
+                role = " (admin)" if tenant.admin else ""
+                print(f"created tenant {tenant.tenant_id}{role}: {tenant.limits.model_dump_json()}")
             key = store.issue_key(args.tenant)
             print("API key (shown once, store it now):")
             print(key)
@@ -113,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
                 print("no tenants")
             for t in rows:
                 keys = ", ".join(k.key_id for k in store.api_keys(t.tenant_id)) or "none"
-                state = " DISABLED" if t.disabled else ""
+                state = (" ADMIN" if t.admin else "") + (" DISABLED" if t.disabled else "")
                 lim = t.limits
                 print(
                     f"{t.tenant_id}{state}  created {_when(t.created_at)}  in-flight {store.in_flight(t.tenant_id)}"
@@ -133,11 +150,16 @@ def run(args: argparse.Namespace) -> int:
             if current is None:
                 raise TenantNotFound(args.tenant)
             disabled = True if args.disable else (False if args.enable else None)
-            tenant = store.update(args.tenant, limits=_limits(args, current.limits), disabled=disabled)
-            print(
-                f"updated tenant {tenant.tenant_id}{' (disabled)' if tenant.disabled else ''}: "
-                f"{tenant.limits.model_dump_json()}"
+            tenant = store.update(
+                args.tenant, limits=_limits(args, current.limits), disabled=disabled, admin=args.admin
             )
+            notes = ", ".join(n for n, on in (("admin", tenant.admin), ("disabled", tenant.disabled)) if on)
+            print(
+                f"updated tenant {tenant.tenant_id}{f' ({notes})' if notes else ''}: {tenant.limits.model_dump_json()}"
+            )
+            return 0
+        if action == "webhook-secret":
+            print(store.rotate_webhook_secret(args.tenant) if args.rotate else store.webhook_secret(args.tenant))
             return 0
         raise AssertionError(action)
     except (TenantExists, TenantNotFound) as exc:

@@ -205,3 +205,69 @@ def test_tenants_command_create_list_revoke(redis_url, redis_prefix, capsys):
     assert "--max-steps: Input should be greater than or equal to 1 (got 0)" in err
     assert "input_value" not in err and "validation error" not in err  # no pydantic dump
     store.close()
+
+
+def test_admin_flag_is_stored_granted_and_withdrawn(store):
+    assert store.create("ops", admin=True).admin is True
+    assert store.get("ops").admin is True
+    plain = store.create("acme")
+    assert plain.admin is False and store.get("acme").admin is False
+    assert store.update("acme", admin=True).admin is True and store.get("acme").admin is True
+    # other changes keep the flag
+    assert store.update("acme", disabled=True).admin is True
+    assert store.update("acme", admin=False).admin is False and store.get("acme").admin is False
+    key = store.issue_key("ops")
+    assert store.authenticate(key).admin is True
+
+
+def test_webhook_secret_is_created_once_and_rotation_keeps_the_previous_one(store, monkeypatch):
+    from orchestrator.webhooks.signing import secret_key
+
+    store.create("acme")
+    first = store.webhook_secret("acme")
+    assert first.startswith("whsec_") and len(secret_key(first)) == 32
+    assert store.webhook_secret("acme") == first  # created on first use only
+    assert store.webhook_signing_secrets("acme", overlap_s=3600) == [first]
+    rotated = store.rotate_webhook_secret("acme")
+    assert rotated != first and store.webhook_secret("acme") == rotated
+    assert store.webhook_signing_secrets("acme", overlap_s=3600) == [rotated, first]
+    assert store.webhook_signing_secrets("acme", overlap_s=0) == [rotated]  # the overlap is over
+    # a secret is never part of the tenant record handed to the API
+    assert "whsec_" not in store.get("acme").model_dump_json()
+    with pytest.raises(TenantNotFound):
+        store.webhook_secret("nobody")
+    with pytest.raises(TenantNotFound):
+        store.rotate_webhook_secret("nobody")
+    assert store.get("nobody") is None  # asking did not create a record
+
+
+def test_tenants_command_admin_and_webhook_secret(redis_url, redis_prefix, capsys):
+    from orchestrator.commands import tenants as cmd
+
+    assert cmd.run(_cli(redis_url, redis_prefix, "create", "ops", "--admin")) == 0
+    assert "created tenant ops (admin)" in capsys.readouterr().out
+    assert cmd.run(_cli(redis_url, redis_prefix, "create", "acme")) == 0
+    capsys.readouterr()
+    store = TenantStore(redis_url, prefix=redis_prefix)
+    assert store.get("ops").admin and not store.get("acme").admin
+    assert cmd.run(_cli(redis_url, redis_prefix, "update", "acme", "--admin")) == 0
+    assert "(admin)" in capsys.readouterr().out and store.get("acme").admin
+    assert cmd.run(_cli(redis_url, redis_prefix, "update", "acme", "--no-admin", "--max-steps", "9")) == 0
+    capsys.readouterr()
+    assert not store.get("acme").admin and store.get("acme").limits.max_steps == 9
+    assert cmd.run(_cli(redis_url, redis_prefix, "list")) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("ops ADMIN ") for line in listing)
+    assert any(line.startswith("acme ") and "ADMIN" not in line for line in listing)
+
+    assert cmd.run(_cli(redis_url, redis_prefix, "webhook-secret", "acme")) == 0
+    secret = capsys.readouterr().out.strip()
+    assert secret.startswith("whsec_") and secret == store.webhook_secret("acme")
+    assert cmd.run(_cli(redis_url, redis_prefix, "webhook-secret", "acme")) == 0
+    assert capsys.readouterr().out.strip() == secret
+    assert cmd.run(_cli(redis_url, redis_prefix, "webhook-secret", "acme", "--rotate")) == 0
+    rotated = capsys.readouterr().out.strip()
+    assert rotated != secret and rotated == store.webhook_secret("acme")
+    assert cmd.run(_cli(redis_url, redis_prefix, "webhook-secret", "nobody")) == 1
+    assert "tenant 'nobody' not found" in capsys.readouterr().err
+    store.close()
