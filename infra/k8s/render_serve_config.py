@@ -37,6 +37,9 @@ END = "  # END serveConfigV2"
 # calls the pools through handles), but a proxy per node keeps KubeRay's Serve readiness checks green.
 PROXY_LOCATION = "EveryNode"
 HTTP_OPTIONS = {"host": "0.0.0.0", "port": 8000}
+# Replica logs as one JSON object per line (Serve's own fields, with the replica and request ids),
+# like the API's and the engine's (docs/operations.md, "Logs").
+LOGGING_CONFIG = {"encoding": "JSON", "log_level": "INFO"}
 
 
 def read_env_file(path: str | Path) -> dict[str, str]:
@@ -90,6 +93,7 @@ def build_serve_config(env: dict[str, str]) -> dict[str, Any]:
             import_path=APP_BUILDER,
             args={"pool": pool, "env": settings_env},
             route_prefix=None,  # reached through deployment handles only
+            logging_config=dict(LOGGING_CONFIG),
             deployments=[deployment_to_schema(d) for d in built.deployments],
         )
         applications.append(schema.model_dump(mode="json", exclude_unset=True))

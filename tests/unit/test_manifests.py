@@ -431,3 +431,9 @@ def test_worker_image_has_torchvision_and_a_cuda_torch():
     assert re.search(r"torchvision==\d+\.\d+\.\d+", text)
     assert "whl/cu" in text
     assert all(ref.startswith("nvidia/cuda:") for ref in dockerfile_bases(DOCKER_DIR / "Dockerfile"))
+
+
+def test_serve_replicas_log_json_lines():
+    """Replica logs are JSON lines like the API's and the engine's (docs/operations.md, "Logs")."""
+    for app in serve_config_in_manifest()["applications"]:
+        assert app["logging_config"]["encoding"] == "JSON", app["name"]
