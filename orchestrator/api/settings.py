@@ -26,6 +26,7 @@ class ApiSettings:
     max_batch_jobs: int = MAX_BATCH_JOBS
     batch_chunk_size: int = 500  # jobs per atomic queue write
     max_upload_bytes: int = 100 * MiB
+    max_upload_video_bytes: int = 256 * MiB  # a video upload; the engine reads inputs up to 256 MiB
     max_upload_duration_s: float = MAX_INPUT_AUDIO_S
     result_url_expires_s: int = 3600
 
@@ -36,6 +37,7 @@ class ApiSettings:
             ("max_batch_jobs", 1, MAX_BATCH_JOBS),
             ("batch_chunk_size", 1, 5000),
             ("max_upload_bytes", 1 * KiB, 5 * 1024 * MiB),
+            ("max_upload_video_bytes", 1 * KiB, 4 * 1024 * MiB),
             ("result_url_expires_s", 1, 7 * 24 * 3600),
         ):
             value = getattr(self, name)
