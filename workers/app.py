@@ -3,14 +3,15 @@
 `deploy(settings)` starts the encoder and sampler pools as two Serve applications (each scales on
 its own) and returns `ServePools`, the blocking client the engine uses: one item per call, from many
 engine threads at once, so Serve's batching gathers items across jobs. `InProcessPools` offers the
-same three calls over in-process model parts (no Ray), for tests and the bare benchmark.
+same four calls (`encode`, `understand`, `sync_features`, `generate`) over in-process model parts
+(no Ray), for tests and the bare benchmark.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from workers.encoder import EncoderDeployment
+from workers.encoder import NO_SYNC_WEIGHTS, EncoderDeployment
 from workers.sampler import SamplerDeployment
 from workers.settings import MAX_JOB_S, PoolSettings, WorkerSettings
 
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from model.mllm import MLLMEncoder, MLLMPrompt, UnderstandRequest
     from model.parts import SamplerPart
     from model.requests import GenerationRequest
+    from model.sync import SyncExtractor
 
 ENCODER = "encoder"
 SAMPLER = "sampler"
@@ -63,7 +65,7 @@ def build_apps(settings: WorkerSettings) -> dict[str, Application]:
     ):
         deployment = serve.deployment(
             name=cls.__name__,
-            ray_actor_options={"num_cpus": pool.num_cpus, "num_gpus": pool.num_gpus},
+            ray_actor_options={"num_cpus": pool.num_cpus, "num_gpus": pool.num_gpus, "resources": dict(pool.resources)},
             autoscaling_config=_autoscaling_config(pool, settings, which),
             max_ongoing_requests=pool.max_ongoing_requests,
             graceful_shutdown_timeout_s=pool.graceful_shutdown_timeout_s,
@@ -139,6 +141,16 @@ class ServePools:
         answer: str = self._encoder.understand.remote(request).result(timeout_s=self.timeout_s)
         return answer
 
+    def sync_features(self, frames_u8: torch.Tensor) -> torch.Tensor:
+        """(tokens, D) float32 sync features of ONE job's frames (T, 3, 224, 224) uint8, batched with
+        other callers' clips by the encoder pool. A clip the extractor refuses raises `ValueError`."""
+        result: torch.Tensor | ValueError = self._encoder.sync_features.remote(frames_u8).result(
+            timeout_s=self.timeout_s
+        )
+        if isinstance(result, ValueError):
+            raise result
+        return result
+
     def generate(self, request: GenerationRequest) -> torch.Tensor:
         """(C, N) float32 audio of one segment."""
         audio: torch.Tensor = self._sampler.generate.remote(request).result(timeout_s=self.timeout_s)
@@ -146,34 +158,47 @@ class ServePools:
 
     def sampler_stats(self) -> dict[int, int]:
         """Sampling-loop batch sizes summed over the replicas reached now ({size: loops})."""
-        total: dict[int, int] = {}
-        for hist in self.sampler_replica_stats().values():
-            for size, loops in hist.items():
-                total[int(size)] = total.get(int(size), 0) + int(loops)
-        return total
+        return _summed(self.sampler_replica_stats())
 
     def sampler_replica_stats(self, probes: int = 8) -> dict[str | float, dict[int, int]]:
-        """Cumulative batch-size counters per sampler replica ({replica: {size: loops}}).
+        """Cumulative batch-size counters per sampler replica ({replica: {size: loops}})."""
+        return _replica_histograms(self._sampler, "batch_sizes", probes)
 
-        A handle call reaches one replica, so `probes` concurrent calls are spread over the replicas
-        by Serve's router; a replica is told apart by its `replica_id` (or its model load time).
-        """
-        responses = [self._sampler.stats.remote() for _ in range(probes)]
-        out: dict[str | float, dict[int, int]] = {}
-        for response in responses:
-            stats = response.result(timeout_s=60)
-            out[stats.get("replica_id", stats["load_s"])] = {int(k): int(v) for k, v in stats["batch_sizes"].items()}
-        return out
+    def sync_stats(self, probes: int = 8) -> dict[int, int]:
+        """Sync-feature batch sizes summed over the encoder replicas reached now ({size: batches})."""
+        return _summed(_replica_histograms(self._encoder, "sync_batch_sizes", probes))
+
+
+def _replica_histograms(handle: DeploymentHandle, key: str, probes: int) -> dict[str | float, dict[int, int]]:
+    """The `key` histogram of each replica's `stats()` ({replica: {size: count}}).
+
+    A handle call reaches one replica, so `probes` concurrent calls are spread over the replicas by
+    Serve's router; a replica is told apart by its `replica_id` (or its model load time).
+    """
+    responses = [handle.stats.remote() for _ in range(probes)]
+    out: dict[str | float, dict[int, int]] = {}
+    for response in responses:
+        stats = response.result(timeout_s=60)
+        out[stats.get("replica_id", stats["load_s"])] = {int(k): int(v) for k, v in stats[key].items()}
+    return out
+
+
+def _summed(per_replica: dict[str | float, dict[int, int]]) -> dict[int, int]:
+    total: dict[int, int] = {}
+    for hist in per_replica.values():
+        for size, count in hist.items():
+            total[size] = total.get(size, 0) + count
+    return total
 
 
 class InProcessPools:
-    """The pools' three calls over model parts in this process: no Ray, no batching across calls.
+    """The pools' four calls over model parts in this process: no Ray, no batching across calls.
 
     Built from the same `WorkerSettings` as the deployments, and used the same way: weights and
     precision as the sampler replica applies them, the same understanding token budget, and the
     same batch-invariant padding (`pad_to` the sampler's batch size), so a sampling request gives
-    the same audio here as in a replica's batch. One model call at a time: torch already uses every
-    core. `calls` counts the calls per pool.
+    the same audio here as in a replica's batch. One model call at a
+    time: torch already uses every core. `calls` counts the calls per method.
     """
 
     def __init__(
@@ -183,6 +208,7 @@ class InProcessPools:
         *,
         understand_max_new_tokens: int = 512,
         pad_to: int | None = None,
+        sync_extractor: SyncExtractor | None = None,
     ) -> None:
         import threading
 
@@ -196,12 +222,13 @@ class InProcessPools:
         self.sampler = sampler
         self.understand_max_new_tokens = understand_max_new_tokens
         self.pad_to = pad_to
-        self.calls: dict[str, int] = {"encode": 0, "understand": 0, "generate": 0}
+        self.sync_extractor = sync_extractor
+        self.calls: dict[str, int] = {"encode": 0, "understand": 0, "sync_features": 0, "generate": 0}
         self._lock = threading.Lock()
 
     @classmethod
     def build(cls, settings: WorkerSettings) -> InProcessPools:
-        from model.build import build_encoder, build_sampler
+        from model.build import build_encoder, build_sampler, build_sync_extractor
         from model.precision import apply_precision
 
         config = settings.load_config()
@@ -212,6 +239,7 @@ class InProcessPools:
             sampler,
             understand_max_new_tokens=settings.understand_max_new_tokens,
             pad_to=settings.sampler.max_batch_size if settings.batch_invariant else None,
+            sync_extractor=build_sync_extractor(config, weights=settings.resolved_sync_weights, device=settings.device),
         )
 
     def encode(self, prompt: MLLMPrompt) -> torch.Tensor:
@@ -224,6 +252,17 @@ class InProcessPools:
         with self._lock:
             self.calls["understand"] += 1
             return self.encoder.understand([request], max_new_tokens=self.understand_max_new_tokens)[0]
+
+    def sync_features(self, frames_u8: torch.Tensor) -> torch.Tensor:
+        """(tokens, D) float32 sync features of one job's frames (T, 3, 224, 224) uint8."""
+        with self._lock:
+            self.calls["sync_features"] += 1
+            if self.sync_extractor is None:
+                raise ValueError(NO_SYNC_WEIGHTS)
+            from model.sync import SEGMENTS_PER_PASS
+
+            features = self.sync_extractor.clip_features([frames_u8], max_segments_per_pass=SEGMENTS_PER_PASS)
+            return features[0].cpu()
 
     def generate(self, request: GenerationRequest) -> torch.Tensor:
         """(C, N) float32 audio of one segment."""

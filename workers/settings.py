@@ -59,6 +59,8 @@ class PoolSettings(BaseModel):
 
     num_cpus: float = 0.5
     num_gpus: float = 0.0  # a fraction of a GPU is fine for the encoder
+    # Custom Ray resources each replica needs, e.g. {"gpu_node": 0.01} to place the pool on such nodes.
+    resources: dict[str, float] = Field(default_factory=dict)
     max_batch_size: int = 8
     batch_wait_timeout_s: float = 0.05
     min_replicas: int = 1
@@ -78,6 +80,8 @@ class PoolSettings(BaseModel):
     def _check(self) -> PoolSettings:
         if self.num_cpus < 0 or self.num_gpus < 0:
             raise ValueError(f"num_cpus/num_gpus must be >= 0, got {self.num_cpus}/{self.num_gpus}")
+        if any(not amount >= 0 for amount in self.resources.values()):
+            raise ValueError(f"resources must be >= 0 each, got {self.resources}")
         if not 1 <= self.max_batch_size <= 256:
             raise ValueError(f"max_batch_size must be in [1, 256], got {self.max_batch_size}")
         if not 0 <= self.batch_wait_timeout_s <= 10:
@@ -125,6 +129,9 @@ class WorkerSettings(BaseSettings):
     # released model.ckpt / safetensors / converted folder; None = the preset's packaged weights
     # where the package ships them (model.config.PACKAGED_WEIGHTS), else random
     weights: str | None = None
+    # Synchformer weights for the encoder pool's sync extractor: synchformer_state_dict.pth, a safetensors
+    # file or a converted folder; None = the `sync.safetensors` of `weights` (convert-checkpoint --synchformer)
+    sync_weights: str | None = None
     device: str = "cpu"  # "cuda" on GPU replicas
     # DiT precision: fp32 | bf16 | fp16 (autocast, the reference's style) | auto (bf16 on CUDA, else fp32).
     # The VAE decode and the mel front end always run in float32.
@@ -216,6 +223,11 @@ class WorkerSettings(BaseSettings):
 
         path = packaged_weights(self.preset)
         return None if path is None else str(path)
+
+    @property
+    def resolved_sync_weights(self) -> str | None:
+        """Where the sync extractor's weights come from: `sync_weights`, else the resolved `weights`."""
+        return self.sync_weights if self.sync_weights is not None else self.resolved_weights
 
     @property
     def uses_random_weights(self) -> bool:
