@@ -31,8 +31,10 @@ from orchestrator.webhooks.keys import WebhookKeys
 __all__ = [
     "DELIVERY_STATUSES",
     "EVENTS",
+    "MAX_PAGE",
     "Claimed",
     "DeliveryPage",
+    "DeliveryStatus",
     "DeliveryStore",
     "DeliveryView",
     "Event",

@@ -35,8 +35,8 @@ class WebhookKeys:
 
     @property
     def events(self) -> str:
-        """The stream the queue appends ended objects to (same key as `RedisKeys.webhook_events`)."""
-        return f"{self.prefix}webhooks:events"
+        """The stream the queue's scripts append ended objects to."""
+        return self.keys.webhook_events
 
     @property
     def delivery_base(self) -> str:

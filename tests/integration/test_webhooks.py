@@ -477,3 +477,138 @@ def test_https_goes_to_the_checked_address_with_the_host_name_as_tls_server_name
     finally:
         receiver.server.shutdown()
         receiver.server.server_close()
+
+
+# --------------------------------------------------------------------------- through the API and the queue
+
+
+@pytest.fixture()
+def api(redis_url, redis_prefix, tmp_path, monkeypatch):
+    """The HTTP API on loopback over the test's Redis prefix (results in a local folder), with a
+    key of tenant `hooks` and one of tenant `other`."""
+    import httpx
+
+    from orchestrator.api import create_app, serve_in_thread
+    from orchestrator.storage import LocalStorage
+
+    monkeypatch.delenv("AUDIO_OMNI_WEBHOOK_ALLOW_HOSTS", raising=False)
+    queue = JobQueue(redis_url, prefix=redis_prefix, lease_s=30)
+    storage = LocalStorage(tmp_path / "results")
+    store = TenantStore(queue.redis, prefix=redis_prefix)
+    store.create(TENANT)
+    store.create("other")
+    key, other_key = store.issue_key(TENANT), store.issue_key("other")
+    app = create_app(None, queue=queue, storage=storage, tenants=store)
+    with (
+        serve_in_thread(app) as url,
+        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}) as http,
+        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {other_key}"}) as other,
+    ):
+        yield {"http": http, "other": other, "queue": queue, "storage": storage, "tenants": store}
+    queue.close()
+
+
+def _play_engine(api, job_id: str, *, fail: str | None = None) -> None:
+    """What an engine does with one job: claim it, then write a result and acknowledge, or fail it."""
+    queue, storage = api["queue"], api["storage"]
+    (claim,) = queue.claim("test-engine", count=1, block_ms=2000)
+    assert claim.job_id == job_id
+    if fail is not None:
+        queue.fail(claim, fail, retryable=False, error_code="bad_audio")
+        return
+    location = storage.put_result(
+        tenant=claim.tenant, job_id=claim.job_id, batch_id=claim.batch_id, metadata={"seed": claim.seed}, data=b"RIFF"
+    )
+    queue.ack_success(claim, location.result_uri, extra={"metadata_uri": location.metadata_uri})
+
+
+def _bodies(receiver: Receiver, count: int) -> dict[str, dict]:
+    return {json.loads(r.body)["type"] + ":" + r.path: json.loads(r.body) for r in receiver.wait_for(count)}
+
+
+def test_submit_over_http_finish_in_the_queue_delivery_to_the_receiver(
+    api, receiver, run_dispatcher, monkeypatch, client, keys
+):
+    http = api["http"]
+    t2a = {"task": "text_to_audio", "prompt": "rain on a tin roof"}
+    # refused at submission: private, metadata, loopback literal and a name that resolves to loopback
+    for url in ("http://10.0.0.1/hook", "http://169.254.169.254/latest", "http://[::1]/x", receiver.url):
+        response = http.post("/v1/jobs", json={**t2a, "webhook_url": url})
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["code"] == "webhook_url_refused"
+    response = http.post("/v1/jobs", json={**t2a, "webhook_url": "http://localhost:9/hook"})
+    assert response.status_code == 422 and "loopback" in response.json()["error"]["message"]
+    response = http.post("/v1/batches", json={"jobs": [t2a], "webhook_url": "http://192.168.0.1/"})
+    assert response.status_code == 422 and response.json()["error"]["code"] == "webhook_url_refused"
+    assert sum(api["queue"].queue_depths().values()) == 0
+
+    monkeypatch.setenv("AUDIO_OMNI_WEBHOOK_ALLOW_HOSTS", "127.0.0.1")  # the deployment allows the receiver
+    job = http.post(
+        "/v1/jobs",
+        json={**t2a, "webhook_url": receiver.url + "?job", "metadata": {"order": 7}, "custom_id": "row-7"},
+    )
+    assert job.status_code == 201, job.text
+    job_id = job.json()["job_id"]
+    cancelled = http.post("/v1/jobs", json={**t2a, "webhook_url": receiver.url + "?cancel"}).json()["job_id"]
+    batch = http.post("/v1/batches", json={"jobs": [t2a, t2a], "webhook_url": receiver.url + "?batch"})
+    assert batch.status_code == 201, batch.text
+    batch_id, batch_jobs = batch.json()["batch_id"], batch.json()["job_ids"]
+
+    dispatcher = run_dispatcher()
+    _play_engine(api, job_id)
+    assert http.delete(f"/v1/jobs/{cancelled}").status_code == 200
+    _play_engine(api, batch_jobs[0])
+    _play_engine(api, batch_jobs[1], fail="the input is not audio")
+
+    got = _bodies(receiver, 3)
+    time.sleep(0.5)
+    assert len(receiver.requests) == 3  # one per event; the batch's own jobs have no webhook_url
+    assert set(got) == {"job.succeeded:/hook?job", "job.cancelled:/hook?cancel", "batch.completed:/hook?batch"}
+    data = got["job.succeeded:/hook?job"]["data"]
+    assert data["job_id"] == job_id and data["status"] == "succeeded" and data["result_available"] is True
+    assert data["metadata"] == {"order": 7} and data["custom_id"] == "row-7"
+    assert got["job.cancelled:/hook?cancel"]["data"]["status"] == "cancelled"
+    done = got["batch.completed:/hook?batch"]["data"]
+    assert done["batch_id"] == batch_id and done["done"] is True
+    assert done["counts"]["succeeded"] == 1 and done["counts"]["failed"] == 1
+    secret = api["tenants"].webhook_secret(TENANT)
+    for received in receiver.requests:
+        _check_signature(secret, received)
+
+    # the tenant sees its deliveries over HTTP; another tenant sees none of them
+    listing = http.get("/v1/webhooks/deliveries", params={"limit": 2})
+    assert listing.status_code == 200, listing.text
+    first = listing.json()
+    assert len(first["items"]) == 2 and first["next_cursor"]
+    rest = http.get("/v1/webhooks/deliveries", params={"cursor": first["next_cursor"]}).json()
+    items = first["items"] + rest["items"]
+    assert rest["next_cursor"] is None and len(items) == 3
+    assert {i["type"] for i in items} == {"job.succeeded", "job.cancelled", "batch.completed"}
+    assert all(i["status"] == "delivered" and i["attempts"] == 1 and i["last_status_code"] == 200 for i in items)
+    assert {i["delivery_id"] for i in items} == {r.headers["webhook-id"] for r in receiver.requests}
+    failed = http.get("/v1/webhooks/deliveries", params={"status": "failed"}).json()
+    assert failed == {"items": [], "next_cursor": None}
+    assert api["other"].get("/v1/webhooks/deliveries").json()["items"] == []
+    bad = http.get("/v1/webhooks/deliveries", params={"cursor": "not-a-cursor"})
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "cursor"
+    assert http.get("/v1/webhooks/deliveries", params={"status": "lost"}).status_code == 422
+    assert client.xlen(WebhookKeys(keys).events) == 0
+    assert dispatcher.store.pending_events(group="webhooks") == 0
+
+
+def test_webhooks_deliveries_command(client, keys, queue, tenants, receiver, run_dispatcher, redis_url, capsys):
+    from orchestrator.cli import main
+
+    entry = _add_event(client, keys, "job", _finished_job(queue), "succeeded", receiver.url)
+    _wait_status(run_dispatcher().store, "msg_" + entry, "delivered")
+    argv = ["webhooks", "--redis-url", redis_url, "--redis-prefix", keys.prefix, "deliveries", "--tenant", TENANT]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"msg_{entry}  job.succeeded  job-1  delivered  attempts 1  last 200" in out
+    assert main([*argv, "--json", "--status", "delivered"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    assert json.loads(line)["delivery_id"] == "msg_" + entry
+    assert main([*argv, "--status", "failed"]) == 0
+    assert capsys.readouterr().out.strip() == "no deliveries"
+    assert main([*argv, "--cursor", "zzz"]) == 2
+    assert "cursor 'zzz' is invalid" in capsys.readouterr().err
