@@ -20,6 +20,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -286,6 +287,8 @@ class _Run:
         assigned = {line for key, lines in state.chunks.items() if key not in state.refused for line in lines}
         outstanding = self._outstanding_jobs()
         room = self.chunk_size if self.limit is None else min(self.chunk_size, self.limit - outstanding)
+        if outstanding and room < self.chunk_size // 2:
+            return []  # wait for half a chunk of room rather than send many tiny batches
         chunk: list[_Entry] = []
         jobs = 0
         for entry in self.entries:
@@ -439,26 +442,40 @@ class _Run:
                 total=total, initial=len(self.state.done), unit="job", disable=not self.progress, file=sys.stderr
             ) as bar,
         ):
-            while len(self.state.done) < total:
-                sent = self.submit_some()
-                for line, item in self.finished_items(set(futures.values())):
-                    futures[pool.submit(self.fetch, line, item)] = line
-                if futures:
-                    finished, _ = wait(list(futures), timeout=0 if sent else self.poll_s, return_when=FIRST_COMPLETED)
-                    for future in finished:
-                        futures.pop(future)
-                        done = future.result()
-                        self.journal.write({"op": "done", **done.__dict__})
-                        bar.update(1)
-                elif not sent:
-                    time.sleep(self.poll_s)
-                bar.set_postfix_str(f"in flight {self._outstanding_jobs()}", refresh=False)
-                if deadline is not None and time.monotonic() > deadline:
-                    raise WaitTimeout(
-                        f"run_jsonl of {self.manifest}: {len(self.state.done)}/{total} lines finished after "
-                        f"{timeout_s:g} s; run it again with the same out_dir to resume"
-                    )
+            try:
+                while len(self.state.done) < total:
+                    sent = self.submit_some()
+                    for line, item in self.finished_items(set(futures.values())):
+                        futures[pool.submit(self.fetch, line, item)] = line
+                    if futures:
+                        timeout = 0 if sent else self.poll_s
+                        finished, _ = wait(list(futures), timeout=timeout, return_when=FIRST_COMPLETED)
+                        self._record(finished, futures, bar)
+                    elif not sent:
+                        time.sleep(self.poll_s)
+                    bar.set_postfix_str(f"in flight {self._outstanding_jobs()}", refresh=False)
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise WaitTimeout(
+                            f"run_jsonl of {self.manifest}: {len(self.state.done)}/{total} lines finished after "
+                            f"{timeout_s:g} s; run it again with the same out_dir to resume"
+                        )
+            except BaseException:
+                # Stopping: downloads not started are dropped, running ones are let finish and
+                # journaled, so a resumed run neither fetches them again nor misses them.
+                for future in futures:
+                    future.cancel()
+                finished, _ = wait(list(futures))
+                self._record([f for f in finished if not f.cancelled() and f.exception() is None], futures, bar)
+                raise
         return self._write_results()
+
+    def _record(self, finished: Iterable[Future[_Done]], futures: dict[Future[_Done], int], bar: Any) -> None:
+        """Journal the lines whose fetch finished (a failed fetch raises its error here)."""
+        for future in finished:
+            futures.pop(future)
+            done = future.result()
+            self.journal.write({"op": "done", **done.__dict__})
+            bar.update(1)
 
     def _write_results(self) -> RunSummary:
         path = self.out_dir / RESULTS_FILE

@@ -55,9 +55,9 @@ class RetryPolicy:
         if (
             not isinstance(self.max_retries, int)
             or isinstance(self.max_retries, bool)
-            or not 0 <= self.max_retries <= 50
+            or not 0 <= self.max_retries <= 100
         ):
-            raise ValueError(f"max_retries {self.max_retries!r} is invalid: expected an integer in [0, 50]")
+            raise ValueError(f"max_retries {self.max_retries!r} is invalid: expected an integer in [0, 100]")
         for name in ("initial_s", "max_wait_s", "max_retry_after_s"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value <= 3600:
