@@ -612,3 +612,56 @@ def test_webhooks_deliveries_command(client, keys, queue, tenants, receiver, run
     assert capsys.readouterr().out.strip() == "no deliveries"
     assert main([*argv, "--cursor", "zzz"]) == 2
     assert "cursor 'zzz' is invalid" in capsys.readouterr().err
+
+
+def test_workflows_announce_their_end(api, receiver, run_dispatcher, monkeypatch):
+    monkeypatch.setenv("AUDIO_OMNI_WEBHOOK_ALLOW_HOSTS", "127.0.0.1")
+    http = api["http"]
+    steps = [
+        {"id": "rain", "task": "text_to_audio", "prompt": "rain", "duration_s": 1.0, "steps": 2},
+        {"id": "wind", "task": "text_to_audio", "prompt": "wind", "duration_s": 1.0, "steps": 2},
+    ]
+    refused = http.post("/v1/workflows", json={"steps": steps, "webhook_url": "http://10.1.1.1/"})
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "webhook_url_refused"
+    done = http.post("/v1/workflows", json={"steps": steps, "webhook_url": receiver.url + "?done"})
+    assert done.status_code in (200, 201, 202), done.text
+    stopped = http.post("/v1/workflows", json={"steps": steps, "webhook_url": receiver.url + "?stopped"})
+    done_id, stopped_id = done.json()["workflow_id"], stopped.json()["workflow_id"]
+    assert http.delete(f"/v1/workflows/{stopped_id}").status_code == 200
+    run_dispatcher()
+    for step in done.json()["steps"]:
+        _play_engine(api, step["job_id"])
+    got = _bodies(receiver, 2)
+    time.sleep(0.5)
+    assert set(got) == {"workflow.succeeded:/hook?done", "workflow.cancelled:/hook?stopped"}
+    assert len(receiver.requests) == 2  # the steps themselves have no webhook_url
+    succeeded = got["workflow.succeeded:/hook?done"]["data"]
+    assert succeeded["workflow_id"] == done_id and succeeded["status"] == "succeeded"
+    assert [s["status"] for s in succeeded["steps"]] == ["succeeded", "succeeded"]
+    assert got["workflow.cancelled:/hook?stopped"]["data"]["workflow_id"] == stopped_id
+
+
+def test_malformed_events_are_dropped_and_unknown_tenants_wait_for_their_secret(
+    client, keys, queue, tenants, receiver, run_dispatcher
+):
+    events = WebhookKeys(keys).events
+    client.xadd(events, {"object": "planet", "id": "p1", "event": "exploded", "tenant": TENANT, "url": receiver.url})
+    client.xadd(events, {"object": "job", "id": "j1"})  # no event, tenant or url
+    stranger = client.xadd(
+        events, {"object": "job", "id": "j9", "event": "failed", "tenant": "stranger", "url": receiver.url}
+    ).decode()
+    good = _add_event(client, keys, "job", _finished_job(queue), "succeeded", receiver.url)
+    dispatcher = run_dispatcher(_settings(retry_schedule_s=(0.3,) * 10))
+    _wait_status(dispatcher.store, "msg_" + good, "delivered")
+    assert client.xlen(events) == 0  # the malformed entries were acknowledged and deleted
+    waiting = dispatcher.store.get("msg_" + stranger)
+    deadline = time.monotonic() + 20
+    while waiting.attempts < 2:  # retried: an operator may still create the tenant
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+        waiting = dispatcher.store.get("msg_" + stranger)
+    assert waiting.status == "pending" and "tenant 'stranger' is not registered" in waiting.last_error
+    tenants.create("stranger")
+    _wait_status(dispatcher.store, "msg_" + stranger, "delivered")
+    assert len(receiver.wait_for(2)) == 2
+    _check_signature(tenants.webhook_secret("stranger"), receiver.requests[-1])
