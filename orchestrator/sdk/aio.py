@@ -9,7 +9,7 @@ import hashlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 import httpx
 from tenacity import AsyncRetrying
@@ -51,6 +51,9 @@ from orchestrator.sdk.models import (
 )
 from orchestrator.sdk.retry import RetryPolicy
 from orchestrator.workflows import WorkflowSpec
+
+if TYPE_CHECKING:
+    from orchestrator.sdk.bulk import RunSummary
 
 __all__ = ["AsyncClient"]
 
@@ -271,6 +274,20 @@ class AsyncClient:
     async def upload(self, source: str | os.PathLike[str] | bytes, *, filename: str | None = None) -> UploadView:
         data, name = upload_body(source, filename)
         return await self.run(calls.upload(data, name))
+
+    async def run_jsonl(
+        self, path: str | os.PathLike[str], out_dir: str | os.PathLike[str], **options: Any
+    ) -> RunSummary:
+        """`Client.run_jsonl` on a worker thread, with a `Client` of this one's URL, key and policy."""
+        from orchestrator.sdk.bulk import run_jsonl
+        from orchestrator.sdk.sync import Client
+
+        def run() -> RunSummary:
+            config = self.config
+            with Client(config.base_url, config.api_key, timeout_s=config.timeout_s, retry=config.retry) as client:
+                return run_jsonl(client, path, out_dir, **options)
+
+        return await asyncio.to_thread(run)
 
     # ----------------------------------------------------------------------- operators and webhooks
 

@@ -8,7 +8,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 import httpx
 from tenacity import Retrying
@@ -50,6 +50,9 @@ from orchestrator.sdk.models import (
 )
 from orchestrator.sdk.retry import RetryPolicy
 from orchestrator.workflows import WorkflowSpec
+
+if TYPE_CHECKING:
+    from orchestrator.sdk.bulk import RunSummary
 
 __all__ = ["Client"]
 
@@ -301,6 +304,13 @@ class Client:
         """Upload a WAV/FLAC input; returns its `UploadView` (pass `uri` as a job input)."""
         data, name = upload_body(source, filename)
         return self.run(calls.upload(data, name))
+
+    def run_jsonl(self, path: str | os.PathLike[str], out_dir: str | os.PathLike[str], **options: Any) -> RunSummary:
+        """Run a whole JSONL manifest and collect its results in `out_dir` (resumable): see
+        `orchestrator.sdk.bulk.run_jsonl` for the options."""
+        from orchestrator.sdk.bulk import run_jsonl
+
+        return run_jsonl(self, path, out_dir, **options)
 
     # ----------------------------------------------------------------------- operators and webhooks
 
