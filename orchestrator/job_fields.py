@@ -25,12 +25,15 @@ from pydantic import AfterValidator, Field
 from pydantic.config import JsonValue
 
 __all__ = [
+    "CUSTOM_ID_DESCRIPTION",
     "MAX_CUSTOM_ID_CHARS",
     "MAX_METADATA_BYTES",
     "MAX_METADATA_KEYS",
     "MAX_METADATA_KEY_CHARS",
     "MAX_WEBHOOK_URL_CHARS",
+    "METADATA_DESCRIPTION",
     "TASK_EXAMPLES",
+    "WEBHOOK_URL_DESCRIPTION",
     "CustomId",
     "Metadata",
     "WebhookUrl",
@@ -105,40 +108,20 @@ def check_webhook_url(value: str) -> str:
     return value
 
 
-Metadata = Annotated[
-    dict[str, Any],
-    AfterValidator(check_metadata),
-    Field(
-        description=(
-            f"your own JSON object, echoed in every view of the job (at most {MAX_METADATA_KEYS} keys of "
-            f"1-{MAX_METADATA_KEY_CHARS} characters, {MAX_METADATA_BYTES} bytes as JSON)"
-        ),
-        examples=[{"project": "trailer-42", "take": 3}],
-    ),
-]
-CustomId = Annotated[
-    str,
-    Field(
-        min_length=1,
-        max_length=MAX_CUSTOM_ID_CHARS,
-        description="your own label for the job, echoed in every view of it (not required to be unique)",
-        examples=["row-0017"],
-    ),
-    AfterValidator(check_custom_id),
-]
-WebhookUrl = Annotated[
-    str,
-    Field(
-        min_length=1,
-        max_length=MAX_WEBHOOK_URL_CHARS,
-        description=(
-            "http(s) URL that receives a signed POST when this ends (Standard Webhooks; see docs/webhooks.md). "
-            "Private, loopback, link-local and metadata addresses are refused unless the deployment allows them"
-        ),
-        examples=["https://example.com/hooks/audio-omni"],
-    ),
-    AfterValidator(check_webhook_url),
-]
+METADATA_DESCRIPTION = (
+    f"your own JSON object, echoed in every view of the job (at most {MAX_METADATA_KEYS} keys of "
+    f"1-{MAX_METADATA_KEY_CHARS} characters, {MAX_METADATA_BYTES} bytes as JSON)"
+)
+CUSTOM_ID_DESCRIPTION = "your own label for the job, echoed in every view of it (not required to be unique)"
+WEBHOOK_URL_DESCRIPTION = (
+    "http(s) URL that receives a signed POST when this ends (Standard Webhooks; see docs/webhooks.md). "
+    "Private, loopback, link-local and metadata addresses are refused unless the deployment allows them"
+)
+
+Metadata = Annotated[dict[str, Any], AfterValidator(check_metadata)]
+CustomId = Annotated[str, Field(min_length=1, max_length=MAX_CUSTOM_ID_CHARS), AfterValidator(check_custom_id)]
+WebhookUrl = Annotated[str, Field(min_length=1, max_length=MAX_WEBHOOK_URL_CHARS), AfterValidator(check_webhook_url)]
+
 
 # One example per task, shown in the OpenAPI schema (`/docs`) and checked by tests/unit/test_jobs.py.
 TASK_EXAMPLES: list[JsonValue] = [

@@ -53,7 +53,15 @@ from model.limits import (
     MIN_STEPS,
 )
 from orchestrator.errors import InvalidJobSpec
-from orchestrator.job_fields import TASK_EXAMPLES, CustomId, Metadata, WebhookUrl
+from orchestrator.job_fields import (
+    CUSTOM_ID_DESCRIPTION,
+    METADATA_DESCRIPTION,
+    TASK_EXAMPLES,
+    WEBHOOK_URL_DESCRIPTION,
+    CustomId,
+    Metadata,
+    WebhookUrl,
+)
 from orchestrator.references import (
     REFERENCE_TEXT_FIELDS,
     REFERENCE_URI_FIELDS,
@@ -394,9 +402,9 @@ class JobSpec(BaseModel):
         default=None, description="a re-submit with the same key (per tenant) returns the existing job"
     )
     batch_id: BatchId | None = Field(default=None, description="set by POST /v1/batches for the jobs of a batch")
-    metadata: Metadata | None = None
-    custom_id: CustomId | None = None
-    webhook_url: WebhookUrl | None = None
+    metadata: Metadata | None = Field(None, description=METADATA_DESCRIPTION, examples=[{"project": "demo"}])
+    custom_id: CustomId | None = Field(None, description=CUSTOM_ID_DESCRIPTION, examples=["row-0017"])
+    webhook_url: WebhookUrl | None = Field(None, description=WEBHOOK_URL_DESCRIPTION)
     # Set by the system on a workflow step's job (`orchestrator.workflows.plan_workflow`), never by a
     # client: left out of the JSON schema, and the API refuses it.
     workflow: Annotated[WorkflowLink | None, SkipJsonSchema()] = None

@@ -49,7 +49,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from model.limits import MAX_REFERENCED_TEXT_CHARS
 from model.prompts import ASR_INSTRUCTION, reasoning_question
 from orchestrator.errors import InvalidJobSpec, PermanentError
-from orchestrator.job_fields import WebhookUrl
+from orchestrator.job_fields import WEBHOOK_URL_DESCRIPTION, WebhookUrl
 from orchestrator.jobs import (
     CONTROL_RE,
     MAX_ID_CHARS,
@@ -197,7 +197,7 @@ class WorkflowSpec(BaseModel):
     tenant: TenantId = "default"
     priority: Priority = Priority.NORMAL
     batch_id: BatchId | None = None
-    webhook_url: WebhookUrl | None = None
+    webhook_url: WebhookUrl | None = Field(None, description=WEBHOOK_URL_DESCRIPTION)
 
     # Set by `expand_job` only: step id -> the fields as the client gave them before a built-in
     # chain rewrote them (carried into `WorkflowLink.original` by `plan_workflow`).

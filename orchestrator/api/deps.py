@@ -113,7 +113,7 @@ CurrentTenant = Annotated[Tenant, Depends(authenticate)]
 
 def require_admin(tenant: CurrentTenant) -> Tenant:
     """The caller's tenant if it is an operator (`Tenant.admin`), else 403."""
-    if not getattr(tenant, "admin", False):
+    if not tenant.admin:
         raise ApiError(403, "forbidden", "operators only: this key's tenant is not an admin tenant")
     return tenant
 

@@ -1,5 +1,6 @@
 """The Redis Streams queue against a real Redis: leases, takeover after a SIGKILL, retries with
-backoff, dead-lettering, cancel, priorities, batches, idempotency and bad inputs.
+backoff, dead-lettering, cancel, priorities, batches, idempotency, bad inputs, webhook events and
+error codes.
 
 Every key lives under the per-test `redis_prefix`, which the fixture deletes afterwards.
 """
@@ -628,3 +629,133 @@ def test_queue_from_url_settings_and_argument_checks(redis_url, redis_prefix):
             q.claim("c1", count=0)
         with pytest.raises(ValueError, match="consumer"):
             q.claim("")
+
+
+# --------------------------------------------------------------------------- webhook events and error codes
+
+HOOK = "https://hooks.example.com/audio"
+
+
+def events(client, q: JobQueue) -> list[dict[str, str]]:
+    """The webhook events stream, oldest first, as text."""
+    return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in client.xrange(q.keys.webhook_events)]
+
+
+def event(object_: str, id_: str, name: str, url: str = HOOK, tenant: str = "default") -> dict[str, str]:
+    return {"object": object_, "id": id_, "event": name, "tenant": tenant, "url": url}
+
+
+def test_a_job_with_a_webhook_url_announces_its_end_exactly_once(make_queue, client):
+    q = make_queue(max_attempts=2, backoff_base_s=0.01, backoff_max_s=0.02)
+    retried = q.submit(t2a("retried then succeeds", webhook_url=HOOK))
+    (c,) = q.claim("c1", block_ms=2000)
+    assert q.fail(c, "worker restarting", retryable=True) is JobStatus.QUEUED
+    assert events(client, q) == []  # a retry is no end
+    (c,) = q.claim("c1", block_ms=2000)
+    q.ack_success(c, "s3://results/a.wav")
+    with pytest.raises(LeaseLost):  # a stale holder cannot end it a second time
+        q.ack_success(c, "s3://results/a.wav")
+    assert events(client, q) == [event("job", retried.job_id, "succeeded")]
+
+    failed = q.submit(t2a("bad input", webhook_url=HOOK + "/2"))
+    (c,) = q.claim("c1", block_ms=2000)
+    q.fail(c, "input audio is too short", retryable=False, error_code="bad_audio")
+    dead = q.submit(t2a("keeps failing", webhook_url=HOOK))
+    for _ in range(2):
+        (c,) = q.claim("c1", block_ms=2000)
+        q.fail(c, "GPU fell over", retryable=True)
+    cancelled = q.submit(t2a("never mind", webhook_url=HOOK))
+    q.cancel(cancelled.job_id)
+    q.cancel(cancelled.job_id)  # cancelling an ended job again changes nothing
+    silent = q.submit(t2a("no hook"))
+    (c,) = q.claim("c1", block_ms=2000)
+    q.ack_success(c, "s3://results/silent.wav")
+    assert q.get(silent.job_id).status is JobStatus.SUCCEEDED
+    assert events(client, q)[1:] == [
+        event("job", failed.job_id, "failed", HOOK + "/2"),
+        event("job", dead.job_id, "failed"),  # a dead-lettered job's event is `failed`
+        event("job", cancelled.job_id, "cancelled"),
+    ]
+
+
+def test_a_batch_announces_completed_once_its_last_job_ends(make_queue, client):
+    q = make_queue()
+    bid, _ = q.submit_batch([t2a(f"item {i}") for i in range(3)], webhook_url=HOOK)
+    q.submit_batch([t2a("item 0")], batch_id=bid, webhook_url=HOOK)  # an idempotent re-send adds nothing
+    claims = q.claim("c1", count=3, block_ms=2000)
+    assert len(claims) == 3
+    q.ack_success(claims[0], "s3://results/0.wav")
+    q.fail(claims[1], "bad prompt", retryable=False)
+    assert events(client, q) == []  # one job still runs; the jobs have no hook of their own
+    q.ack_success(claims[2], "s3://results/2.wav")
+    assert events(client, q) == [event("batch", bid, "completed")]
+    assert q.batch_status(bid).webhook_url == HOOK
+
+
+def test_a_workflow_announces_how_it_ended_and_a_step_its_own_end(make_queue, client):
+    q = make_queue()
+    steps = [
+        {"id": "describe", "task": "understand", "prompt": "What is this?", "input_audio_uri": "s3://in/a.wav"},
+        {"id": "score", "task": "text_to_music", "prompt": "Music for {{describe.text}}", "webhook_url": HOOK + "/s"},
+    ]
+    ok = q.submit_workflow({"steps": steps, "webhook_url": HOOK})
+    (c,) = q.claim("c1", block_ms=2000)
+    q.ack_success(c, "s3://results/d.json", {"text": "rain"})
+    assert events(client, q) == []
+    (c,) = q.claim("c1", block_ms=2000)
+    q.ack_success(c, "s3://results/s.wav")
+    assert events(client, q) == [
+        event("job", f"{ok.workflow_id}-score", "succeeded", HOOK + "/s"),
+        event("workflow", ok.workflow_id, "succeeded"),
+    ]
+
+    failing = q.submit_workflow({"steps": steps, "webhook_url": HOOK, "idempotency_key": "second"})
+    (c,) = q.claim("c1", block_ms=2000)
+    q.fail(c, "input not found: s3://in/a.wav", retryable=False, error_code="input_not_found")
+    # The step that never ran is cancelled (its own hook says so), then the workflow has failed.
+    assert events(client, q)[2:] == [
+        event("job", f"{failing.workflow_id}-score", "cancelled", HOOK + "/s"),
+        event("workflow", failing.workflow_id, "failed"),
+    ]
+    ended = q.workflow_status(failing.workflow_id)
+    assert [s.error_code for s in ended.steps] == ["input_not_found", "dependency_failed"]
+
+    stopped = q.submit_workflow({"steps": steps[:1], "webhook_url": HOOK, "idempotency_key": "third"})
+    q.cancel_workflow(stopped.workflow_id)
+    q.cancel_workflow(stopped.workflow_id)
+    assert events(client, q)[4:] == [event("workflow", stopped.workflow_id, "cancelled")]
+
+
+def test_every_end_records_its_error_code(make_queue):
+    q = make_queue(max_attempts=2, backoff_base_s=0.01, backoff_max_s=0.02)
+    bid, (a, b, c_id) = q.submit_batch([t2a("a"), t2a("b"), t2a("c")])
+    claims = {c.job_id: c for c in q.claim("c1", count=3, block_ms=2000)}
+    q.fail(claims[a], "input audio lasts 400 s", retryable=False, error_code="bad_audio")
+    q.fail(claims[b], "storage throttled", retryable=True, error_code="storage_unavailable")
+    waiting = q.get(b)
+    assert (waiting.status, waiting.error_code) == (JobStatus.QUEUED, "storage_unavailable")
+    (again,) = q.claim("c1", block_ms=2000)
+    q.fail(again, "storage throttled", retryable=True, error_code="storage_unavailable")
+    assert (q.get(b).status, q.get(b).error_code) == (JobStatus.DEAD, "retries_exhausted")
+    q.fail(claims[c_id], "a bug", retryable=True)  # no code given: internal
+    (retry,) = q.claim("c1", block_ms=2000)
+    assert q.get(c_id).error_code == "internal"
+    q.ack_success(retry, "s3://results/c.wav")
+    done = q.get(c_id)
+    assert (done.error, done.error_code) == (None, None)  # a success clears the earlier attempts' error
+    failures = q.batch_status(bid).failures
+    assert [(f.job_id, f.error_code) for f in failures] == [(a, "bad_audio"), (b, "retries_exhausted")]
+    cancelled = q.submit(t2a("d"))
+    q.cancel(cancelled.job_id)
+    assert q.get(cancelled.job_id).error_code == "cancelled"
+    with pytest.raises(ValueError):  # a code outside the vocabulary is refused before anything is written
+        q.fail(again, "x", retryable=False, error_code="no_such_code")
+
+
+def test_a_job_whose_lease_keeps_lapsing_dies_with_retries_exhausted(make_queue):
+    q = make_queue(lease_s=0.15, max_attempts=1)
+    rec = q.submit(t2a(webhook_url=HOOK))
+    q.claim("c1", block_ms=2000)  # and then "dies"
+    assert q.claim("c2", block_ms=600) == []
+    got = q.get(rec.job_id)
+    assert (got.status, got.error_code) == (JobStatus.DEAD, "retries_exhausted")

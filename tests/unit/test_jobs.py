@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from orchestrator.errors import (
+    ErrorCode,
     InvalidJobSpec,
     JobCancelled,
     JobNotFound,
@@ -15,8 +16,10 @@ from orchestrator.errors import (
     Outcome,
     PermanentError,
     RetryableError,
+    error_code_of,
     outcome_of,
 )
+from orchestrator.job_fields import MAX_METADATA_BYTES, TASK_EXAMPLES
 from orchestrator.jobs import (
     DEFAULT_CFG_SCALE,
     DEFAULT_DURATION_S,
@@ -38,6 +41,8 @@ from orchestrator.jobs import (
 )
 from orchestrator.keys import RedisKeys
 from orchestrator.settings import Settings
+
+T2A_SPEC = {"task": "text_to_audio", "prompt": "rain on a tin roof"}
 
 
 def errors_of(data) -> dict[str, str]:
@@ -280,12 +285,16 @@ def test_every_key_starts_with_the_prefix():
     keys = [
         *k.streams(), k.delayed("low"), k.autoclaim_cursor("high"), k.claim_seq, k.dead_letter,
         k.job("j1"), k.batch("b1"), k.batch_failures("b1"), k.idempotency("t", "key"),
-        k.tenant("t"), k.api_key("ab" * 32),
+        k.tenant("t"), k.api_key("ab" * 32), k.batch_jobs("b1"), k.tenant_jobs("t"), k.tenant_batches("t"),
+        k.webhook_events,
     ]  # fmt: skip
     assert all(key.startswith("tenantA:") for key in keys)
     assert len(set(keys)) == len(keys)
     assert k.job("j1") == k.job_base + "j1" and k.batch("b1") == k.batch_base + "b1"
     assert k.delayed("low") == k.delayed_base + "low"
+    assert k.batch_jobs("b1") == k.batch_jobs_base + "b1" and k.tenant_jobs("t") == k.tenant_jobs_base + "t"
+    assert k.tenant_batches("t") == k.tenant_batches_base + "t"
+    assert k.webhook_events == "tenantA:webhooks:events"  # the contract's key (the dispatcher reads it)
     assert k.streams() == [k.stream("high"), k.stream("normal"), k.stream("low")]
     with pytest.raises(ValueError):
         k.stream("urgent")
@@ -411,3 +420,93 @@ def test_specs_stored_before_workflows_parse_and_plain_specs_store_no_link():
 )
 def test_references_and_braces_in_a_plain_job_are_refused(data, field, needle):
     assert needle in errors_of(data)[field]
+
+
+def test_error_codes_of_the_exceptions_work_code_raises():
+    from orchestrator.audio_io import BadAudio
+    from orchestrator.engine import _PoolError
+    from orchestrator.storage.errors import (
+        ChecksumMismatch,
+        InputNotAllowed,
+        InputNotFound,
+        InputTooLarge,
+        ObjectNotFound,
+        StorageUnavailable,
+    )
+    from orchestrator.video_io import BadVideo
+
+    expected = {
+        InvalidJobSpec([("prompt", "required")]): "invalid_spec",
+        InputNotFound("s3://b/k.wav"): "input_not_found",
+        InputNotAllowed("s3://b/k.wav", "not this tenant's bucket"): "input_not_allowed",
+        InputTooLarge("s3://b/k.wav", 10, 5): "input_too_large",
+        ChecksumMismatch("k", "aa", "bb"): "input_corrupt",
+        ObjectNotFound("k"): "storage_error",
+        BadAudio("input audio", "lasts 400 s; the limit is 300 s"): "bad_audio",
+        BadVideo("input video", "has no video stream"): "bad_video",
+        PermanentError("the thinker refused the prompt"): "invalid_input",
+        StorageUnavailable("throttled"): "storage_unavailable",
+        _PoolError("generate failed: replica died"): "worker_unavailable",
+        RetryableError("busy"): "internal",
+        RuntimeError("a bug"): "internal",
+        MemoryError(): "internal",
+        JobCancelled("j1"): "cancelled",
+    }
+    for exc, code in expected.items():
+        assert error_code_of(exc) == code, exc
+        assert isinstance(error_code_of(exc), ErrorCode)
+    # The codes the queue's scripts write themselves are in the one vocabulary too.
+    assert {"retries_exhausted", "cancelled", "dependency_failed"} <= {c.value for c in ErrorCode}
+
+
+# --------------------------------------------------------------------------- the client's own fields
+
+
+def test_metadata_custom_id_and_webhook_url_are_stored_and_echoed_verbatim():
+    data = {
+        **T2A_SPEC,
+        "metadata": {"project": "trailer", "take": 3, "tags": ["a", "b"], "nested": {"ok": True}},
+        "custom_id": "row 17 / take 3",
+        "webhook_url": "https://hooks.example.com/audio?x=1",
+    }
+    spec = parse_spec(data)
+    again = parse_spec_json(spec.to_json())
+    assert again == spec and again.metadata == data["metadata"] and again.custom_id == "row 17 / take 3"
+    assert again.webhook_url == data["webhook_url"]
+    assert "metadata" not in parse_spec(T2A_SPEC).to_json()  # unset: nothing stored
+
+
+@pytest.mark.parametrize(
+    ("extra", "field", "needle"),
+    [
+        ({"metadata": {f"k{i}": i for i in range(17)}}, "metadata", "at most 16"),
+        ({"metadata": {"": 1}}, "metadata", "1-64 characters"),
+        ({"metadata": {"k" * 65: 1}}, "metadata", "1-64 characters"),
+        ({"metadata": {"k": "x" * MAX_METADATA_BYTES}}, "metadata", "bytes as JSON"),
+        ({"metadata": ["not", "an", "object"]}, "metadata", "dictionary"),
+        ({"custom_id": ""}, "custom_id", "at least 1"),
+        ({"custom_id": "x" * 65}, "custom_id", "at most 64"),
+        ({"custom_id": "a\x07b"}, "custom_id", "control characters"),
+        ({"webhook_url": "ftp://example.com/hook"}, "webhook_url", "http:// or https://"),
+        ({"webhook_url": "https:///no-host"}, "webhook_url", "must name a host"),
+        ({"webhook_url": "https://user:pw@example.com/h"}, "webhook_url", "credentials"),
+        ({"webhook_url": "https://example.com/h#frag"}, "webhook_url", "fragment"),
+        ({"webhook_url": "https://example.com:99999/h"}, "webhook_url", "not a valid URL"),
+        ({"webhook_url": "https://exa mple.com/h"}, "webhook_url", "whitespace"),
+        ({"webhook_url": "https://example.com/" + "a" * 2048}, "webhook_url", "at most 2048"),
+    ],
+)
+def test_client_fields_are_checked_against_their_limits(extra, field, needle):
+    errors = errors_of({**T2A_SPEC, **extra})
+    assert set(errors) == {field} and needle in errors[field], errors
+
+
+def test_every_task_has_a_valid_example_in_the_schema():
+    schema = JobSpec.model_json_schema()
+    assert schema["examples"] == TASK_EXAMPLES
+    assert {e["task"] for e in TASK_EXAMPLES} == {t.value for t in TaskName}
+    for example in TASK_EXAMPLES:
+        parse_spec(example)  # every example is a runnable job
+    properties = schema["properties"]
+    undocumented = [name for name, prop in properties.items() if not prop.get("description")]
+    assert undocumented == [], undocumented
