@@ -90,8 +90,8 @@ def _summary(jobs: Sequence[ReportJob], total: int) -> str:
     cells += [(status, str(n)) for status, n in sorted(counts.items()) if status not in STATUS_ORDER]
     timed = [job.seconds for job in jobs if job.timings]
     if timed:
-        cells.append(("compute s (total)", f"{sum(timed):.1f}"))
-        cells.append(("compute s (mean)", f"{sum(timed) / len(timed):.2f}"))
+        cells.append(("job seconds (sum)", f"{sum(timed):.1f}"))
+        cells.append(("job seconds (mean)", f"{sum(timed) / len(timed):.2f}"))
     ends = [job.finished_at for job in jobs if job.finished_at]
     starts = [job.submitted_at for job in jobs if job.submitted_at]
     if ends and starts:
