@@ -12,7 +12,9 @@
 - `speech.wav`: 3 s 16 kHz mono, a speech-like signal (a voiced pulse train through vowel formants,
   syllable by syllable): the source speech of the voice-conversion workflow;
 - `long.wav`: 45 s 22.05 kHz mono pink noise with a siren every 15 s, longer than the thinker's
-  30 s window (the long-understanding job of `workflows.jsonl`).
+  30 s window (the long-understanding job of `workflows.jsonl`);
+- `clip.mp4`: a real 3 s 25 fps H.264 video (160x120) of a ball bouncing across a moving gradient,
+  made with PyAV: the video-to-audio job with `output_format: "mp4"` returns it with a soundtrack.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import av
 import numpy as np
 import soundfile as sf
 import soxr
@@ -81,6 +84,37 @@ def long_scene(rng: np.random.Generator) -> np.ndarray:
     return (out * min(1.0, 0.95 / np.abs(out).max())).astype(np.float32)
 
 
+CLIP_S, CLIP_FPS, CLIP_W, CLIP_H = 3.0, 25, 160, 120
+
+
+def clip_frame(i: int) -> np.ndarray:
+    """Frame i of the clip, RGB (H, W, 3): a horizontal gradient drifting left and a ball bouncing
+    off the floor once a second while it crosses the picture."""
+    x = np.arange(CLIP_W)[None, :]
+    y = np.arange(CLIP_H)[:, None]
+    t = i / CLIP_FPS
+    img = np.zeros((CLIP_H, CLIP_W, 3), np.uint8)
+    img[..., 2] = (90 + 60 * np.sin(2 * np.pi * (x / CLIP_W + 0.3 * t))).astype(np.uint8)
+    img[..., 1] = (40 + 40 * y / CLIP_H).astype(np.uint8)
+    cx = 20 + (CLIP_W - 40) * t / CLIP_S
+    cy = CLIP_H - 16 - (CLIP_H - 40) * abs(np.sin(np.pi * t))  # touches the floor at each whole second
+    ball = (x - cx) ** 2 + (y - cy) ** 2 <= 12**2
+    img[ball] = (250, 200, 40)
+    return img
+
+
+def write_clip(path: Path) -> None:
+    """`clip_frame`s as an H.264 MP4 (one encoder thread, so the bytes are the same every run)."""
+    with av.open(str(path), "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=CLIP_FPS, options={"threads": "1", "preset": "medium"})
+        stream.width, stream.height, stream.pix_fmt = CLIP_W, CLIP_H, "yuv420p"
+        for i in range(round(CLIP_S * CLIP_FPS)):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(clip_frame(i), format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
 def make_inputs(folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(1234)
@@ -103,6 +137,8 @@ def make_inputs(folder: Path) -> list[Path]:
     out += [folder / "speech.wav", folder / "long.wav"]
     sf.write(out[4], speech_like(workflow_rng), SPEECH_RATE_HZ, subtype="PCM_16")
     sf.write(out[5], long_scene(workflow_rng), make_sounds.SR, subtype="PCM_16")
+    out.append(folder / "clip.mp4")
+    write_clip(out[6])
     return out
 
 
