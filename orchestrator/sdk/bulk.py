@@ -17,23 +17,30 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import sys
 import time
 from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
 from orchestrator.api_errors import ApiError
-from orchestrator.jobs import FINAL_STATUSES, JobSpec, format_validation_error
+from orchestrator.jobs import FINAL_STATUSES
 from orchestrator.sdk import calls
 from orchestrator.sdk.errors import WaitTimeout
-from orchestrator.sdk.models import BatchCreated, BatchResultLine, JobView
-from orchestrator.workflows import WorkflowSpec, expand_job, is_workflow_data
+from orchestrator.sdk.models import BatchCreated
+from orchestrator.sdk.run_state import (
+    EXPIRED,
+    Done,
+    Entry,
+    Journal,
+    Outcome,
+    RunState,
+    chunk_key,
+    learn_limit,
+    read_manifest,
+)
 
 if TYPE_CHECKING:
     from orchestrator.sdk.sync import Client
@@ -43,11 +50,7 @@ __all__ = ["RunSummary", "run_jsonl"]
 STATE_FILE = "run_state.jsonl"
 RESULTS_FILE = "results.jsonl"
 RESULTS_DIR = "results"
-EXPIRED = "expired"  # a line whose job record expired before the run collected it
 _FINAL = frozenset(s.value for s in FINAL_STATUSES)
-_QUOTA_RE = re.compile(r"has (\d+) jobs in flight; \d+ more would exceed its quota of (\d+)")
-_AT_MOST_RE = re.compile(r"at most (\d+)")
-MAX_LISTED_PROBLEMS = 20
 
 
 @dataclass(frozen=True)
@@ -64,166 +67,6 @@ class RunSummary:
     @property
     def succeeded(self) -> int:
         return self.counts.get("succeeded", 0)
-
-
-@dataclass(frozen=True)
-class _Entry:
-    line: int  # 1-based line number in the manifest
-    body: dict[str, Any]
-    jobs: int  # jobs it queues (a workflow's steps)
-
-
-@dataclass(frozen=True)
-class _Outcome:
-    """How a job ended, as a results line or the job itself says."""
-
-    status: str
-    custom_id: str | None = None
-    metadata: dict[str, Any] | None = None
-    text: str | None = None
-    error: str | None = None
-    error_code: str | None = None
-
-    @classmethod
-    def of(cls, view: BatchResultLine | JobView) -> _Outcome:
-        return cls(
-            status=view.status.value if view.status is not None else EXPIRED,
-            custom_id=view.custom_id,
-            metadata=view.metadata,
-            text=view.text,
-            error=view.error,
-            error_code=view.error_code,
-        )
-
-
-@dataclass
-class _Done:
-    line: int
-    job_id: str
-    status: str
-    workflow_id: str | None = None
-    custom_id: str | None = None
-    metadata: dict[str, Any] | None = None
-    result_path: str | None = None
-    text: str | None = None
-    error: str | None = None
-    error_code: str | None = None
-
-
-@dataclass
-class _State:
-    """What the journal says: the chunks sent (and whether each became a batch), the job of each
-    line, and the lines finished."""
-
-    chunks: dict[str, list[int]] = field(default_factory=dict)  # key -> lines
-    batches: dict[str, str] = field(default_factory=dict)  # key -> batch id
-    refused: set[str] = field(default_factory=set)
-    jobs: dict[int, tuple[str, str | None, str]] = field(default_factory=dict)  # line -> (job, workflow, batch)
-    done: dict[int, _Done] = field(default_factory=dict)
-
-    def apply(self, record: dict[str, Any]) -> None:
-        op = record.get("op")
-        if op == "chunk":
-            self.chunks[record["key"]] = [int(n) for n in record["lines"]]
-            self.refused.discard(record["key"])  # sent again after a refusal
-        elif op == "batch":
-            self.batches[record["key"]] = record["batch_id"]
-            for line, (job_id, workflow_id) in record["jobs"].items():
-                self.jobs[int(line)] = (job_id, workflow_id, record["batch_id"])
-        elif op == "refused":
-            self.refused.add(record["key"])
-        elif op == "done":
-            done = _Done(**{k: v for k, v in record.items() if k != "op"})
-            self.done[done.line] = done
-
-    def pending_chunks(self) -> list[str]:
-        """Chunks sent whose answer was never recorded: send them again with the same key."""
-        return [k for k in self.chunks if k not in self.batches and k not in self.refused]
-
-
-class _Journal:
-    """The run's state file: one JSON object per line, flushed and synced before the step it
-    records is acted on. A torn last line (a crash mid-write) is ignored on reading."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.state = _State()
-        self.header: dict[str, Any] | None = None
-        if path.exists():
-            for raw in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    record = json.loads(raw)
-                except json.JSONDecodeError:
-                    continue
-                if record.get("op") == "manifest":
-                    self.header = record
-                else:
-                    self.state.apply(record)
-        self._file = path.open("a", encoding="utf-8")
-
-    def write(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        if record.get("op") != "manifest":
-            self.state.apply(record)
-
-    def close(self) -> None:
-        self._file.close()
-
-
-def read_manifest(path: Path) -> list[_Entry]:
-    """The manifest's jobs and workflows (blank and `#` lines skipped), each validated here so a bad
-    line is reported with its number before anything is submitted."""
-    entries: list[_Entry] = []
-    problems: list[str] = []
-    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not raw.strip() or raw.lstrip().startswith("#"):
-            continue
-        where = f"{path}:{number}"
-        try:
-            body = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            problems.append(f"{where}: not valid JSON ({exc.msg})")
-            continue
-        if not isinstance(body, dict):
-            problems.append(f"{where}: expected a JSON object, got {type(body).__name__}")
-            continue
-        try:
-            if is_workflow_data(body):
-                jobs = len(WorkflowSpec.model_validate(body).steps)
-            else:
-                workflow = expand_job(JobSpec.model_validate(body))
-                jobs = 1 if workflow is None else len(workflow.steps)
-        except ValidationError as exc:
-            problems.extend(f"{where}: {field}: {message}" for field, message in format_validation_error(exc))
-            continue
-        except ValueError as exc:
-            problems.append(f"{where}: {exc}")
-            continue
-        entries.append(_Entry(number, body, jobs))
-    if problems:
-        more = len(problems) - MAX_LISTED_PROBLEMS
-        listed = "\n  ".join(problems[:MAX_LISTED_PROBLEMS]) + (f"\n  ... and {more} more" if more > 0 else "")
-        raise ValueError(f"the manifest has {len(problems)} invalid line(s); nothing was submitted:\n  {listed}")
-    if not entries:
-        raise ValueError(f"{path} holds no jobs")
-    return entries
-
-
-def chunk_key(manifest: Path, digest: str, lines: list[int]) -> str:
-    """The idempotency key of a chunk: the manifest's path and content, and the chunk's lines."""
-    seed = f"run_jsonl\0{manifest.resolve()}\0{digest}\0{','.join(map(str, lines))}"
-    return "rj-" + hashlib.sha256(seed.encode()).hexdigest()[:48]
-
-
-def _learn_limit(error: ApiError) -> tuple[int | None, int | None]:
-    """(quota, in flight) from a 429 `quota_exceeded` message, or (limit, None) from a 413."""
-    match = _QUOTA_RE.search(error.message)
-    if match:
-        return int(match.group(2)), int(match.group(1))
-    match = _AT_MOST_RE.search(error.message)
-    return (int(match.group(1)), None) if match else (None, None)
 
 
 class _Run:
@@ -258,7 +101,7 @@ class _Run:
         self.batches_submitted = 0
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / RESULTS_DIR).mkdir(exist_ok=True)
-        self.journal = _Journal(out_dir / STATE_FILE)
+        self.journal = Journal(out_dir / STATE_FILE)
         self._check_header()
 
     def _check_header(self) -> None:
@@ -273,7 +116,7 @@ class _Run:
             )
 
     @property
-    def state(self) -> _State:
+    def state(self) -> RunState:
         return self.journal.state
 
     # ------------------------------------------------------------------ submitting
@@ -281,7 +124,7 @@ class _Run:
     def _outstanding_jobs(self) -> int:
         return sum(self.by_line[line].jobs for line in self.state.jobs if line not in self.state.done)
 
-    def _next_chunk(self) -> list[_Entry]:
+    def _next_chunk(self) -> list[Entry]:
         """The next lines to send, as many as fit the chunk size and the room left in the quota."""
         state = self.state
         assigned = {line for key, lines in state.chunks.items() if key not in state.refused for line in lines}
@@ -289,7 +132,7 @@ class _Run:
         room = self.chunk_size if self.limit is None else min(self.chunk_size, self.limit - outstanding)
         if outstanding and room < self.chunk_size // 2:
             return []  # wait for half a chunk of room rather than send many tiny batches
-        chunk: list[_Entry] = []
+        chunk: list[Entry] = []
         jobs = 0
         for entry in self.entries:
             if entry.line in assigned:
@@ -334,7 +177,7 @@ class _Run:
         and send smaller chunks (413) or wait for room (429)."""
         self.journal.write({"op": "refused", "key": key})
         jobs = sum(self.by_line[n].jobs for n in lines)
-        limit, _ = _learn_limit(exc)
+        limit, _ = learn_limit(exc)
         if exc.status == 413:
             if len(lines) == 1:
                 raise ApiError(exc.status, exc.code, f"manifest line {lines[0]}: {exc.message}", exc.field) from None
@@ -364,20 +207,20 @@ class _Run:
 
     # ------------------------------------------------------------------ polling and downloading
 
-    def finished_items(self, busy: set[int]) -> list[tuple[int, _Outcome]]:
+    def finished_items(self, busy: set[int]) -> list[tuple[int, Outcome]]:
         """(line, outcome) of every job that reached a final status and is neither done nor being
         fetched: from each batch's results listing, or the job itself when the listing lacks it."""
         waiting: dict[str, dict[str, int]] = {}
         for line, (job_id, _, batch_id) in self.state.jobs.items():
             if line not in self.state.done and line not in busy:
                 waiting.setdefault(batch_id, {})[job_id] = line
-        found: list[tuple[int, _Outcome]] = []
+        found: list[tuple[int, Outcome]] = []
         for batch_id, lines in waiting.items():
-            seen: dict[str, _Outcome] = {}
+            seen: dict[str, Outcome] = {}
             try:
                 for item in self.client.iter_batch_results(batch_id):
                     if item.job_id in lines and item.status is not None:
-                        seen[item.job_id] = _Outcome.of(item)
+                        seen[item.job_id] = Outcome.of(item)
             except ApiError as exc:
                 if exc.status != 404:  # 404: the batch record expired; ask each job
                     raise
@@ -387,19 +230,19 @@ class _Run:
                     found.append((line, outcome))
         return found
 
-    def _job_outcome(self, job_id: str) -> _Outcome:
+    def _job_outcome(self, job_id: str) -> Outcome:
         try:
-            return _Outcome.of(self.client.status(job_id))
+            return Outcome.of(self.client.status(job_id))
         except ApiError as exc:
             if exc.status != 404:
                 raise
-            return _Outcome(EXPIRED, error=f"the record of job {job_id} expired before this run collected it")
+            return Outcome(EXPIRED, error=f"the record of job {job_id} expired before this run collected it")
 
-    def fetch(self, line: int, item: _Outcome) -> _Done:
+    def fetch(self, line: int, item: Outcome) -> Done:
         """The final state of a line, its result downloaded (or found already downloaded)."""
         job_id, workflow_id, _ = self.state.jobs[line]
         body = self.by_line[line].body
-        done = _Done(
+        done = Done(
             line=line,
             job_id=job_id,
             status=item.status,
@@ -434,7 +277,7 @@ class _Run:
         from tqdm import tqdm
 
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        futures: dict[Future[_Done], int] = {}
+        futures: dict[Future[Done], int] = {}
         total = len(self.entries)
         with (
             ThreadPoolExecutor(self.download_concurrency, thread_name_prefix="run-jsonl") as pool,
@@ -469,7 +312,7 @@ class _Run:
                 raise
         return self._write_results()
 
-    def _record(self, finished: Iterable[Future[_Done]], futures: dict[Future[_Done], int], bar: Any) -> None:
+    def _record(self, finished: Iterable[Future[Done]], futures: dict[Future[Done], int], bar: Any) -> None:
         """Journal the lines whose fetch finished (a failed fetch raises its error here)."""
         for future in finished:
             futures.pop(future)
