@@ -62,6 +62,10 @@ T = TypeVar("T")
 _BEFORE_SAMPLER = frozenset({"load", "understand", "sync", "encode"})
 # Understanding windows of one job in flight at once (300 s of audio is 10 windows of 30 s).
 _MAX_CONCURRENT_WINDOWS = 8
+# How long an outcome is retried while the source is unreachable (a Redis restart), and the pause
+# between claims then; past it the job is left to its lease, which lapses and hands it on.
+_RECORD_RETRY_S = 120.0
+_SOURCE_RETRY_S = 1.0
 
 
 # --------------------------------------------------------------------------- seams
@@ -169,6 +173,10 @@ def _pad_last(frames: torch.Tensor, count: int) -> torch.Tensor:
     return torch.cat([frames, frames[-1:].expand(count - frames.shape[0], *frames.shape[1:])])
 
 
+class _Unrecorded(Exception):
+    """An outcome could not be recorded: the source stayed unreachable past `_RECORD_RETRY_S`."""
+
+
 class _PoolError(RetryableError):
     """A pool call failed (replica died, model raised): transient from the job's point of view."""
 
@@ -264,7 +272,7 @@ class Engine:
                 free = self.settings.max_in_flight - len(futures)
                 if free > 0:
                     block = self.settings.claim_block_s if not futures else 0.0
-                    for job in self.source.claim(free, block):
+                    for job in self._claim(free, block):
                         with self._lock:
                             self._running[job.job_id] = job
                             self._stages[job.job_id] = "load"
@@ -276,11 +284,49 @@ class Engine:
                     futures = set(not_done)
                     for f in done:
                         f.result()  # _run_job never raises; surface bugs in the loop itself
-                elif until_exhausted and self.source.exhausted():
+                elif until_exhausted and self._exhausted():
                     break
             wait(futures)
         self._stop.set()
         renewer.join(timeout=5)
+
+    def _claim(self, free: int, block_s: float) -> list[ClaimedJob]:
+        """New jobs, or none while the source is unreachable (the jobs in flight carry on)."""
+        try:
+            return self.source.claim(free, block_s)
+        except Exception as exc:
+            self.log.warning("claim failed; trying again", error=_short_error(exc))
+            self._stop.wait(_SOURCE_RETRY_S)
+            return []
+
+    def _exhausted(self) -> bool:
+        try:
+            return self.source.exhausted()
+        except Exception as exc:  # unknown while the source is unreachable: not exhausted
+            self.log.warning("could not ask the source whether work remains", error=_short_error(exc))
+            self._stop.wait(_SOURCE_RETRY_S)
+            return False
+
+    def _record(self, log: FilteringBoundLogger, fn: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+        """Record an outcome on the source, retried with backoff while the source is unreachable.
+
+        `LeaseLost` and contract errors (ValueError, TypeError) pass at once; past `_RECORD_RETRY_S`
+        it raises `_Unrecorded` (nothing was recorded; the job's lease lapses and it runs again).
+        """
+        deadline = time.monotonic() + _RECORD_RETRY_S
+        delay = 0.25
+        while True:
+            try:
+                fn(*args, **kwargs)
+                return
+            except (LeaseLost, ValueError, TypeError):
+                raise
+            except Exception as exc:
+                if time.monotonic() + delay > deadline:
+                    raise _Unrecorded(f"could not record the outcome: {_short_error(exc)}") from exc
+                log.warning("recording the outcome failed; retrying", error=_short_error(exc))
+                time.sleep(delay)
+                delay = min(2 * delay, 2.0)
 
     def _renew_loop(self) -> None:
         while not self._stop.wait(self.settings.renew_every_s):
@@ -306,20 +352,26 @@ class Engine:
         result = JobResult(job.job_id)
         try:
             location, extra = self._execute(job, timer, log)
-            self.source.ack_success(job, result_uri=location, timings=timer.timings, extra=extra)
+            self._record(log, self.source.ack_success, job, result_uri=location, timings=timer.timings, extra=extra)
             result.outcome, result.result_uri = Outcome.SUCCEEDED, location
             log.info("job succeeded", stage="done", timings=timer.timings)
+        except _Unrecorded as exc:
+            result.outcome, result.error = Outcome.ABANDONED, str(exc)
+            log.error("job outcome not recorded; its lease will lapse and it runs again", error=result.error)
         except Exception as exc:  # every outcome is recorded, none swallowed
             outcome = outcome_of(exc)
             result.error = _short_error(exc)
             try:
                 if outcome is Outcome.CANCELLED:
-                    self.source.cancel(job)
+                    self._record(log, self.source.cancel, job)
                 elif outcome is not Outcome.ABANDONED:
-                    self.source.fail(job, exc, retry=outcome is Outcome.RETRY, timings=timer.timings)
+                    self._record(log, self.source.fail, job, exc, retry=outcome is Outcome.RETRY, timings=timer.timings)
                 result.outcome = outcome
             except LeaseLost:
                 result.outcome = Outcome.ABANDONED
+            except _Unrecorded as unrecorded:
+                result.outcome = Outcome.ABANDONED
+                log.error("job outcome not recorded; its lease will lapse and it runs again", error=str(unrecorded))
             log.warning(
                 "job did not succeed",
                 outcome=str(result.outcome),
@@ -378,7 +430,12 @@ class Engine:
         count = sync_frame_count(end_s - start_s)
         if frames.shape[0] != count:  # the span's frame count as the extractor counts it
             frames = frames[:count] if frames.shape[0] > count else _pad_last(frames, count)
-        features = _call("sync", self.pools.sync_features, frames)
+        try:
+            features = self.pools.sync_features(frames)
+        except ValueError as exc:  # the pool refused these frames, or has no extractor to run: not transient
+            raise PermanentError(f"sync features: {_short_error(exc)}") from exc
+        except Exception as exc:
+            raise _PoolError(f"sync failed: {_short_error(exc)}") from exc
         want = (self.config.sync.seq_in, self.config.cond_dim)
         if tuple(features.shape) != want:  # a deployment whose extractor does not fit the model
             raise RuntimeError(
