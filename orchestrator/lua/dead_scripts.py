@@ -11,7 +11,7 @@ from orchestrator.lua.scripts import PRELUDE
 # Only a `dead` job that is no workflow's step is requeued: it is queued again at the end of its
 # priority stream with no attempts, error or timings, its record and idempotency key stop
 # expiring, its dead-letter entry is deleted and its batch counts it as queued (and open) again.
-# Returns 'queued' when requeued, '' for an unknown (or expired) job, 'step:<workflow id>' for a
+# Returns 'requeued' when requeued, '' for an unknown (or expired) job, 'step:<workflow id>' for a
 # workflow's step, else the job's status (unchanged).
 REQUEUE_DEAD = (
     PRELUDE
@@ -40,6 +40,6 @@ if batch and batch ~= '' then
   redis.call('PERSIST', FAILS .. batch)
   redis.call('PERSIST', BJOBS .. batch)
 end
-return 'queued'
+return 'requeued'
 """
 )

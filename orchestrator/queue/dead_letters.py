@@ -80,7 +80,7 @@ class DeadLetters(ReadViews):
                 f"job {job_id!r} is a step of workflow {workflow_id!r}, whose other steps were not run: "
                 "submit the workflow again instead"
             )
-        if reply != "queued":
+        if reply != "requeued":
             raise NotDeadLettered(job_id, reply or None)
         record = self.get(job_id)
         if record is None:  # expired in between: cannot happen (the script made it persistent)
