@@ -6,15 +6,22 @@ extension). Redirects are not followed, proxies from the environment are not use
 choose the address itself) and connections are not kept alive (a pooled connection is keyed by the
 address, and two host names on one address must not share a TLS session). Only the status line is
 awaited; at most `MAX_ERROR_BODY_BYTES` of a failed response's body are read, for the error.
+
+httpx's timeouts bound each connect, read and write, not the whole exchange: a receiver that sends
+a byte now and then could hold a worker forever. So each attempt also has a deadline
+(`WebhookSettings.attempt_deadline_s`) after which its socket is shut down.
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -50,7 +57,6 @@ class Sender:
         settings: WebhookSettings,
         *,
         resolver: Resolver = socket.getaddrinfo,
-        transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.settings = settings
         self._resolver = resolver
@@ -63,7 +69,6 @@ class Sender:
             trust_env=False,
             verify=verify,
             limits=httpx.Limits(max_connections=settings.concurrency, max_keepalive_connections=0),
-            transport=transport,
         )
 
     def close(self) -> None:
@@ -84,18 +89,27 @@ class Sender:
             "user-agent": self.settings.user_agent,
             **webhook_headers(secrets, msg_id, int(time.time()), content),
         }
-        extensions = {"sni_hostname": target.server_name} if target.server_name else {}
+        deadline = _Deadline(self.settings.attempt_deadline_s)
+        extensions: dict[str, Any] = {"trace": deadline.trace}
+        if target.server_name:
+            extensions["sni_hostname"] = target.server_name
         try:
-            with self._client.stream(
-                "POST", target.connect_url, content=content, headers=headers, extensions=extensions
-            ) as response:
+            with (
+                deadline,
+                self._client.stream(
+                    "POST", target.connect_url, content=content, headers=headers, extensions=extensions
+                ) as response,
+            ):
                 code = response.status_code
                 if 200 <= code < 300:
                     return AttemptResult(True, status_code=code)
                 snippet = _head(response)
-        except httpx.TimeoutException as exc:
-            return AttemptResult(False, error=f"timed out ({type(exc).__name__}) sending to {target.address}")
         except httpx.HTTPError as exc:
+            if deadline.fired:
+                limit = self.settings.attempt_deadline_s
+                return AttemptResult(False, error=f"no complete answer from {target.address} within {limit:g} s")
+            if isinstance(exc, httpx.TimeoutException):
+                return AttemptResult(False, error=f"timed out ({type(exc).__name__}) sending to {target.address}")
             return AttemptResult(False, error=f"{type(exc).__name__} sending to {target.address}: {exc}")
         if 300 <= code < 400:
             where = response.headers.get("location", "")
@@ -103,6 +117,45 @@ class Sender:
         if code == 410:
             return AttemptResult(False, code, "the receiver answered 410 Gone: no further attempts", permanent=True)
         return AttemptResult(False, code, f"the receiver answered HTTP {code}" + (f": {snippet}" if snippet else ""))
+
+
+class _Deadline:
+    """Shuts the attempt's socket down when `seconds` have passed (httpcore's `trace` extension
+    hands over the connected stream, whose socket this holds)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.fired = False
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        # the TCP stream, then (https) the TLS stream that took its file descriptor over
+        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            stream = info.get("return_value")
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            with self._lock:
+                self._sock = sock if isinstance(sock, socket.socket) else None
+                if self.fired:
+                    self._shutdown()
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(OSError):  # already closed: the attempt is over anyway
+                self._sock.shutdown(socket.SHUT_RDWR)
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
 
 
 def _head(response: httpx.Response) -> str:

@@ -110,7 +110,7 @@ class WebhookSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> WebhookSettings:
-        attempt_s = self.connect_timeout_s + 2 * self.timeout_s
+        attempt_s = self.attempt_deadline_s
         if self.delivery_lease_s <= attempt_s:
             raise ValueError(
                 f"delivery_lease_s ({self.delivery_lease_s}) must exceed connect_timeout_s + 2 * timeout_s "
@@ -122,6 +122,11 @@ class WebhookSettings(BaseSettings):
     def from_env(cls, **overrides: Any) -> WebhookSettings:
         """Settings from the environment; keyword arguments that are not None take precedence."""
         return cls(**{k: v for k, v in overrides.items() if v is not None})
+
+    @property
+    def attempt_deadline_s(self) -> float:
+        """The longest one attempt may take, whatever the receiver does: connect, send, then the answer."""
+        return self.connect_timeout_s + 2 * self.timeout_s
 
     @property
     def max_attempts(self) -> int:

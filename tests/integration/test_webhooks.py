@@ -665,3 +665,61 @@ def test_malformed_events_are_dropped_and_unknown_tenants_wait_for_their_secret(
     _wait_status(dispatcher.store, "msg_" + stranger, "delivered")
     assert len(receiver.wait_for(2)) == 2
     _check_signature(tenants.webhook_secret("stranger"), receiver.requests[-1])
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_a_receiver_that_trickles_its_answer_is_cut_off_at_the_attempt_deadline(
+    client, keys, queue, tenants, run_dispatcher, tmp_path, scheme
+):
+    """httpx's read timeout restarts with every byte; the attempt's own deadline does not."""
+    context = None
+    if scheme == "https":
+        cert, key = _self_signed(tmp_path, "hooks.test")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    closed = threading.Event()
+
+    def trickle() -> None:
+        conn, _ = listener.accept()
+        if context is not None:
+            conn = context.wrap_socket(conn, server_side=True)
+        conn.recv(65536)
+        try:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nx-slow: ")
+            for _ in range(300):  # a byte every 0.2 s: never a read timeout of 0.5 s
+                time.sleep(0.2)
+                conn.sendall(b"z")
+        except OSError:
+            closed.set()  # the dispatcher hung up
+        finally:
+            conn.close()
+
+    threading.Thread(target=trickle, daemon=True).start()
+    try:
+        host = "hooks.test" if scheme == "https" else "127.0.0.1"
+
+        def resolver(name, *args):
+            return socket.getaddrinfo("127.0.0.1", *args)
+
+        settings = _settings(
+            allow_hosts=("127.0.0.1", "hooks.test"),
+            timeout_s=0.5,
+            connect_timeout_s=0.5,
+            retry_schedule_s=(60.0,),
+            ca_bundle=str(tmp_path / "cert.pem") if scheme == "https" else None,
+        )
+        entry = _add_event(client, keys, "job", _finished_job(queue), "succeeded", f"{scheme}://{host}:{port}/in")
+        dispatcher = run_dispatcher(settings, resolver=resolver)
+        deadline = time.monotonic() + 30
+        view = dispatcher.store.get("msg_" + entry)
+        while view is None or not view.last_error:
+            assert time.monotonic() < deadline, "the trickling attempt was never cut off"
+            time.sleep(0.05)
+            view = dispatcher.store.get("msg_" + entry)
+        assert view.status == "pending" and view.attempts == 1  # retried later, per the schedule
+        assert "no complete answer from 127.0.0.1 within 1.5 s" in view.last_error
+        assert closed.wait(10)
+    finally:
+        listener.close()
