@@ -204,6 +204,12 @@ def batch_results(batch_id: str, limit: int, cursor: str | None) -> Call[BatchRe
     return Call("GET", f"/v1/batches/{segment(batch_id, 'batch_id')}/results", _result_lines, params=params)
 
 
+def batch_report(batch_id: str, max_jobs: int) -> Call[bytes]:
+    """The batch's self-contained HTML report page."""
+    params = {"max_jobs": _limit(max_jobs, 2000)}
+    return Call("GET", f"/v1/batches/{segment(batch_id, 'batch_id')}/report", lambda r: r.content, params=params)
+
+
 def workflow(workflow_id: str) -> Call[WorkflowView]:
     return Call("GET", f"/v1/workflows/{segment(workflow_id, 'workflow_id')}", _model(WorkflowView))
 

@@ -205,6 +205,13 @@ class Client:
     def iter_batch_results(self, batch_id: str, *, page_size: int = 1000) -> Iterator[BatchResultLine]:
         return self._pages(lambda cursor: calls.batch_results(batch_id, page_size, cursor))
 
+    def batch_report(self, batch_id: str, dest: str | os.PathLike[str], *, max_jobs: int = 500) -> Path:
+        """Save the batch's report (one self-contained HTML page: players, spectrograms, timings,
+        errors; `max_jobs` shown in full) as `dest`."""
+        path = Path(dest)
+        path.write_bytes(self.run(calls.batch_report(batch_id, max_jobs)))
+        return path
+
     def wait(
         self, job_id: str, *, timeout_s: float = 600.0, poll_s: float = 1.0, raise_on_failure: bool = False
     ) -> JobView:

@@ -158,6 +158,8 @@ def test_sdk_returns_the_api_models(api, tmp_path):
         assert client.batch_status(batch.batch_id).counts["queued"] == 2
         lines = list(client.iter_batch_results(batch.batch_id, page_size=1))
         assert [line.job_id for line in lines] == batch.job_ids and lines[1].custom_id == "b"
+        report = client.batch_report(batch.batch_id, tmp_path / "report.html")
+        assert "<html" in report.read_text().lower() and batch.batch_id in report.read_text()
 
         page = client.jobs(limit=2)
         assert len(page.items) == 2 and page.next_cursor
