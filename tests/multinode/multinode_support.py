@@ -164,7 +164,7 @@ def check_done_once(queue: Any, client: Any, bucket: str, batch_id: str, job_ids
     for record in records:
         job_id = record.job_id
         mine = sorted(k for k in versions if k.rsplit("/", 1)[-1].rsplit(".", 1)[0] == job_id)
-        base = f"default/{batch_id}/{job_id}"
+        base = f"{record.tenant}/{batch_id}/{job_id}"
         assert mine == [f"{base}.json", f"{base}.wav"], mine
         assert versions[f"{base}.json"] == 1, f"{job_id}: metadata written {versions[f'{base}.json']} times"
         meta = check_metadata_describes_result(client, bucket, f"{base}.json")
