@@ -197,9 +197,10 @@ class Service:
         from workers.autoscaling import withdraw_backlog
 
         self._stop.set()
-        for thread in (getattr(self, "_housekeeper", None), getattr(self, "_webhooks", None)):
-            if thread is not None:
-                thread.join(timeout=5)
+        if getattr(self, "_housekeeper", None) is not None:
+            self._housekeeper.join(timeout=5)
+        if getattr(self, "_webhooks", None) is not None:
+            self._webhooks.join(timeout=self._webhooks_drain_s)  # it finishes the attempts in flight
         try:
             withdraw_backlog(self.redis, self.worker_settings.backlog_key, self.options.consumer)
         except Exception as exc:  # Redis gone at exit: the report ages out by itself
@@ -219,9 +220,10 @@ class Service:
         from orchestrator.webhooks.dispatcher import start_dispatcher
         from orchestrator.webhooks.settings import WebhookSettings
 
-        self._webhooks = start_dispatcher(
-            self.redis, self.settings.keys, stop=self._stop, settings=WebhookSettings.from_env()
-        )
+        settings = WebhookSettings.from_env()
+        self._webhooks_drain_s = settings.connect_timeout_s + 2 * settings.timeout_s + 1
+        self._webhooks = start_dispatcher(self.redis, self.settings.keys, stop=self._stop, settings=settings)
+        self.log.info("webhook dispatcher started")
 
     # ------------------------------------------------------------------ housekeeping
 
@@ -418,6 +420,10 @@ def resolve(args: argparse.Namespace) -> Resolved:
         **({"consumer": args.consumer} if args.consumer else {}),
     )
     settings.storage_kwargs(embedded=False)  # fail now, not at the first result, without a bucket
+    if serve.webhooks:
+        from orchestrator.webhooks.settings import WebhookSettings
+
+        WebhookSettings.from_env()  # a bad AUDIO_OMNI_WEBHOOK_* fails now, by name
     return Resolved(settings, _worker_settings(args), options, serve.ray_address, observability)
 
 

@@ -19,3 +19,37 @@ def test_a_logger_follows_stderr_after_it_is_swapped_back(capsys):
     get_logger("t").info("after", n=2)
     line = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
     assert line["event"] == "after" and line["n"] == 2 and line["logger"] == "t"
+
+
+def test_standard_library_loggers_render_the_same_json_with_the_bound_context():
+    """uvicorn's, redis' and Ray's loggers (the standard library) go through the same renderer, and
+    context bound for a request (its id) reaches their lines and structlog's alike."""
+    import logging
+
+    from orchestrator.logging import bind_context, current_request_id, unbind_context
+
+    stream = io.StringIO()
+    configure(json=True, level="INFO", stream=stream)
+    try:
+        tokens = bind_context(request_id="r-42")
+        assert current_request_id() == "r-42"
+        logging.getLogger("uvicorn.error").warning("slow %s", "client")
+        get_logger("api").info("handled", status=200)
+        unbind_context(tokens)
+        assert current_request_id() is None
+        logging.getLogger("uvicorn.error").info("after")
+        logging.getLogger("uvicorn.error").debug("hidden")  # below the level
+    finally:
+        configure(json=True, level="WARNING")
+    first, second, third = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert first["event"] == "slow client" and first["logger"] == "uvicorn.error" and first["level"] == "warning"
+    assert first["request_id"] == "r-42" and "timestamp" in first
+    assert second == {**second, "event": "handled", "request_id": "r-42", "status": 200}
+    assert third["event"] == "after" and "request_id" not in third
+
+
+def test_configure_refuses_an_unknown_level():
+    import pytest
+
+    with pytest.raises(ValueError, match="level must be one of"):
+        configure(level="LOUD")
