@@ -32,8 +32,10 @@ import contextlib
 import json
 import os
 import platform
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,6 +124,11 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+
+def process_id(component: str) -> str:
+    """A name for this process that no other process shares (a lock holder must be unique)."""
+    return f"{component}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 def leader_key(prefix: str, role: str) -> str:
@@ -254,7 +261,7 @@ class EngineMetrics:
     """Jobs by outcome, stage and latency histograms, the shared state (when elected) and the
     pool replicas' batch sizes and GPU figures (when elected for the pools)."""
 
-    def __init__(self, registry: CollectorRegistry | None = None, *, holder: str = "engine") -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, holder: str | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.build_info = _build_info(r, "engine")
@@ -290,9 +297,9 @@ class EngineMetrics:
         self.gpu_utilization = Gauge(
             "audio_omni_sampler_gpu_utilization_ratio", "GPU busy fraction (pynvml)", ["replica"], registry=r
         )
-        self.holder = holder
+        self.holder = holder or process_id("engine")
         self.exporter: SharedStateExporter | None = None  # set by `attach`
-        self.shared = SharedStateCollector(lambda: self.exporter is not None and self.exporter.lock.held, holder)
+        self.shared = SharedStateCollector(lambda: self.exporter is not None and self.exporter.lock.held, self.holder)
         r.register(self.shared)
         self._lock = threading.Lock()
         # Per job in flight: (seconds from submission to this claim, monotonic time of the claim).
@@ -300,9 +307,7 @@ class EngineMetrics:
         # Last cumulative histogram seen per sampler replica, so repeated polls observe only the new loops.
         self._seen_batches: dict[Hashable, dict[int, int]] = {}
 
-    def attach(
-        self, queue: Any, client: redis.Redis, *, backlog_key: str, ttl_s: float
-    ) -> SharedStateExporter:
+    def attach(self, queue: Any, client: redis.Redis, *, backlog_key: str, ttl_s: float) -> SharedStateExporter:
         """Contend for exporting the shared state of `queue` (a `JobQueue`); call `refresh()` on the
         result about once a second (the service's housekeeping does)."""
         keys = queue.keys
@@ -398,7 +403,7 @@ class ApiMetrics:
     """Requests by route and status, their latency, admissions, build info, and the shared state
     while this API holds the exporter lock (refreshed at each scrape: `render(refresh)`)."""
 
-    def __init__(self, registry: CollectorRegistry | None = None, *, holder: str = "api") -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, holder: str | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.build_info = _build_info(r, "api")
@@ -412,9 +417,9 @@ class ApiMetrics:
         self.refused = Counter(
             "audio_omni_api_admission_refused_total", "Submissions refused by limits", ["reason"], registry=r
         )
-        self.holder = holder
+        self.holder = holder or process_id("api")
         self.exporter: SharedStateExporter | None = None
-        self.shared = SharedStateCollector(lambda: self.exporter is not None and self.exporter.lock.held, holder)
+        self.shared = SharedStateCollector(lambda: self.exporter is not None and self.exporter.lock.held, self.holder)
         r.register(self.shared)
 
     def attach(self, queue: Any, *, ttl_s: float) -> SharedStateExporter:

@@ -299,3 +299,12 @@ def test_gpu_stats_are_none_without_cuda():
     from workers.sampler import gpu_stats
 
     assert gpu_stats("cpu") is None
+
+
+def test_two_api_replicas_with_default_names_never_both_export(queue):
+    first, second = ApiMetrics(), ApiMetrics()  # as create_app builds them, one per replica
+    assert first.holder != second.holder
+    assert first.attach(queue, ttl_s=10).refresh()
+    assert not second.attach(queue, ttl_s=10).refresh()
+    assert "audio_omni_queue_depth" in samples(first.render())
+    assert "audio_omni_queue_depth" not in samples(second.render())
