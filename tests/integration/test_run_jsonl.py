@@ -86,7 +86,7 @@ def engine(redis_url, redis_prefix, s3_endpoint, s3_bucket):
     from workers.app import InProcessPools
     from workers.settings import WorkerSettings
 
-    settings = WorkerSettings(preset="tiny", understand_max_new_tokens=4)
+    settings = WorkerSettings(preset="tiny", understand_max_new_tokens=1)
     queue = JobQueue(redis_url, prefix=redis_prefix, lease_s=30)
     storage = S3Storage(
         s3_bucket, client=make_s3_client(endpoint_url=s3_endpoint, region="us-east-1", addressing_style="path")
