@@ -247,3 +247,22 @@ def test_webhook_urls_are_checked_at_submission(api, monkeypatch):
     batch = api.http.post("/v1/batches", json={"jobs": [T2A], "webhook_url": "http://127.0.0.1:9/b"})
     assert batch.status_code == 201, batch.text
     assert api.http.get(f"/v1/batches/{batch.json()['batch_id']}").json()["webhook_url"] == "http://127.0.0.1:9/b"
+
+
+def test_results_of_an_embedded_storage_point_at_the_api(redis_url, redis_prefix, tmp_path):
+    from orchestrator.storage import LocalStorage
+
+    queue = JobQueue(redis_url, prefix=redis_prefix, lease_s=30)
+    storage = LocalStorage(tmp_path)
+    tenants = TenantStore(queue.redis, prefix=redis_prefix)
+    tenants.create("acme")
+    key = tenants.issue_key("acme")
+    app = create_app(None, queue=queue, storage=storage, tenants=tenants, api_settings=ApiSettings())
+    with serve_in_thread(app) as url, httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}) as http:
+        batch = http.post("/v1/batches", json={"jobs": [{**T2A, "custom_id": "only"}]}).json()
+        (claim,) = queue.claim("engine", block_ms=2000)
+        finish(SimpleNamespace(storage=storage, queue=queue), claim, b"embedded bytes")
+        (line,) = [json.loads(x) for x in http.get(f"/v1/batches/{batch['batch_id']}/results").text.splitlines()]
+        assert line["result_url"] == f"{url}/v1/jobs/{claim.job_id}/result" and line["custom_id"] == "only"
+        assert http.get(line["result_url"]).content == b"embedded bytes"
+    queue.close()

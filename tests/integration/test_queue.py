@@ -759,3 +759,23 @@ def test_a_job_whose_lease_keeps_lapsing_dies_with_retries_exhausted(make_queue)
     assert q.claim("c2", block_ms=600) == []
     got = q.get(rec.job_id)
     assert (got.status, got.error_code) == (JobStatus.DEAD, "retries_exhausted")
+
+
+# --------------------------------------------------------------------------- listing indexes
+
+
+def test_listing_indexes_drop_what_expired(make_queue, client):
+    q = make_queue()
+    jobs = [q.submit(t2a(f"job {i}", tenant="acme")).job_id for i in range(4)]
+    bid, _ = q.submit_batch([t2a("in a batch", tenant="acme")])
+    index = q.keys.tenant_jobs("acme")
+    assert client.zcard(index) == 5 and client.zcard(q.keys.tenant_batches("acme")) == 1
+    client.delete(q.keys.job(jobs[0]), q.keys.job(jobs[2]), q.keys.batch(bid))  # as if they had expired
+    listed, cursor = q.list_jobs("acme", limit=10)
+    assert [r.job_id for r in listed] == [f"{bid}-0", jobs[3], jobs[1]] and cursor is None
+    assert client.zcard(index) == 3  # a listing removes the entries it found expired
+    assert q.list_batches("acme") == ([], None)
+    client.delete(q.keys.job(jobs[1]))
+    q.submit(t2a("later", tenant="acme"))  # each submission sweeps the oldest entries
+    assert client.zcard(index) == 3 and client.zscore(index, jobs[1]) is None
+    assert q.list_jobs("default") == ([], None)
