@@ -372,11 +372,6 @@ class DeliveryStore:
         raw = self._r.hgetall(self.keys.delivery(delivery_id))
         return _view({_s(k): _s(v) for k, v in raw.items()}) if raw else None
 
-    def body(self, delivery_id: str) -> str | None:
-        """The exact JSON body every attempt of the delivery sends."""
-        raw = self._r.hget(self.keys.delivery(delivery_id), "body")
-        return None if raw is None else _s(raw)
-
     def page(
         self, tenant: str, *, status: str | None = None, limit: int = 50, cursor: str | None = None
     ) -> DeliveryPage:
