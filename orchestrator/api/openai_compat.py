@@ -193,8 +193,7 @@ def _succeeded(record: JobRecord) -> JobRecord:
         return record
     headers = {"X-Job-ID": record.job_id}
     reason = f": {record.error}" if record.error else ""
-    # `error_code` (the failed job's machine code) is added to job records by the error vocabulary.
-    code = getattr(record, "error_code", None)
+    code = record.error_code
     if record.status is JobStatus.CANCELLED:
         raise ApiError(409, "cancelled", f"job {record.job_id} was cancelled", headers=headers)
     if record.status is JobStatus.FAILED:

@@ -1,7 +1,7 @@
 """What a report shows of each job (`ReportJob`), gathered from where the jobs ran:
 
 - `jobs_from_queue`: a batch of the service (its records in Redis, its results in the storage), in
-  batch order: the plain items (`{batch_id}-{i}`), then each workflow item's steps;
+  batch order;
 - `jobs_from_manifest`: an embedded `audio-omni batch` run (its `ManifestSource`, the output folder).
 
 Audio is read through the result storage (results) and an optional input reader (the inputs of
@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.jobs import JobSpec, JobStatus, batch_job_id
+from orchestrator.jobs import JobSpec, JobStatus
 from orchestrator.storage import Storage, StorageError
 
 if TYPE_CHECKING:
@@ -76,36 +76,28 @@ def jobs_from_queue(
     read_input: InputReader | None = None,
     max_jobs: int = 500,
 ) -> tuple[list[ReportJob], int]:
-    """The first `max_jobs` jobs of a batch in batch order, and how many jobs the batch has.
-    Raises `KeyError` for an unknown batch."""
-    from orchestrator.workflows import workflow_id_for_key
-
+    """The first `max_jobs` jobs of a batch in batch order (`JobQueue.batch_items`: plain items and
+    workflow steps as submitted), and how many jobs the batch has. Raises `KeyError` for an unknown
+    batch."""
     status = queue.batch_status(batch_id, limit=1)
     if status is None:
         raise KeyError(batch_id)
-    total = status.total
-    plain = [batch_job_id(batch_id, i) for i in range(min(total, max_jobs))]
-    records: list[tuple[str, JobRecord]] = []
-    for start in range(0, len(plain), 500):
-        chunk = plain[start : start + 500]
-        records.extend((j.rsplit("-", 1)[-1], r) for j, r in zip(chunk, queue.get_many(chunk), strict=True) if r)
-    if len(records) < min(total, max_jobs) and status.tenant is not None:
-        # Item i that is a workflow has the id workflow_id_for_key(tenant, "{batch_id}/{i}").
-        for i in range(total):
-            if len(records) >= max_jobs:
-                break
-            workflow = queue.workflow_status(workflow_id_for_key(status.tenant, f"{batch_id}/{i}"))
-            if workflow is None:
-                continue
-            steps = queue.get_many([s.job_id for s in workflow.steps])
-            records.extend((f"{i}/{s.id}", r) for s, r in zip(workflow.steps, steps, strict=True) if r)
-    jobs = [_from_record(label, record, storage, read_input) for label, record in records[:max_jobs]]
-    return jobs, total
+    jobs: list[ReportJob] = []
+    cursor: str | None = None
+    while len(jobs) < max_jobs:
+        items, cursor = queue.batch_items(batch_id, limit=min(1000, max_jobs - len(jobs)), cursor=cursor)
+        for item in items:
+            link = item.record.spec.workflow if item.record.spec is not None else None
+            label = f"{item.index}" if link is None else f"{item.index} ({link.step})"
+            jobs.append(_from_record(label, item.record, storage, read_input))
+        if cursor is None:
+            break
+    return jobs, status.total
 
 
 def _from_record(label: str, record: JobRecord, storage: Storage, read_input: InputReader | None) -> ReportJob:
     job = _base(record.job_id, label, record.spec, record.status, record.error, record.timings, record.extra)
-    job.error_code = getattr(record, "error_code", None)  # the failed job's machine code, where recorded
+    job.error_code = record.error_code
     job.attempts = record.attempts
     job.submitted_at, job.started_at, job.finished_at = record.submitted_at, record.started_at, record.finished_at
     _attach_audio(job, record.spec, record.result_uri, record.extra, record.tenant, storage, read_input)
@@ -133,7 +125,7 @@ def jobs_from_manifest(
             jobs.append(_base(job_id, label, spec, status, error, {}, {}))
             continue
         job = _base(job_id, label, spec, outcome.status, outcome.error, outcome.timings, outcome.extra)
-        job.error_code = getattr(outcome, "error_code", None)
+        job.error_code = outcome.error_code
         job.attempts = outcome.attempts
         tenant = spec.tenant if spec is not None else "default"
         _attach_audio(job, spec, outcome.result_uri, outcome.extra, tenant, storage, read_input)
@@ -175,10 +167,8 @@ def _base(
     if spec is not None:
         job.fields = {name: value for name in SHOWN_FIELDS if isinstance(value := getattr(spec, name), str)}
         job.params = {name: _plain(getattr(spec, name)) for name in SHOWN_PARAMS if getattr(spec, name) is not None}
-        metadata = getattr(spec, "metadata", None)  # the job's own metadata and custom id, where the spec has them
-        job.metadata = dict(metadata) if isinstance(metadata, Mapping) else None
-        custom_id = getattr(spec, "custom_id", None)
-        job.custom_id = custom_id if isinstance(custom_id, str) else None
+        job.metadata = dict(spec.metadata) if spec.metadata is not None else None
+        job.custom_id = spec.custom_id
     return job
 
 
