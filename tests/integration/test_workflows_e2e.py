@@ -81,9 +81,9 @@ def test_workflows_in_service_mode(ray_cluster, redis_url, redis_prefix, s3_endp
     app = create_app(None, queue=queue, storage=storage, tenants=tenants, api_settings=ApiSettings())
     service = _service(redis_url, redis_prefix, s3_endpoint, s3_bucket)
     with serve_in_thread(app) as url, Client(url, key) as client:
-        clip = client.upload(_wav(1.5), filename="clip.wav")["uri"]
-        speech = client.upload(_wav(1.0, freq=180.0), filename="speech.wav")["uri"]
-        voice = client.upload(_wav(1.0, rate=44_100), filename="voice.wav")["uri"]
+        clip = client.upload(_wav(1.5), filename="clip.wav").uri
+        speech = client.upload(_wav(1.0, freq=180.0), filename="speech.wav").uri
+        voice = client.upload(_wav(1.0, rate=44_100), filename="voice.wav").uri
         describe = client.submit_workflow(
             [
                 {"id": "describe", "task": "understand", "prompt": "Describe this clip.", "input_audio_uri": clip},
@@ -108,7 +108,7 @@ def test_workflows_in_service_mode(ray_cluster, redis_url, redis_prefix, s3_endp
         service.start()
         try:
             done = {
-                name: client.wait_workflow(wf["workflow_id"], timeout_s=TIMEOUT_S, poll_s=0.5)
+                name: client.wait_workflow(wf.workflow_id, timeout_s=TIMEOUT_S, poll_s=0.5).model_dump(mode="json")
                 for name, wf in (("describe", describe), ("chain", chain), ("reasoning", reasoning), ("vc", vc))
             }
         finally:
@@ -132,7 +132,7 @@ def test_workflows_in_service_mode(ray_cluster, redis_url, redis_prefix, s3_endp
     meta = metadata(generated)
     assert answer["text"] is not None
     assert words(meta["resolved"]["prompt"]) == words(f"the sound of {answer['text']}")
-    assert meta["workflow_id"] == describe["workflow_id"] and meta["step"] == "generate"
+    assert meta["workflow_id"] == describe.workflow_id and meta["step"] == "generate"
     assert meta["result_object"]["size_bytes"] > 0
 
     # edit(remove) -> edit(add) -> understand: each step read the previous step's stored result
