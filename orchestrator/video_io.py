@@ -384,18 +384,17 @@ def _first_pts(container: Any, stream: Any, what: str) -> int:
 
 def _to_tensor(frame: Any, size: int, what: str) -> torch.Tensor:
     """uint8 (3, size, size) of one decoded frame: RGB, display rotation applied, squash-resized
-    with bilinear interpolation and antialiasing."""
+    with bilinear interpolation and antialiasing on the uint8 pixels (as torchvision resizes a
+    uint8 frame; torch's uint8 path is also many times faster than going through float)."""
     import torch
     import torch.nn.functional as F
 
     rgb = frame.to_ndarray(format="rgb24")  # (H, W, 3) uint8
     turns = _quarter_turns(frame.rotation, what)
     if turns:
-        rgb = np.rot90(rgb, k=turns)  # counter-clockwise, as the display matrix asks
-    image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)  # (3, H, W)
+        rgb = np.ascontiguousarray(np.rot90(rgb, k=turns))  # counter-clockwise, as the display matrix asks
+    image = torch.from_numpy(rgb).permute(2, 0, 1)  # (3, H, W), channels-last in memory
     if tuple(image.shape[1:]) == (size, size):
         return image.contiguous()
-    resized = F.interpolate(
-        image.unsqueeze(0).float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True
-    )
-    return resized.squeeze(0).round_().clamp_(0, 255).to(torch.uint8)
+    resized = F.interpolate(image.unsqueeze(0), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return resized.squeeze(0).contiguous()

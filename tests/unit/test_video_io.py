@@ -33,9 +33,13 @@ def _decoded(data: bytes) -> list[tuple[float, np.ndarray]]:
 
 
 def _resized(rgb: np.ndarray, size: int) -> torch.Tensor:
-    image = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).float()
+    """The spec's resize (bilinear, antialiased) of a uint8 RGB frame, uint8 (3, size, size)."""
+    image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).unsqueeze(0).contiguous()
     out = F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return out.squeeze(0).round().clamp(0, 255).to(torch.uint8)
+    # the uint8 kernel rounds in fixed point: within one level of the float computation
+    ref = F.interpolate(image.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    assert (out.float() - ref.round().clamp(0, 255)).abs().max() <= 1
+    return out.squeeze(0)
 
 
 @pytest.mark.parametrize(
