@@ -1,8 +1,10 @@
 """Build the model parts from a config, with random weights or a checkpoint.
 
-Each worker pool builds only its own part: `build_encoder` (the thinker) or `build_sampler`
-(DiT, conditioners, VAE). Weights come from a released `model.ckpt`, a safetensors file with the
-released key names, or a folder written by `convert-checkpoint`.
+Each worker pool builds only its own parts: `build_encoder` (the thinker) and
+`build_sync_extractor` (the Synchformer visual extractor) in the encoder pool, `build_sampler` (DiT,
+conditioners, VAE) in the sampler pool. Weights come from a released `model.ckpt`, a safetensors
+file with the released key names, or a folder written by `convert-checkpoint`; the extractor's
+from the released `synchformer_state_dict.pth` or the `sync.safetensors` of such a folder.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from pathlib import Path
 import torch
 
 from model.checkpoint import load_into, load_part_state_dict
-from model.config import AudioOmniConfig
+from model.config import AudioOmniConfig, SyncExtractorConfig
 from model.mllm import MLLMEncoder
 from model.parts import SamplerPart
 from model.pipeline import AudioOmniPipeline
+from model.sync import SyncExtractor
+from model.sync.loading import load_extractor_weights, read_sync_weights
 from model.tiny_processor import tiny_mllm_dir
 
 CACHE_ENV = "AUDIO_OMNI_CACHE"
@@ -107,6 +111,37 @@ def build_encoder(
             )
         encoder.load_thinker_state_dict(sd)
     return encoder
+
+
+def build_sync_extractor(
+    config: AudioOmniConfig,
+    *,
+    weights: str | os.PathLike[str] | dict[str, torch.Tensor] | None = None,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+) -> SyncExtractor | None:
+    """The Synchformer visual extractor in float32, or None where it has no weights to run.
+
+    `weights` is a Synchformer state dict, the released `synchformer_state_dict.pth`, a converted
+    folder (its `sync.safetensors`) or any checkpoint: its `vfeat_extractor.*` tensors are loaded
+    strictly. Without any, the extractor is random but deterministic (seeded by `seed`) when no
+    weights were given at all or when its layout is not the released one (the test presets'
+    extractor has no trained weights); the released layout with weights that lack it gives None,
+    so video jobs fail with a clear message instead of conditioning on random features.
+    """
+    device = torch.device(device)
+    sd = (weights if isinstance(weights, dict) else read_sync_weights(weights)) if weights is not None else {}
+    if not sd and weights is not None and config.sync_extractor == SyncExtractorConfig():
+        return None
+    if sd:  # built on the meta device: the checkpoint's tensors become the parameters, no random init
+        with torch.device("meta"):
+            extractor = SyncExtractor(config.sync_extractor)
+        load_extractor_weights(extractor, sd)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            extractor = SyncExtractor(config.sync_extractor)
+    return extractor.to(device).eval()
 
 
 def build_pipeline(

@@ -7,6 +7,10 @@ The job system runs two worker pools, so the weights split into two parts:
 * `sampler`: the DiT, the small conditioners and the VAE (children `dit`, `omni_proj`, `sync`,
   `speech`, `mel`, `vae`).
 
+A third part, `sync`, is the Synchformer visual extractor (`model.sync`), which the release ships
+as its own `synchformer_state_dict.pth`; its names (`vfeat_extractor.*`) are the same in the
+module, and `model.sync.loading` reads and converts that file.
+
 `PREFIX_MAP` is the one table of released prefix <-> internal prefix <-> part. Names below a prefix
 are unchanged, except the VAE, which is renamed to diffusers' `AutoencoderOobleck` names
 (see `model.vae`). Converted checkpoints are two safetensors files, `encoder.safetensors` and
@@ -38,9 +42,15 @@ from model.vae import (
     released_to_diffusers,
 )
 
-Part = Literal["encoder", "sampler"]
-PARTS: tuple[Part, ...] = ("encoder", "sampler")
-PART_FILES: dict[Part, str] = {"encoder": "encoder.safetensors", "sampler": "sampler.safetensors"}
+Part = Literal["encoder", "sampler", "sync"]
+PARTS: tuple[Part, ...] = ("encoder", "sampler", "sync")
+MODEL_PARTS: tuple[Part, ...] = ("encoder", "sampler")  # the parts of the released model.ckpt
+PART_FILES: dict[Part, str] = {
+    "encoder": "encoder.safetensors",
+    "sampler": "sampler.safetensors",
+    "sync": "sync.safetensors",
+}
+SYNC_PREFIX = "vfeat_extractor."  # the Synchformer visual branch, in its own released file
 PART_FORMAT = "audio-omni-part/1"
 TORCH_SUFFIXES = frozenset({".ckpt", ".pt", ".pth"})
 
@@ -54,6 +64,7 @@ PREFIX_MAP: tuple[tuple[str, str, Part], ...] = (
     ("conditioner.conditioners.audio_input_prompt.", "mel.", "sampler"),
     ("model.model.", "dit.", "sampler"),
     ("pretransform.model.", "vae.", "sampler"),
+    (SYNC_PREFIX, SYNC_PREFIX, "sync"),
 )
 _VAE_INTERNAL = "vae."
 
@@ -90,7 +101,7 @@ def _match_released(key: str) -> tuple[str, str, Part]:
 
 
 def part_of(released_key: str) -> Part:
-    """Which worker part holds a released key: `"encoder"` (thinker) or `"sampler"`."""
+    """Which part holds a released key: `"encoder"` (thinker), `"sampler"` or `"sync"` (Synchformer)."""
     return _match_released(released_key)[2]
 
 
@@ -225,13 +236,14 @@ def _load_part_file(f: Path, part: Part) -> dict[str, torch.Tensor]:
 
 
 def split_parts(sd: Mapping[str, torch.Tensor]) -> dict[Part, dict[str, torch.Tensor]]:
-    """Split a released state dict into `{"encoder": ..., "sampler": ...}` (names unchanged).
+    """Split a released state dict into `{"encoder": ..., "sampler": ...}` (names unchanged), plus
+    `"sync"` when it holds Synchformer tensors.
 
     A key with no known prefix raises `ValueError`.
     """
-    parts: dict[Part, dict[str, torch.Tensor]] = {part: {} for part in PARTS}
+    parts: dict[Part, dict[str, torch.Tensor]] = {part: {} for part in MODEL_PARTS}
     for key, tensor in sd.items():
-        parts[part_of(key)][key] = tensor
+        parts.setdefault(part_of(key), {})[key] = tensor
     return parts
 
 
@@ -377,23 +389,39 @@ def convert_checkpoint(src: str | os.PathLike[str], dst_dir: str | os.PathLike[s
                     t = t.clone()
                 seen_storage.add(ident)
                 tensors[k] = t
-            out = dst / PART_FILES[part]
-            tmp = out.with_name(out.name + ".tmp")
-            save_file(
-                tensors,
-                tmp,
-                metadata={
-                    "format": PART_FORMAT,
-                    "part": part,
-                    "source_name": src_p.name,
-                    "source_sha256": sha,
-                    "num_tensors": str(len(tensors)),
-                },
-            )
-            os.replace(tmp, out)
-            written[part] = out
+            written[part] = write_part_file(tensors, part, dst, source_name=src_p.name, source_sha256=sha)
             del tensors
     return written
+
+
+def write_part_file(
+    tensors: Mapping[str, torch.Tensor], part: Part, dst_dir: Path, *, source_name: str, source_sha256: str
+) -> Path:
+    """Write one part's tensors (released names) as `dst_dir/<part file>`; its path.
+
+    The metadata records the part and its source; the file is written under a temporary name and
+    renamed, so a crash leaves no half-written part.
+    """
+    part = _check_part(part)
+    stray = [k for k in tensors if part_of(k) != part]
+    if stray:
+        raise ValueError(f"{len(stray)} tensors do not belong to the {part} part, e.g. {stray[0]!r}")
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    out = dst_dir / PART_FILES[part]
+    tmp = out.with_name(out.name + ".tmp")
+    save_file(
+        {k: t.contiguous() for k, t in tensors.items()},
+        tmp,
+        metadata={
+            "format": PART_FORMAT,
+            "part": part,
+            "source_name": source_name,
+            "source_sha256": source_sha256,
+            "num_tensors": str(len(tensors)),
+        },
+    )
+    os.replace(tmp, out)
+    return out
 
 
 # --------------------------------------------------------------------------- sizes the schema omits

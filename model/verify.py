@@ -71,7 +71,8 @@ class Check:
         }
 
 
-def _compare(name: str, got: torch.Tensor, want: torch.Tensor, tol: float) -> Check:
+def compare(name: str, got: torch.Tensor, want: torch.Tensor, tol: float) -> Check:
+    """The max absolute error of `got` against the reference `want` (shapes must agree)."""
     got = got.detach().float().cpu()
     want = want.float()
     if got.shape != want.shape:
@@ -101,7 +102,7 @@ class Verifier:
         return all(n in self.v for n in names)
 
     def check(self, name: str, got: torch.Tensor, *, cfg_scale: float | None = None) -> Check:
-        return _compare(name, got, self.v[name], tolerance(name, cfg_scale=cfg_scale))
+        return compare(name, got, self.v[name], tolerance(name, cfg_scale=cfg_scale))
 
     @torch.no_grad()
     def run(self) -> Iterator[Check]:
@@ -319,7 +320,7 @@ class Verifier:
         noise = reference_noise(int(case["seed"]), len(items), shape)
         noise_name = case.get("noise_name")
         if noise_name in self.v:
-            yield _compare(noise_name, noise, self.v[noise_name], 0.0)
+            yield compare(noise_name, noise, self.v[noise_name], 0.0)
         steps_seen: list[Check] = []
 
         def on_step(k: int, t: torch.Tensor, x: torch.Tensor, v: torch.Tensor) -> None:

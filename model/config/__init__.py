@@ -1,6 +1,7 @@
 """Typed configuration of Audio-Omni, read from (and written back to) the released `Audio-Omni.json`.
 
 One module per part: `dit` (the DiT section), `conditioners` (ids, sync, speech and mel sections),
+`sync_extractor` (the Synchformer visual extractor and its frame sampling constants),
 `mllm` (the thinker section and where it comes from), `codec` (Oobleck VAE or the mel codec),
 `model` (`AudioOmniConfig`: the cross-section rules and derived sizes), `schema` (reading and
 writing the released JSON) and `presets` (named configs). Every public name is re-exported here.
@@ -41,9 +42,19 @@ from model.config.presets import (
     PACKAGED_WEIGHTS,
     PRESETS,
     RELEASED_CONFIG,
+    TEST_SYNC_EXTRACTOR,
     get_preset,
     load_config,
     packaged_weights,
+)
+from model.config.sync_extractor import (
+    SYNC_FPS,
+    SYNC_SEGMENT_FRAMES,
+    SYNC_SEGMENT_STRIDE,
+    SYNC_SIZE,
+    SYNC_WINDOW_S,
+    SyncExtractorConfig,
+    sync_frame_count,
 )
 
 __all__ = [
@@ -63,7 +74,13 @@ __all__ = [
     "RELEASED_VOCAB_PATH",
     "SPEECH_ID",
     "SYNC_DEFAULT_OUTPUT_DIM",
+    "SYNC_FPS",
     "SYNC_ID",
+    "SYNC_SEGMENT_FRAMES",
+    "SYNC_SEGMENT_STRIDE",
+    "SYNC_SIZE",
+    "SYNC_WINDOW_S",
+    "TEST_SYNC_EXTRACTOR",
     "AudioOmniConfig",
     "DiTConfig",
     "MLLMConfig",
@@ -71,6 +88,7 @@ __all__ = [
     "MelConfig",
     "SpeechConfig",
     "SyncConfig",
+    "SyncExtractorConfig",
     "VAEConfig",
     "get_preset",
     "load_config",
@@ -78,4 +96,5 @@ __all__ = [
     "packaged_weights",
     "resolve_mllm_path",
     "resolve_vocab_file",
+    "sync_frame_count",
 ]

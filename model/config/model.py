@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from model.config.codec import MelCodecConfig, VAEConfig
 from model.config.conditioners import CONDITIONER_TYPES, MelConfig, SpeechConfig, SyncConfig
 from model.config.dit import COND_DIM, DiTConfig
 from model.config.mllm import MLLMConfig
+from model.config.sync_extractor import SYNC_WINDOW_S, SyncExtractorConfig, sync_frame_count
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ class AudioOmniConfig:
     speech: SpeechConfig
     mel: MelConfig
     dit: DiTConfig
+    # The Synchformer visual extractor (its own weights file; released layout by default).
+    sync_extractor: SyncExtractorConfig = field(default_factory=SyncExtractorConfig)
 
     def __post_init__(self) -> None:
         positive("sample_size", self.sample_size)
@@ -57,6 +60,11 @@ class AudioOmniConfig:
         for name in ("cond_token_dim", "global_cond_dim"):
             if getattr(self.dit, name) != self.cond_dim:
                 raise ValueError(f"dit.{name} = {getattr(self.dit, name)} must equal cond_dim = {self.cond_dim}")
+        if self.sync_extractor.embed_dim != self.cond_dim:
+            raise ValueError(
+                f"sync extractor embed_dim = {self.sync_extractor.embed_dim} must equal cond_dim = {self.cond_dim} "
+                "(the sync conditioner's input width)"
+            )
         ids = [*self.high_level_cond_ids, *self.low_level_cond_ids]
         for cid in ids:
             if cid not in CONDITIONER_TYPES:
@@ -76,6 +84,13 @@ class AudioOmniConfig:
                 f"sample_rate = {self.sample_rate}: jobs feed it reference audio at the model's rate, so this "
                 "config can be inspected and verified but not used for jobs"
             )
+        tokens = self.sync_window_tokens
+        if tokens != self.sync.seq_in:
+            raise ValueError(
+                f"the sync extractor gives {tokens} tokens for a {SYNC_WINDOW_S:g} s window but the sync conditioner's "
+                f"sync_seq_dim is {self.sync.seq_in}: video jobs could not condition on it, so this config can be "
+                "inspected and verified but not used for jobs"
+            )
 
     # ----------------------------------------------------------------- derived
 
@@ -93,6 +108,11 @@ class AudioOmniConfig:
     def output_band_hz(self) -> float | None:
         """Highest frequency the decoder can produce, where it is below Nyquist (the mel codec)."""
         return self.vae.f_max if isinstance(self.vae, MelCodecConfig) else None
+
+    @property
+    def sync_window_tokens(self) -> int:
+        """Sync feature tokens the extractor gives for one generation's video window (240 released)."""
+        return self.sync_extractor.token_count(sync_frame_count(SYNC_WINDOW_S))
 
     @property
     def window_s(self) -> float:

@@ -27,6 +27,7 @@ from model.config.conditioners import (
 from model.config.dit import COND_DIM, DiTConfig
 from model.config.mllm import BUILTIN_MLLM_HIDDEN_SIZE, MLLMConfig
 from model.config.model import AudioOmniConfig
+from model.config.sync_extractor import SyncExtractorConfig
 
 # Presets whose trained weights ship in this package (sampler + thinker, released key names) once
 # they exist; see docs/model.md, "The embedded small model".
@@ -146,6 +147,15 @@ RELEASED_CONFIG: dict[str, Any] = {
 }
 
 
+# The test presets' Synchformer extractor: random weights, one block, 768 wide because the sync
+# conditioner takes 768-wide features, and frames averaged down to 32 x 32 (2 x 2 patches) so a
+# 10 s window (30 segments) takes a fraction of a second on a CPU. Same segmenting as the release:
+# 250 frames -> 240 tokens, the sync conditioner's input.
+TEST_SYNC_EXTRACTOR = SyncExtractorConfig(
+    embed_dim=COND_DIM, depth=1, num_heads=2, mlp_ratio=0.5, patch_size=16, patch_size_temp=2, image_size=32
+)
+
+
 def _full() -> AudioOmniConfig:
     """The released model (Qwen2.5-Omni-3B thinker, 36-block DiT, 10.96 s per generation)."""
     return AudioOmniConfig.from_dict(RELEASED_CONFIG)
@@ -155,7 +165,8 @@ def _tiny() -> AudioOmniConfig:
     """Random-weight model for CPU tests and local runs: a 10.03 s stereo 44.1 kHz clip.
 
     The hard-coded widths (768-wide conditioning, 240-frame sync input, 1723-frame mel window) are
-    kept so the same code paths run; everything else is shrunk. The VAE decoder is 8 channels wide
+    kept so the same code paths run; everything else is shrunk, the sync extractor included
+    (`TEST_SYNC_EXTRACTOR`). The VAE decoder is 8 channels wide
     with a x2048 upsampling like the full model, so 216 latents decode to 442368 samples.
     """
     vae = VAEConfig(
@@ -195,6 +206,7 @@ def _tiny() -> AudioOmniConfig:
             mask_ratio_end=1.0,
         ),
         dit=DiTConfig(io_channels=vae.latent_dim, embed_dim=128, depth=2, num_heads=2),
+        sync_extractor=TEST_SYNC_EXTRACTOR,
     )
 
 

@@ -2,9 +2,10 @@
 
 `parse` reads it strictly (unknown conditioner types, unknown keys and unsupported options raise
 `ValueError` naming the offending path) into the keyword arguments of `AudioOmniConfig`; `write`
-produces the same schema back. Two extensions, written only when they differ from the release:
-`pretransform.type = "mel_codec"` (the small preset's codec) and the mel conditioner's
-`num_frames` (the frame count of its sequence projection, hard-coded to 1723 in the release).
+produces the same schema back. Three extensions, written only when they differ from the release:
+`pretransform.type = "mel_codec"` (the small preset's codec), the mel conditioner's
+`num_frames` (the frame count of its sequence projection, hard-coded to 1723 in the release) and
+the sync conditioner's `extractor` (the Synchformer visual extractor's layout, released by default).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from model.config.conditioners import (
 )
 from model.config.dit import COND_DIM, DiTConfig
 from model.config.mllm import MLLM_DEFAULT_HIDDEN_SIZE, MLLMConfig, mllm_hidden_size, resolve_mllm_path
+from model.config.sync_extractor import SyncExtractorConfig
 
 if TYPE_CHECKING:
     from model.config.model import AudioOmniConfig
@@ -174,10 +176,11 @@ def _parse_conditioning(cond: Mapping[str, Any], base: Path | None) -> dict[str,
     )
 
     s, sw = seen[SYNC_ID], f"{where}[{SYNC_ID}].config"
-    check_keys(s, {"sync_seq_dim", "sync_output_dim", "project_out", "input_dim", "sync_fps"}, sw)
+    check_keys(s, {"sync_seq_dim", "sync_output_dim", "project_out", "input_dim", "sync_fps", "extractor"}, sw)
     expect(s, "project_out", False, sw)
     expect(s, "input_dim", COND_DIM, sw)
     sync = SyncConfig(seq_in=take(s, "sync_seq_dim", sw), seq_out=s.get("sync_output_dim", SYNC_DEFAULT_OUTPUT_DIM))
+    sync_extractor = _parse_sync_extractor(s.get("extractor", {}), f"{sw}.extractor")
 
     t, tw = seen[SPEECH_ID], f"{where}[{SPEECH_ID}].config"
     check_keys(t, {"tts_model_name", "vocab_file", "seq_len", "proj_seq_len", "project_out"}, tw)
@@ -210,7 +213,20 @@ def _parse_conditioning(cond: Mapping[str, Any], base: Path | None) -> dict[str,
         mask_ratio_end=float(take(m, "mask_ratio_end", mw)),
         num_frames=m.get("num_frames", MEL_NUM_FRAMES),
     )
-    return {"cond_dim": take(cond, "cond_dim", where), "mllm": mllm, "sync": sync, "speech": speech, "mel": mel}
+    return {
+        "cond_dim": take(cond, "cond_dim", where),
+        "mllm": mllm,
+        "sync": sync,
+        "sync_extractor": sync_extractor,
+        "speech": speech,
+        "mel": mel,
+    }
+
+
+def _parse_sync_extractor(d: Mapping[str, Any], where: str) -> SyncExtractorConfig:
+    """Our `extractor` extension; an absent field takes the released value."""
+    check_keys(d, SyncExtractorConfig.field_names(), where)
+    return SyncExtractorConfig(**d)
 
 
 def _parse_dit(diffusion: Mapping[str, Any]) -> DiTConfig:
@@ -300,6 +316,8 @@ def _conditioner_dicts(cfg: AudioOmniConfig, relative_to: str | os.PathLike[str]
     if cfg.sync.seq_out != SYNC_DEFAULT_OUTPUT_DIM:  # the released file leaves the default out
         sync_cfg["sync_output_dim"] = cfg.sync.seq_out
     sync_cfg["project_out"] = False
+    if cfg.sync_extractor != SyncExtractorConfig():  # the released config has no such field
+        sync_cfg["extractor"] = cfg.sync_extractor.to_dict()
     vocab = (
         RELEASED_VOCAB_PATH
         if Path(cfg.speech.vocab_file).resolve() == PACKAGED_VOCAB

@@ -27,7 +27,7 @@ def _fail(message: str) -> int:
     return 2
 
 
-def _read_vectors(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def read_vectors(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(name -> tensor, case) of a vectors file; `ValueError` when it is unreadable or has no case."""
     from safetensors import SafetensorError, safe_open
 
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     if not vectors_path.is_file():
         return _fail(f"vectors file not found: {vectors_path}")
     try:
-        vectors, case = _read_vectors(vectors_path)
+        vectors, case = read_vectors(vectors_path)
         sampler_sd = load_part_state_dict(args.weights, "sampler")
         config = fit_config_to_weights(load_config(args.config), sampler_sd)
         sampler = build_sampler(config, weights=sampler_sd, device=args.device, for_jobs=False)

@@ -87,8 +87,9 @@ def test_prefix_table_maps_every_released_prefix():
     assert released_to_internal("pretransform.model.decoder.layers.0.bias") == "vae.decoder.conv1.bias"
     assert part_of(THINKER + "lm_head.weight") == "encoder"
     assert part_of("conditioner.conditioners.omni_prompt.proj_features.weight") == "sampler"
+    assert part_of("vfeat_extractor.blocks.0.attn.qkv.weight") == "sync"  # the Synchformer's own file
     assert {internal for _, internal, _ in PREFIX_MAP} == {
-        "thinker.", "omni_proj.", "sync.", "speech.", "mel.", "dit.", "vae.",
+        "thinker.", "omni_proj.", "sync.", "speech.", "mel.", "dit.", "vae.", "vfeat_extractor.",
     }  # fmt: skip
     with pytest.raises(ValueError, match="known prefixes"):
         part_of("conditioner.conditioners.clap.weight")
