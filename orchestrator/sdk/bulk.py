@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Iterable
@@ -51,6 +52,7 @@ STATE_FILE = "run_state.jsonl"
 RESULTS_FILE = "results.jsonl"
 RESULTS_DIR = "results"
 _FINAL = frozenset(s.value for s in FINAL_STATUSES)
+_ITEM_RE = re.compile(r"jobs\[(\d+)\]")
 
 
 @dataclass(frozen=True)
@@ -165,8 +167,9 @@ class _Run:
             )
         except ApiError as exc:
             if not ((exc.status == 429 and exc.code in ("quota_exceeded", "rate_limited")) or exc.status == 413):
-                message = f"{exc.message} (manifest lines {lines[0]}-{lines[-1]})"
-                raise ApiError(exc.status, exc.code, message, exc.field, details=exc.details) from None
+                if 400 <= exc.status < 500:  # refused as a whole: nothing of it was queued
+                    self.journal.write({"op": "refused", "key": key})
+                raise _with_lines(exc, lines) from None
             self._refused(key, lines, exc)
             return False
         self._record_batch(key, lines, created)
@@ -331,6 +334,23 @@ class _Run:
                 out.write(json.dumps(done.__dict__) + "\n")
         tmp.replace(path)
         return RunSummary(len(self.entries), counts, self.downloaded, self.batches_submitted, path)
+
+
+def _with_lines(exc: ApiError, lines: list[int]) -> ApiError:
+    """The API's error about a chunk with its items (`jobs[i]`) named by their manifest lines."""
+
+    def named(text: str | None) -> str | None:
+        if text is None:
+            return None
+        return _ITEM_RE.sub(
+            lambda m: f"line {lines[int(m.group(1))]}" if int(m.group(1)) < len(lines) else m.group(0), text
+        )
+
+    details = [{"field": named(d["field"]), "message": named(d["message"]) or ""} for d in exc.details]
+    message = named(exc.message) or ""
+    if "line " not in message:
+        message += f" (manifest lines {lines[0]}-{lines[-1]})"
+    return ApiError(exc.status, exc.code, message, named(exc.field), details=details)
 
 
 def run_jsonl(

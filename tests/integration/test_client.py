@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import socket
 import threading
 import time
@@ -97,7 +98,7 @@ def api(redis_url, redis_prefix, s3_endpoint, s3_bucket):
         s3_bucket, client=make_s3_client(endpoint_url=s3_endpoint, region="us-east-1", addressing_style="path")
     )
     tenants = TenantStore(queue.redis, prefix=redis_prefix)
-    tenants.create("acme", TenantLimits(max_in_flight=50))
+    tenants.create("acme", TenantLimits(max_in_flight=50, max_steps=100))
     key = tenants.issue_key("acme")
     faults = Faults(create_app(None, queue=queue, storage=storage, tenants=tenants, api_settings=ApiSettings()))
     with serve_in_thread(faults) as url:
@@ -292,6 +293,19 @@ def test_retry_policy_rules():
     assert all(w <= policy.max_wait_s + policy.jitter_s for w in waits) and waits[-1] >= policy.max_wait_s
     with pytest.raises(ValueError, match="max_retries"):
         RetryPolicy(max_retries=-1)
+
+
+def test_run_jsonl_names_the_manifest_line_the_api_refused(api, tmp_path):
+    manifest = tmp_path / "m.jsonl"
+    lines = [T2A, {**T2A, "seed": 1}, {**T2A, "steps": 500}]  # valid specs; the tenant allows 100 steps
+    manifest.write_text("# header\n" + "\n".join(json.dumps(line) for line in lines))
+    with Client(api.url, api.key, retry=FAST) as client, pytest.raises(ApiError) as refused:
+        client.run_jsonl(manifest, tmp_path / "out", progress=False)
+    assert refused.value.code == "limit_exceeded" and refused.value.status == 422
+    assert "line 4.steps" in str(refused.value) and refused.value.field == "line 4.steps"
+    assert queued(api) == 0  # the chunk was refused as a whole
+    journal = [json.loads(raw) for raw in (tmp_path / "out" / "run_state.jsonl").read_text().splitlines()]
+    assert [r["op"] for r in journal] == ["manifest", "chunk", "refused"]
 
 
 # --------------------------------------------------------------------------- async
