@@ -235,7 +235,7 @@ class Service:
         key = self.worker_settings.backlog_key
         next_replica_poll = 0.0
         exporter = self.metrics.exporter
-        was_pools_leader = False
+        was_pools_leader = baseline = False
         while not self._stop.is_set():
             try:
                 upstream = {"encoder": 0, "sampler": 0}
@@ -249,13 +249,15 @@ class Service:
                 if exporter is not None:
                     exporter.refresh()
                 pools_leader = self._pools_lock is not None and self._pools_lock.acquire()
-                if pools_leader and time.monotonic() >= next_replica_poll:
-                    next_replica_poll = time.monotonic() + BATCH_STATS_EVERY_S
-                    # A new exporter only takes the replicas' counters as its baseline.
-                    self.metrics.observe_replica_reports(self._replica_reports(), baseline=not was_pools_leader)
+                if pools_leader and not was_pools_leader:
+                    baseline, next_replica_poll = True, 0.0  # a new exporter: what was counted is its baseline
                 elif not pools_leader and was_pools_leader:
                     self.metrics.forget_replicas()
                 was_pools_leader = pools_leader
+                if pools_leader and time.monotonic() >= next_replica_poll:
+                    next_replica_poll = time.monotonic() + BATCH_STATS_EVERY_S
+                    self.metrics.observe_replica_reports(self._replica_reports(), baseline=baseline)
+                    baseline = False
             except Exception as exc:  # Redis or a replica blip: next tick tries again
                 self.log.warning("housekeeping failed", error=str(exc), error_type=type(exc).__name__)
             self._stop.wait(HOUSEKEEPING_EVERY_S)
