@@ -5,10 +5,11 @@
 
 Makes an H.264 MP4 of moving shapes with PyAV, then times what a video job does before sampling,
 window by window (`model.pipeline.VIDEO_WINDOW_S`): probing (`VideoClip.open`), decoding and
-resizing the window's 25 fps Synchformer frames (`VideoClip.frames`), and the extractor
-(`SyncExtractor` through `InProcessPools.sync_features`, the encoder pool's own call). Reports the
-fastest of `--repeats` runs of each, as seconds of video per wall-clock second (higher is better).
-A figure, not a test. The last line is one JSON object; `measure()` is what bench/gpu_check.py calls.
+resizing the window's 25 fps Synchformer frames (`VideoClip.frames`), and the preset's extractor
+(random weights; `SyncExtractor.clip_features` as the encoder pool calls it, `SEGMENTS_PER_PASS`
+segments per pass). Reports the fastest of `--repeats` runs of each, as seconds of video per
+wall-clock second (higher is better). Only the extractor is built, so `--preset full --device cuda`
+times the full-size one. A figure, not a test. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -78,13 +79,15 @@ def measure(
     repeats: int = 3,
 ) -> dict[str, Any]:
     """Time probe, frame sampling and sync features over `seconds` of a made clip (whole windows)."""
-    from model.sync import SYNC_FPS, SYNC_SIZE, sync_frame_count
-    from workers.app import InProcessPools
-    from workers.settings import WorkerSettings
+    from model.build import build_sync_extractor
+    from model.config import get_preset
+    from model.sync import SEGMENTS_PER_PASS, SYNC_FPS, SYNC_SIZE, sync_frame_count
 
     torch.set_grad_enabled(False)
     data = make_clip(seconds, width, height, fps)
-    pools = InProcessPools.build(WorkerSettings(preset=preset, device=device))
+    extractor = build_sync_extractor(get_preset(preset), device=device)
+    if extractor is None:
+        raise SystemExit(f"preset {preset!r} builds no sync extractor")
     windows = max(1, math.floor(seconds / VIDEO_WINDOW_S))
     spans = [(k * VIDEO_WINDOW_S, (k + 1) * VIDEO_WINDOW_S) for k in range(windows)]
     count = sync_frame_count(VIDEO_WINDOW_S)
@@ -97,7 +100,9 @@ def measure(
     decode_s, windows_frames = _fastest(frames, repeats)
 
     def features() -> list[torch.Tensor]:
-        out = [pools.sync_features(f.to(device)) for f in windows_frames]
+        out = [
+            extractor.clip_features([f.to(device)], max_segments_per_pass=SEGMENTS_PER_PASS)[0] for f in windows_frames
+        ]
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         return out
