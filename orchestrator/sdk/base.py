@@ -129,6 +129,7 @@ class FileSink:
         self.written = 0
         self._handle: BinaryIO | None = None
         self._tmp: Path | None = None
+        self._path: Path | None = None
         self._start: int | None = None
         self._opened = False
 
@@ -136,7 +137,7 @@ class FileSink:
         """Start (or, for a retry, start again) writing the result."""
         self.written = 0
         if isinstance(self.dest, str | os.PathLike):
-            path = Path(self.dest)
+            self._path = path = Path(self.dest)
             self._tmp = path.with_name(f".{path.name}.part")
             self._handle = self._tmp.open("wb")
         else:
@@ -156,9 +157,9 @@ class FileSink:
         self.written += len(chunk)
 
     def commit(self) -> int:
-        if self._tmp is not None and self._handle is not None:
+        if self._tmp is not None and self._path is not None and self._handle is not None:
             self._handle.close()
-            self._tmp.replace(Path(self.dest))  # type: ignore[arg-type]
+            self._tmp.replace(self._path)
         self._handle, self._tmp = None, None
         return self.written
 
