@@ -2,15 +2,17 @@
 
 Every response carries `X-Request-ID` (the client's when it is tame, else a new one), every error
 body its `request_id`, every log line of the request the same id; an unexpected failure is a 500
-that tells the user the id to quote. A Redis that stops is a 503 `unavailable` with `Retry-After`
-on every route (a Redis server of the test's own, on its own port, with AOF so it comes back with
-its data), and the API serves again by itself once Redis is back."""
+that tells the user the id to quote. A Redis that stops (or hangs past the client's socket timeout)
+is a 503 `unavailable` with `Retry-After` on every route (a Redis server of the test's own, on its
+own port, with AOF so it comes back with its data), and the API serves again by itself once Redis
+is back."""
 
 from __future__ import annotations
 
 import io
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -195,6 +197,13 @@ def test_redis_away_is_a_503_with_retry_after_on_every_route_and_the_api_reconne
             assert http.get("/healthz").status_code == 200
             status = http.get(f"/v1/jobs/{job_id}", headers=auth)
             assert status.status_code == 200 and status.json()["status"] == "queued"
+            # A Redis that hangs (frozen, not gone) times out into the same 503, not a hung request.
+            server.proc.send_signal(signal.SIGSTOP)
+            try:
+                _error(http.get(f"/v1/jobs/{job_id}", headers=auth, timeout=30), 503, "unavailable")
+            finally:
+                server.proc.send_signal(signal.SIGCONT)
+            assert http.get(f"/v1/jobs/{job_id}", headers=auth).status_code == 200
         queue.close()
     finally:
         server.stop()
