@@ -68,7 +68,8 @@ def test_reasoning_job_runs_as_reason_then_generate(tmp_path: Path, pools: InPro
 
     reason_id, generate_id = step_job_id(wid, "reason"), step_job_id(wid, "generate")
     assert source.workflows[wid] == [reason_id, generate_id]
-    assert calls == {"understand": 1, "encode": 1, "generate": 1}  # the rewrite, then one generation
+    # the rewrite, then one generation
+    assert calls == {"understand": 1, "encode": 1, "sync_features": 0, "generate": 1}
 
     reason = _succeeded(source, reason_id)
     assert source.specs[reason_id].prompt == reasoning_question(Task.TEXT_TO_AUDIO, "a haunted house")
@@ -100,7 +101,7 @@ def test_voice_conversion_from_speech_transcribes_then_speaks(tmp_path: Path, po
 
     transcribe_id, convert_id = step_job_id(wid, "transcribe"), step_job_id(wid, "convert")
     assert source.workflows[wid] == [transcribe_id, convert_id]
-    assert calls == {"understand": 2, "encode": 1, "generate": 1}
+    assert calls == {"understand": 2, "encode": 1, "sync_features": 0, "generate": 1}
 
     transcribe = _succeeded(source, transcribe_id)
     spec = source.specs[transcribe_id]

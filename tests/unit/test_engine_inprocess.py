@@ -104,7 +104,7 @@ def test_real_jobs_run_through_in_process_pools(tmp_path: Path, pools: InProcess
     # The pools really ran: three generations (t2a, edit, tts) with their thinker passes, and one
     # answer (understanding needs no encode).
     delta = {k: pools.calls[k] - calls_before[k] for k in pools.calls}
-    assert delta == {"encode": 3, "understand": 1, "generate": 3}
+    assert delta == {"encode": 3, "understand": 1, "sync_features": 0, "generate": 3}
 
     config = SETTINGS.load_config()
     for job_id, want_s in ((ids[0], 1.0), (ids[1], 1.5), (ids[3], None)):
