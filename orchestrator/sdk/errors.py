@@ -52,6 +52,7 @@ def error_of(response: httpx.Response) -> ApiError:
             error.get("field"),
             retry_after_s=retry_after_s,
             details=error.get("details") or [],
+            request_id=error.get("request_id") or response.headers.get("x-request-id"),
         )
     except (ValueError, KeyError, TypeError, AttributeError, json.JSONDecodeError):
         text = response.text[:500] or response.reason_phrase

@@ -207,3 +207,13 @@ def test_redis_away_is_a_503_with_retry_after_on_every_route_and_the_api_reconne
         queue.close()
     finally:
         server.stop()
+
+
+def test_the_sdk_error_carries_the_request_id(api):
+    from orchestrator.client import ApiError, Client
+
+    http, key = api
+    with Client(str(http.base_url), key) as client, pytest.raises(ApiError) as raised:
+        client.status("no-such-job")
+    assert raised.value.status == 404 and raised.value.request_id
+    assert f"(request id {raised.value.request_id})" in str(raised.value)
