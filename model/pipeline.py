@@ -21,6 +21,7 @@ import torch
 
 from model.conditioners.mel import fit_window
 from model.config import AudioOmniConfig
+from model.config.sync_extractor import SYNC_WINDOW_S
 from model.limits import (
     MAX_CFG_SCALE,
     MAX_DURATION_S,
@@ -48,7 +49,7 @@ OVERLAP_S = 1.0
 # The span of video one generation window reads, from the window's start: the reference reads 10 s
 # (50 thinker frames at the config's 5 fps, 250 Synchformer frames at 25 fps -> 240 sync tokens)
 # and pads a shorter video with its last frame. Long video-to-music reads each segment's own span.
-VIDEO_WINDOW_S = 10.0
+VIDEO_WINDOW_S = SYNC_WINDOW_S
 VIDEO_FRAME_SIZE = 224  # the thinker's frames are squash-resized to 224 x 224, as the reference feeds them
 KEEP_SOURCE_TASKS = frozenset({Task.EDIT_REMOVE, Task.EDIT_EXTRACT})  # the result is a part of the source
 LONG_FORM_TASKS = frozenset({Task.TEXT_TO_AUDIO, Task.TEXT_TO_MUSIC, Task.VIDEO_TO_MUSIC, *EDIT_TASKS})
