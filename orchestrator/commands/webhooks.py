@@ -58,8 +58,11 @@ def run(args: argparse.Namespace) -> int:
         settings = Settings.from_env(redis_url=args.redis_url, redis_prefix=args.redis_prefix)
         webhook_settings = WebhookSettings.from_env()
     except ValidationError as exc:
+        # name the environment variable of a webhook setting (the one place it is set)
+        env = "AUDIO_OMNI_WEBHOOK_" if exc.title == WebhookSettings.__name__ else ""
         for field, message in format_validation_error(exc):
-            print(f"audio-omni webhooks: {field + ': ' if field else ''}{message}", file=sys.stderr)
+            name = f"{env}{field.upper()}" if env and field else field
+            print(f"audio-omni webhooks: {name + ': ' if name else ''}{message}", file=sys.stderr)
         return 2
     client = settings.redis_client()
     try:

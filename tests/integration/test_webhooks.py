@@ -596,7 +596,9 @@ def test_submit_over_http_finish_in_the_queue_delivery_to_the_receiver(
     assert dispatcher.store.pending_events(group="webhooks") == 0
 
 
-def test_webhooks_deliveries_command(client, keys, queue, tenants, receiver, run_dispatcher, redis_url, capsys):
+def test_webhooks_deliveries_command(
+    client, keys, queue, tenants, receiver, run_dispatcher, redis_url, capsys, monkeypatch
+):
     from orchestrator.cli import main
 
     entry = _add_event(client, keys, "job", _finished_job(queue), "succeeded", receiver.url)
@@ -612,6 +614,10 @@ def test_webhooks_deliveries_command(client, keys, queue, tenants, receiver, run
     assert capsys.readouterr().out.strip() == "no deliveries"
     assert main([*argv, "--cursor", "zzz"]) == 2
     assert "cursor 'zzz' is invalid" in capsys.readouterr().err
+    # a bad setting stops `webhooks run` at once, naming the variable
+    monkeypatch.setenv("AUDIO_OMNI_WEBHOOK_ALLOW_HOSTS", "10.0.0.0/33")
+    assert main(["webhooks", "--redis-url", redis_url, "run"]) == 2
+    assert "AUDIO_OMNI_WEBHOOK_ALLOW_HOSTS: webhook allow entry '10.0.0.0/33' is invalid" in capsys.readouterr().err
 
 
 def test_workflows_announce_their_end(api, receiver, run_dispatcher, monkeypatch):
