@@ -92,7 +92,7 @@ def _job(service, job_id: str):
 
 def test_speech_in_every_format_decodes(service):
     client = service.openai["acme"]
-    for fmt in ("wav", "flac", "mp3", "opus", "pcm"):
+    for fmt in ("wav", "flac", "mp3", "opus", "aac", "pcm"):
         raw = client.audio.speech.with_raw_response.create(
             model="tts-1", voice="default", input="Hello there, this is a test.", response_format=fmt
         )
@@ -110,11 +110,17 @@ def test_speech_in_every_format_decodes(service):
         if fmt in ("wav", "flac"):
             info = sf.info(io.BytesIO(data))
             assert info.format == fmt.upper() and info.samplerate == 44_100 and info.channels == 2
-        expected = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg", "opus": "audio/ogg"}[fmt]
-        assert raw.headers["content-type"] == expected
+        expected = {
+            "wav": "audio/wav",
+            "flac": "audio/flac",
+            "mp3": "audio/mpeg",
+            "opus": "audio/ogg",
+            "aac": "audio/aac",
+        }
+        assert raw.headers["content-type"] == expected[fmt]
         assert rate == (48_000 if fmt == "opus" else 44_100)
     metrics = httpx.get(f"{service.url}/metrics").text
-    assert 'audio_omni_api_jobs_submitted_total{kind="job"} 5.0' in metrics  # counted as POST /v1/jobs counts
+    assert 'audio_omni_api_jobs_submitted_total{kind="job"} 6.0' in metrics  # counted as POST /v1/jobs counts
 
 
 def test_named_and_uploaded_voices(service):

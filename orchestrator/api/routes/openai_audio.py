@@ -1,7 +1,7 @@
 """OpenAI-compatible audio endpoints, so tools written against OpenAI's audio API (and the official
 `openai` SDK with `base_url` pointed here) work unchanged.
 
-POST /v1/audio/speech          text -> speech bytes (wav, flac, mp3, opus, pcm): a `tts` job
+POST /v1/audio/speech          text -> speech bytes (wav, flac, mp3, opus, aac, pcm): a `tts` job
 POST /v1/audio/transcriptions  audio file -> {"text"} or text/plain: an `understand` job with the
                                thinker's transcription instruction
 
@@ -44,7 +44,7 @@ from orchestrator.tenants import Tenant
 
 router = APIRouter(tags=["openai"])
 
-SpeechFormat = Literal["wav", "flac", "mp3", "opus", "pcm"]
+SpeechFormat = Literal["wav", "flac", "mp3", "opus", "aac", "pcm"]
 _LANGUAGE_RE = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})?")
 _WAIT_ERRORS = documented(*COMMON_ERRORS, 403, 409, 413, 429, 502, 504)
 
