@@ -47,6 +47,13 @@ from orchestrator.tenants import Tenant
 from orchestrator.workflows import WorkflowSpec, is_workflow_data, step_job_id, workflow_id_for_key
 
 router = APIRouter(tags=["batches"])
+# One results line's schema, inline (no route returns the model itself, so it is not a component);
+# the enums it uses are components already (JobView uses them).
+_RESULT_LINE_SCHEMA = {
+    k: v
+    for k, v in BatchResultLine.model_json_schema(ref_template="#/components/schemas/{model}").items()
+    if k != "$defs"
+}
 _Item = TypeVar("_Item", bound=BaseModel)
 
 IdempotencyKey = Annotated[
@@ -210,7 +217,7 @@ def get_batch(batch: OwnBatch) -> BatchView:
                 "JSON Lines: one `BatchResultLine` per job in batch order; the next page's cursor is in "
                 "the `X-Next-Cursor` header (absent on the last page)"
             ),
-            "content": {"application/x-ndjson": {"schema": {"$ref": "#/components/schemas/BatchResultLine"}}},
+            "content": {"application/x-ndjson": {"schema": _RESULT_LINE_SCHEMA}},
         },
         **documented(*COMMON_ERRORS),
     },

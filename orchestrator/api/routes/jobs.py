@@ -150,7 +150,7 @@ def cancel_job(job_id: JobId, job: OwnJob, services: ServicesDep, response: Resp
         200: {
             "description": "JSON with a presigned URL (S3), or the result's bytes (embedded mode)",
             "content": {
-                "application/json": {"schema": {"$ref": "#/components/schemas/ResultView"}},
+                "application/json": {"schema": ResultView.model_json_schema()},  # no nested models
                 "audio/wav": {"schema": {"type": "string", "format": "binary"}},
                 "audio/flac": {"schema": {"type": "string", "format": "binary"}},
             },
