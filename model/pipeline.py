@@ -73,6 +73,7 @@ class TaskInputs:
     audio_16k: torch.Tensor | None = None  # (N16,) the question's audio at 16 kHz for the thinker (understand)
     video_frames: torch.Tensor | None = None  # (T, 3, H, W) uint8 at the config's video_fps, from t = 0
     sync_features: torch.Tensor | None = None  # (240, 768) Synchformer features of the first window
+    sync_from_video: bool = False  # no sync_features: the caller computes each segment's from the video
     duration_s: float | None = None  # None: one window (generation) or the source length (edits)
     steps: int = 100
     cfg_scale: float = 7.0
@@ -407,7 +408,7 @@ def plan_task(config: AudioOmniConfig, x: TaskInputs) -> TaskPlan:
                 plan.notes.append(f"voice prompt cut to its last {VOICE_PROMPT_MAX_S:g} s")
         base.transcript = _speech_text(x.transcript or "", x.voice_prompt_text)
         total = min(total, out_n - drop) if drop else total
-    if task in VIDEO_TASKS and x.sync_features is None:
+    if task in VIDEO_TASKS and x.sync_features is None and not x.sync_from_video:
         plan.notes.append("no sync features given: the video conditions the thinker only")
 
     seg = plan_segments(total + drop, out_n, round(OVERLAP_S * sr))

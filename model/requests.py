@@ -21,7 +21,7 @@ class GenerationRequest:
     cfg_scale: float = 7.0
     transcript: str | None = None  # text for the speech conditioner (TTS / voice conversion)
     audio_window: torch.Tensor | None = None  # (window_samples,) mono at the model rate; None = silence
-    sync_features: torch.Tensor | None = None  # (240, 768) Synchformer features; None = no video
+    sync_features: torch.Tensor | None = None  # (240, 768) Synchformer features of this clip's span; None = no video
 
     @property
     def batch_key(self) -> int:

@@ -483,7 +483,7 @@ class Engine:
             if plan.encode is None:  # the planner always pairs a generation with its thinker prompt
                 raise PermanentError(f"task {plan.task.value} planned a generation without a thinker prompt")
             gen = plan.generation
-            own_sync = video is not None and gen.video and inputs.sync_features is None
+            own_sync = video is not None and gen.video and inputs.sync_from_video
             sync = None
             if own_sync and video is not None:
                 with self._enter(job, timer, "sync"):

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from model.limits import MAX_INPUT_AUDIO_S, MAX_INPUT_VIDEO_S
-from model.tasks import Task
+from model.tasks import VIDEO_TASKS, Task
 from orchestrator.audio_io import decode_audio
 from orchestrator.errors import PermanentError
 from orchestrator.jobs import EditOp, JobSpec, OutputFormat, TaskName
@@ -173,6 +173,7 @@ def load_inputs(
         if x.duration_s is not None:
             end_s = min(end_s, x.duration_s + VIDEO_WINDOW_S)
         x.video_frames = clip.frames(0.0, end_s, fps=config.video_fps, size=VIDEO_FRAME_SIZE)
+        x.sync_from_video = task in VIDEO_TASKS and not spec.sync_feature_uri
     elif spec.video_uri:
         if not spec.video_uri.lower().endswith(VIDEO_FRAMES_EXTENSIONS):
             videos = ", ".join(VIDEO_EXTENSIONS)

@@ -116,6 +116,7 @@ def test_long_video_to_music_syncs_and_prompts_each_segment_with_its_own_span(tm
     assert not torch.equal(pools.requests[0].sync_features, pools.requests[1].sync_features)
     meta = json.loads(next(out.rglob("*.json")).read_text())
     assert meta["video"]["duration_s"] == 24.0 and meta["timings_s"]["sync"] > 0
+    assert not any("no sync features" in note for note in meta["notes"])
 
 
 def test_given_sync_features_are_used_and_mp4_needs_a_video_file(tmp_path, pools):
