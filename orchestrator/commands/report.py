@@ -1,7 +1,9 @@
 """`audio-omni report BATCH --out DIR`: write a batch's HTML report (`DIR/report.html`).
 
-Service mode: the batch's jobs are read from the queue (`REDIS_URL`, prefix) and their results and
-inputs from the storage (`S3_BUCKET`, `S3_ENDPOINT_URL`), with the deployment's input rules, as
+Through the HTTP API (`GET /v1/batches/{id}/report`) when `AUDIO_OMNI_API_URL` and
+`AUDIO_OMNI_API_KEY` are set, as the other commands: a remote tenant gets its own batches' pages.
+Otherwise directly: the batch's jobs are read from the queue (`REDIS_URL`, prefix) and their results
+and inputs from the storage (`S3_BUCKET`, `S3_ENDPOINT_URL`), with the deployment's input rules, as
 `audio-omni results` does. One self-contained page: open it in any browser, offline. (Embedded
 `audio-omni batch` writes the same page into its own `--out` folder.)
 """
@@ -15,6 +17,7 @@ from pathlib import Path
 from orchestrator.report import DEFAULT_MAX_JOBS, REPORT_FILE
 
 MAX_INPUT_BYTES = 256 * 1024 * 1024
+API_TIMEOUT_S = 600.0  # a large batch's page takes a while to build
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
@@ -24,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         "--max-jobs",
         type=int,
         default=DEFAULT_MAX_JOBS,
-        help=f"jobs shown with their audio (default {DEFAULT_MAX_JOBS}; the summary counts them all)",
+        help=f"jobs shown with their audio, 1-2000 (default {DEFAULT_MAX_JOBS}; the summary counts them all)",
     )
     conn = parser.add_argument_group("connections (default: environment)")
     conn.add_argument("--redis-url", default=None, help="Redis URL (REDIS_URL / AUDIO_OMNI_REDIS_URL)")
@@ -34,15 +37,56 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from orchestrator.commands.jobs import uses_api
+
+    if not 1 <= args.max_jobs <= 2000:
+        print(f"audio-omni report: --max-jobs {args.max_jobs} is invalid: expected 1-2000", file=sys.stderr)
+        return 2
+    page = _via_api(args) if uses_api() else _direct(args)
+    if page is None:
+        return 1
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / REPORT_FILE
+    path.write_text(page, encoding="utf-8")
+    print(path)
+    return 0
+
+
+def _via_api(args: argparse.Namespace) -> str | None:
+    """The page from `GET /v1/batches/{id}/report` (the key's tenant's batches only)."""
+    import httpx
+
+    from orchestrator.sdk.base import env_connection
+
+    url, key = env_connection()
+    try:
+        response = httpx.get(
+            f"{url.rstrip('/')}/v1/batches/{args.batch_id}/report",
+            params={"max_jobs": args.max_jobs},
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=API_TIMEOUT_S,
+        )
+    except httpx.HTTPError as exc:
+        print(f"audio-omni report: the API at {url} did not answer: {exc}", file=sys.stderr)
+        return None
+    if response.status_code != 200:
+        try:
+            message = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = response.text[:200]
+        print(f"audio-omni report: {response.status_code} from the API: {message}", file=sys.stderr)
+        return None
+    return response.text
+
+
+def _direct(args: argparse.Namespace) -> str | None:
+    """The page built here from the queue and the storage."""
     from orchestrator.queue import JobQueue
     from orchestrator.report import jobs_from_queue, render_report
     from orchestrator.settings import Settings
     from orchestrator.storage import input_resolver_from_settings, storage_from_settings
     from orchestrator.tenants import TenantStore
 
-    if not 1 <= args.max_jobs <= 10_000:
-        print(f"audio-omni report: --max-jobs {args.max_jobs} is invalid: expected 1-10000", file=sys.stderr)
-        return 2
     try:
         settings = Settings.from_env(
             redis_url=args.redis_url,
@@ -53,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         storage_kwargs = settings.storage_kwargs(embedded=False)
     except ValueError as exc:
         print(f"audio-omni report: {exc}", file=sys.stderr)
-        return 2
+        return None
     storage = storage_from_settings(**storage_kwargs)
     with JobQueue.from_settings(settings) as queue:
         tenants = TenantStore.from_settings(settings, client=queue.redis)
@@ -68,10 +112,5 @@ def run(args: argparse.Namespace) -> int:
             )
         except KeyError:
             print(f"audio-omni report: batch {args.batch_id!r} not found", file=sys.stderr)
-            return 1
-    page = render_report(f"Batch {args.batch_id}", jobs, total=total)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / REPORT_FILE
-    path.write_text(page, encoding="utf-8")
-    print(path)
-    return 0
+            return None
+    return render_report(f"Batch {args.batch_id}", jobs, total=total)

@@ -203,6 +203,15 @@ def test_service_batch_report_from_the_cli_and_the_api(tmp_path, monkeypatch, ca
         if CHROMIUM is not None:
             (tmp_path / "api.html").write_text(own.text)
             check_in_chromium((tmp_path / "api.html").as_uri(), players=4)  # 2 results, 2 inputs
+        # The CLI goes through the API when AUDIO_OMNI_API_URL and AUDIO_OMNI_API_KEY are set.
+        monkeypatch.setenv("AUDIO_OMNI_API_URL", url)
+        monkeypatch.setenv("AUDIO_OMNI_API_KEY", keys["acme"])
+        assert main(["report", batch_id, "--out", str(tmp_path / "remote")]) == 0
+        remote = Path(capsys.readouterr().out.strip()).read_text()
+        assert remote.count('<audio controls preload="metadata"') == 4 and "r-7" in remote
+        monkeypatch.setenv("AUDIO_OMNI_API_KEY", keys["other"])
+        assert main(["report", batch_id, "--out", str(tmp_path / "none")]) == 1
+        assert f"404 from the API: batch '{batch_id}' not found" in capsys.readouterr().err
     assert own.status_code == 200 and own.headers["content-type"].startswith("text/html")
     assert own.text.count('<audio controls preload="metadata" src="data:audio/ogg') == 4
     assert other.status_code == 404 and other.json()["error"]["code"] == "not_found"
