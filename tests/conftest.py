@@ -147,6 +147,7 @@ def ray_cluster():
     if not ray.is_initialized():
         # Loopback only: a local test cluster never needs the machine's external address.
         ray.init(
+            address="local",  # never a cluster found in /tmp/ray or $RAY_ADDRESS (tests/multinode runs its own)
             num_cpus=4,
             include_dashboard=False,
             log_to_driver=False,

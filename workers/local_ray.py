@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 
@@ -19,5 +20,8 @@ def init_ray(*, address: str | None = None, num_cpus: float | None = None, **kwa
     if address is None:
         # A single-machine cluster never needs the machine's external address.
         options.update(num_cpus=num_cpus, _node_ip_address="127.0.0.1")
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        # A new local Ray, never the last `ray start` cluster that ray.init() finds in /tmp/ray.
+        address = "local"
     ray.init(address=address, **options, **kwargs)
     return True

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import boto3
 from multinode_support import LEASE_S, check_done_once, wait_until
 
 N_JOBS = 10
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _where(cluster) -> dict[str, list[str]]:
@@ -22,6 +26,21 @@ def test_pools_are_placed_on_different_nodes(cluster):
     where = _where(cluster)
     assert len(where["encoder"]) == 1 and len(where["sampler"]) == 1, where
     assert where["encoder"] != where["sampler"], f"both pools on one node: {where}"
+
+
+def test_local_ray_elsewhere_does_not_join_the_cluster(cluster):
+    """What tests/conftest.py's `ray_cluster` and `init_ray()` start is their own Ray, not this cluster."""
+    code = (
+        "import ray; from workers.local_ray import init_ray; init_ray(num_cpus=1); "
+        "print('GCS', ray.get_runtime_context().gcs_address); ray.shutdown()"
+    )
+    env = {k: v for k, v in cluster.env.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=180
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    gcs = [line.split()[1] for line in done.stdout.splitlines() if line.startswith("GCS ")]
+    assert gcs and gcs[0] != cluster.address, (gcs, cluster.address)
 
 
 def test_worker_node_killed_mid_batch_then_back(cluster, start_engine, mn_redis, mn_prefix, mn_s3, mn_bucket, tmp_path):
