@@ -254,3 +254,20 @@ def test_short_video_window_pads_with_the_last_frame_and_one_segment_reads_once(
     assert torch.equal(video[: frames.shape[0]], frames) and bool((video[frames.shape[0] :] == frames[-1]).all())
     tail = window_frames(frames, 20.0, 30.0, config.video_fps)  # wholly past the end: the last frame
     assert bool((tail == frames[-1]).all())
+
+
+def test_understanding_a_long_video_asks_one_question_per_window_of_it():
+    from model.limits import THINKER_WINDOW_S
+
+    config = get_preset("tiny")
+    fps = config.video_fps
+    frames = _numbered_frames(70.0, fps)
+    plan = plan_task(config, TaskInputs(Task.UNDERSTAND, prompt="What happens?", video_frames=frames))
+    windows = plan.understand_windows
+    assert [(w.start_s, w.end_s) for w in windows] == [(0.0, 30.0), (30.0, 60.0), (60.0, 70.0)]
+    for w in windows:
+        first = round(w.start_s * fps)
+        assert w.request.audio is None and torch.equal(w.request.video, frames[first : round(w.end_s * fps)])
+    assert plan.notes == [f"video of 70.0 s asked in 3 windows of at most {THINKER_WINDOW_S:g} s"]
+    short = plan_task(config, TaskInputs(Task.UNDERSTAND, prompt="q", video_frames=frames[: round(20 * fps)]))
+    assert len(short.understand_windows) == 1 and not short.notes
