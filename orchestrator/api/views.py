@@ -29,6 +29,7 @@ __all__ = [
     "JobView",
     "ResultView",
     "UploadView",
+    "VideoUploadView",
     "WorkflowStepView",
     "WorkflowView",
 ]
@@ -260,6 +261,23 @@ class UploadView(BaseModel):
             frames=info.frames,
             duration_s=round(info.duration_s, 6),
         )
+
+
+class VideoUploadView(BaseModel):
+    """An accepted input video: pass `uri` as a job's `video_uri` (built by routes/uploads.py)."""
+
+    upload_id: str
+    uri: str
+    size_bytes: int
+    sha256: str
+    format: str  # mp4, mov, mkv or webm
+    codec: str
+    width: int  # as shown (rotation applied)
+    height: int
+    fps: float
+    frames: int
+    duration_s: float
+    has_audio: bool
 
 
 class HealthView(BaseModel):

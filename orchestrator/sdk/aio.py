@@ -47,6 +47,7 @@ from orchestrator.sdk.models import (
     Paged,
     ResultView,
     UploadView,
+    VideoUploadView,
     WorkflowView,
 )
 from orchestrator.sdk.retry import RetryPolicy
@@ -276,7 +277,9 @@ class AsyncClient:
 
         return await self._retrying(attempt, idempotent=True)
 
-    async def upload(self, source: str | os.PathLike[str] | bytes, *, filename: str | None = None) -> UploadView:
+    async def upload(
+        self, source: str | os.PathLike[str] | bytes, *, filename: str | None = None
+    ) -> UploadView | VideoUploadView:
         data, name = upload_body(source, filename)
         return await self.run(calls.upload(data, name))
 

@@ -31,6 +31,7 @@ from orchestrator.sdk.models import (
     JobView,
     ResultView,
     UploadView,
+    VideoUploadView,
     WorkflowView,
 )
 from orchestrator.workflows import WorkflowSpec
@@ -223,9 +224,11 @@ def result(job_id: str) -> Call[httpx.Response]:
     return Call("GET", f"/v1/jobs/{segment(job_id, 'job_id')}/result", lambda response: response)
 
 
-def upload(data: bytes, filename: str) -> Call[UploadView]:
+def upload(data: bytes, filename: str) -> Call[UploadView | VideoUploadView]:
     files = {"file": (filename, data, "application/octet-stream")}
-    return Call("POST", "/v1/uploads", _model(UploadView), files=files)  # a repeat stores a second copy only
+    parse = TypeAdapter(UploadView | VideoUploadView)  # an audio or a video upload's view
+    # a repeat stores a second copy only
+    return Call("POST", "/v1/uploads", lambda response: parse.validate_python(response.json()), files=files)
 
 
 def dead_letters(limit: int, cursor: str | None) -> Call[DeadLetterPage]:

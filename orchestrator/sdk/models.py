@@ -22,6 +22,7 @@ from orchestrator.api.views import (
     JobView,
     ResultView,
     UploadView,
+    VideoUploadView,
     WorkflowStepView,
     WorkflowView,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "Paged",
     "ResultView",
     "UploadView",
+    "VideoUploadView",
     "WorkflowStepView",
     "WorkflowView",
 ]

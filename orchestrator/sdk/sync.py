@@ -46,6 +46,7 @@ from orchestrator.sdk.models import (
     Paged,
     ResultView,
     UploadView,
+    VideoUploadView,
     WorkflowView,
 )
 from orchestrator.sdk.retry import RetryPolicy
@@ -307,8 +308,10 @@ class Client:
 
         return self._retrying(attempt, idempotent=True)
 
-    def upload(self, source: str | os.PathLike[str] | bytes, *, filename: str | None = None) -> UploadView:
-        """Upload a WAV/FLAC input; returns its `UploadView` (pass `uri` as a job input)."""
+    def upload(
+        self, source: str | os.PathLike[str] | bytes, *, filename: str | None = None
+    ) -> UploadView | VideoUploadView:
+        """Upload a WAV/FLAC or MP4/MOV/MKV/WebM input; returns its view (pass `uri` as a job input)."""
         data, name = upload_body(source, filename)
         return self.run(calls.upload(data, name))
 

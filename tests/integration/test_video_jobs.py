@@ -187,7 +187,7 @@ def api(redis_url, redis_prefix, s3_endpoint, s3_bucket):
     inputs = input_resolver_from_settings(storage, tenant_rules=tenants.input_policy)
     app = create_app(None, queue=queue, storage=storage, tenants=tenants, inputs=inputs)
     with serve_in_thread(app) as url, httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}) as http:
-        yield SimpleNamespace(http=http, storage=storage, inputs=inputs)
+        yield SimpleNamespace(http=http, storage=storage, inputs=inputs, url=url, key=key)
     queue.close()
 
 
@@ -219,6 +219,13 @@ def test_upload_accepts_a_video_the_engine_then_reads(api):
     assert upload["frames"] == 75 and abs(upload["duration_s"] - 3.0) < 1e-6 and upload["fps"] == 25.0
     read = api.inputs.read(upload["uri"], tenant="acme", max_bytes=1 << 20)
     assert read == data and VideoClip.open(read).info.frames == 75
+    # the SDK's upload gives the video's view
+    from orchestrator.sdk import Client
+    from orchestrator.sdk.models import VideoUploadView
+
+    with Client(api.url, api_key=api.key) as client:
+        view = client.upload(make_video(), filename="clip.mp4")
+    assert isinstance(view, VideoUploadView) and view.format == "mp4" and view.frames == 75
     # audio uploads still work beside it
     wav = io.BytesIO()
     sf.write(wav, np.zeros(4410, np.float32), 44_100, format="WAV")

@@ -11,12 +11,11 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, File, UploadFile
-from pydantic import BaseModel
 
 from model.limits import MAX_INPUT_VIDEO_S
 from orchestrator.api.deps import CurrentTenant, ServicesDep
 from orchestrator.api.errors import COMMON_ERRORS, documented
-from orchestrator.api.views import UploadView
+from orchestrator.api.views import UploadView, VideoUploadView
 from orchestrator.api_errors import ApiError
 from orchestrator.audio_io import BadAudio, probe_audio
 from orchestrator.video_io import BadVideo, VideoInfo, is_video_name, probe_video
@@ -28,39 +27,22 @@ _EBML_MAGIC = b"\x1a\x45\xdf\xa3"  # Matroska / WebM
 _ISO_BOXES = (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip")  # MP4 / MOV top-level boxes
 
 
-class VideoUploadView(BaseModel):
-    """An accepted input video: pass `uri` as a job's `video_uri`."""
-
-    upload_id: str
-    uri: str
-    size_bytes: int
-    sha256: str
-    format: str  # mp4, mov, mkv or webm
-    codec: str
-    width: int  # as shown (rotation applied)
-    height: int
-    fps: float
-    frames: int
-    duration_s: float
-    has_audio: bool
-
-    @classmethod
-    def of(cls, upload_id: str, uri: str, size_bytes: int, sha256: str, info: VideoInfo) -> VideoUploadView:
-        width, height = info.display_size
-        return cls(
-            upload_id=upload_id,
-            uri=uri,
-            size_bytes=size_bytes,
-            sha256=sha256,
-            format=info.container,
-            codec=info.codec,
-            width=width,
-            height=height,
-            fps=round(info.fps, 3),
-            frames=info.frames,
-            duration_s=round(info.duration_s, 6),
-            has_audio=info.has_audio,
-        )
+def video_view(upload_id: str, uri: str, size_bytes: int, sha256: str, info: VideoInfo) -> VideoUploadView:
+    width, height = info.display_size
+    return VideoUploadView(
+        upload_id=upload_id,
+        uri=uri,
+        size_bytes=size_bytes,
+        sha256=sha256,
+        format=info.container,
+        codec=info.codec,
+        width=width,
+        height=height,
+        fps=round(info.fps, 3),
+        frames=info.frames,
+        duration_s=round(info.duration_s, 6),
+        has_audio=info.has_audio,
+    )
 
 
 def looks_like_video(filename: str | None, head: bytes) -> bool:
@@ -93,7 +75,7 @@ def upload(
             raise ApiError(422, "invalid_video", str(exc), "file") from None
         key = f"{storage.tenant_prefix(tenant.tenant_id)}uploads/{upload_id}.{info.ext}"
         stored = storage.put(key, data)
-        return VideoUploadView.of(upload_id, storage.uri(key), stored.size_bytes, stored.sha256 or "", info)
+        return video_view(upload_id, storage.uri(key), stored.size_bytes, stored.sha256 or "", info)
     try:
         audio = probe_audio(data, max_duration_s=limits.max_upload_duration_s, what=UPLOAD_WHAT)
     except BadAudio as exc:
