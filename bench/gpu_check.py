@@ -18,6 +18,9 @@ JSON object as its last line. Sections:
   float32 weights, the naive path (context MLP and key/values every step, full 2B forward).
 * ``vae_decode``: float32 decode of the latents to audio; ``thinker_prefill``: a random thinker of
   the Qwen2.5-Omni-3B sizes (spec §2.5) over ``prefill_tokens`` text tokens.
+* ``sync_extractor``: the preset's Synchformer extractor (random weights; the full-size one for
+  ``full``) on a made 640x360 30 fps clip, by ``bench/video_throughput.measure``: seconds of video
+  decoded and turned into sync features per second.
 
 Usage: ``python bench/gpu_check.py [--preset full|tiny] [--quick] [--out FILE]``.
 """
@@ -425,6 +428,12 @@ def time_thinker_prefill(preset: str, tokens: int, device: torch.device, repeats
 # --------------------------------------------------------------------------- main
 
 
+def time_sync_extractor(preset: str, device: torch.device, quick: bool) -> dict[str, Any]:
+    from bench.video_throughput import measure
+
+    return measure(preset, str(device), seconds=10.0, repeats=1 if quick else 3)
+
+
 def plan(preset: str, quick: bool) -> dict[str, Any]:
     if preset == "full":
         return {
@@ -617,6 +626,9 @@ def main(argv: list[str] | None = None) -> int:
         "thinker_prefill",
         lambda: time_thinker_prefill(args.preset, steps_plan["prefill_tokens"], device, steps_plan["prefill_repeats"]),
     )
+    free_memory(device)
+    section_start[0] = time.perf_counter()
+    section("sync_extractor", lambda: time_sync_extractor(args.preset, device, args.quick))
     result["elapsed_s"] = time.perf_counter() - started
     line = json.dumps(result)
     if args.out is not None:
