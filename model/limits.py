@@ -20,8 +20,9 @@ Where each value comes from:
 - Video: input video obeys the input audio's 300 s bound (`MAX_INPUT_VIDEO_S`). Resolution is
   checked from the header before any frame is decoded: `MAX_VIDEO_SIDE` admits DCI 4K (4096) and
   `MAX_VIDEO_PIXELS` one 4096x2304 picture (every 4K format), so one decoded RGB frame stays under
-  30 MB. Frame rates outside [`MIN_VIDEO_FPS`, `MAX_VIDEO_FPS`] are refused as absurd: the model
-  reads 25 fps (sync) and 5 fps (thinker), and 240 fps is the fastest common capture rate.
+  30 MB. Average frame rates outside [`MIN_VIDEO_FPS`, `MAX_VIDEO_FPS`] are refused as absurd: 240
+  fps is the fastest common capture rate, and a variable-rate screen recording may average well
+  under 1 fps (the model samples 25 fps for sync and 5 fps for the thinker on the timestamps).
 - Text: the speech conditioner truncates a transcript at 2584 tokens (about one per character),
   so 2000 characters stay clear of silent truncation; prompts follow the same bound.
 """
@@ -62,7 +63,7 @@ MAX_INPUT_AUDIO_S = MAX_DURATION_S  # any input audio (edit source, voice prompt
 MAX_INPUT_VIDEO_S = MAX_DURATION_S  # any input video (video-to-audio/music, understanding)
 MAX_VIDEO_SIDE = 4096  # pixels, either side of the stored picture
 MAX_VIDEO_PIXELS = 4096 * 2304  # width x height of the stored picture
-MIN_VIDEO_FPS, MAX_VIDEO_FPS = 1.0, 240.0  # average frame rate
+MIN_VIDEO_FPS, MAX_VIDEO_FPS = 0.1, 240.0  # average frame rate
 
 MIN_STEPS, MAX_STEPS = 1, 1000
 MIN_CFG_SCALE, MAX_CFG_SCALE = 1.0, 30.0
