@@ -198,14 +198,15 @@ def _load_array(data: bytes, uri: str, what: str) -> torch.Tensor:
     import torch
 
     try:
-        if uri.endswith(".safetensors"):
+        ending = uri.lower()
+        if ending.endswith(".safetensors"):
             from safetensors.torch import load as load_st
 
             tensors = load_st(data)
             if not tensors:
                 raise PermanentError(f"{what} {uri} holds no tensors")
             return next(iter(tensors.values()))
-        if uri.endswith(".npy"):
+        if ending.endswith(".npy"):
             return torch.from_numpy(np.load(io.BytesIO(data), allow_pickle=False))
     except PermanentError:
         raise
