@@ -20,12 +20,22 @@ reused) and edit pairs synthesised from them with another synthesis seed (1). Re
   accuracy against chance (1 / number of classes). The mel bands stop at the model's output band
   (`config.output_band_hz`: 11.025 kHz for `small`) or 16 kHz, so the classifier compares what the
   model can produce.
+* understanding (the trained thinker, `training.recipes.thinker`), on `--scenes` held-out scenes
+  (sounds of seed 1, synthesis seed 2, a quarter of them background only) through the real
+  understand path (`MLLMEncoder.understand`, greedy): "What do you hear?" names the scene's class
+  (`understanding_class_accuracy`, scenes with an event; chance 0.20), names a class that is not
+  there (`understanding_false_class_rate`, every scene), background and yes/no answers, refusals
+  of out-of-scope questions never trained on; and the describe -> generate chain: the thinker's
+  answer to "Describe the main sound in a few words." becomes a text-to-audio prompt (the job's
+  path: `generation_prompt`, the thinker's rows, the sampler at `--describe-cfg-scale`), and the same
+  nearest-centroid classifier says whether the clip is of the scene's class (`describe_generate_accuracy`).
 """
 
 from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,12 +47,15 @@ from training.recipes.small import CLASSES, REPO, make_sound_folder, prompt_of, 
 if TYPE_CHECKING:
     import torch
 
+    from model.mllm import MLLMEncoder
+
 DEFAULT_WEIGHTS = REPO / "model" / "data" / "small" / "model.safetensors"
 
 SR = 44100
 LSD_FLOOR = 1e-8  # power floor (-80 dB re full scale) so silent frames compare finitely
 N_FFT, HOP = 2048, 512
 N_MELS = 40
+ONLY = ("all", "understanding")
 
 
 def lsd_db(x: np.ndarray, ref: np.ndarray) -> float:
@@ -140,9 +153,14 @@ class EvalSettings:
     steps: int = 16
     cfg_scale: float = 7.0
     threads: int = 2
+    scenes: int = 40  # held-out understanding scenes with an event (plus a quarter as many without)
+    describe_cfg_scale: float = 7.0  # the describe -> generate chain's CFG (text-to-audio's best, CFG 7)
+    only: str = "all"  # "all", or "understanding" (skip the edit and text-to-audio figures)
 
     def __post_init__(self) -> None:
-        for name in ("pairs", "per_class", "clips_per_class", "steps", "threads"):
+        if self.only not in ONLY:
+            raise ValueError(f"only must be one of {list(ONLY)}, got {self.only!r}")
+        for name in ("pairs", "per_class", "clips_per_class", "steps", "threads", "scenes"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be an integer >= 1, got {value}")
@@ -188,7 +206,6 @@ def evaluate_small(settings: EvalSettings) -> dict[str, Any]:
     from model.build import build_encoder, build_sampler
     from model.config import get_preset
     from model.mllm import MLLMPrompt
-    from model.postprocess import source_mask
     from model.requests import GenerationRequest
 
     torch.set_num_threads(settings.threads)
@@ -198,25 +215,60 @@ def evaluate_small(settings: EvalSettings) -> dict[str, Any]:
     sampler = build_sampler(cfg, weights=settings.weights)
     texts = sorted({prompt_of(t, c) for t in ("edit_remove", "edit_extract", "text_to_audio") for c in CLASSES})
     rows = dict(zip(texts, encoder.encode([MLLMPrompt(text=t) for t in texts]), strict=True))
+
+    def row(text: str) -> torch.Tensor:  # the thinker's rows of a chat-formatted prompt, computed once
+        if text not in rows:
+            rows[text] = encoder.encode([MLLMPrompt(text=text)])[0]
+        return rows[text]
+
     window = cfg.mel.window_samples
     band_hz = cfg.output_band_hz
     mel = mel_matrix(min(16000.0, band_hz or 16000.0))
 
-    def generate(text: str, source: np.ndarray | None, seed: int) -> torch.Tensor:
+    def generate(text: str, source: np.ndarray | None, seed: int, cfg_scale: float | None = None) -> torch.Tensor:
         req = GenerationRequest(
-            mllm_features=rows[text],
+            mllm_features=row(text),
             seed=seed,
             steps=settings.steps,
-            cfg_scale=settings.cfg_scale,
+            cfg_scale=settings.cfg_scale if cfg_scale is None else cfg_scale,
             audio_window=None if source is None else torch.from_numpy(source[:window]),
         )
         out: torch.Tensor = sampler.generate([req])[0][:, :window]  # (C, N)
         return out
 
-    def mono(audio: torch.Tensor) -> np.ndarray:
-        return audio.mean(dim=0).numpy()
-
     data = held_out_data(settings, mel)
+    result: dict[str, Any] = {
+        "weights": str(settings.weights),
+        "pairs": settings.pairs,
+        "steps": settings.steps,
+        "cfg_scale": settings.cfg_scale,
+    }
+    if settings.only == "all":
+        result.update(edit_and_t2a_figures(settings, data, generate, mel, window=window, band_hz=band_hz))
+    result.update(understanding_figures(settings, encoder, data.classifier, generate, mel))
+    result["wall_s"] = round(time.perf_counter() - start, 1)
+    return result
+
+
+def mono(audio: torch.Tensor) -> np.ndarray:
+    """A generated (C, N) clip as one mono numpy channel."""
+    return audio.mean(dim=0).numpy()
+
+
+def edit_and_t2a_figures(
+    settings: EvalSettings,
+    data: HeldOut,
+    generate: Callable[..., torch.Tensor],
+    mel: np.ndarray,
+    *,
+    window: int,
+    band_hz: float | None,
+) -> dict[str, Any]:
+    """Remove / extract figures on the held-out pairs and text-to-audio accuracy per class prompt."""
+    import torch
+
+    from model.postprocess import source_mask
+
     clips, params = data.clips, data.params
     edits: dict[str, dict[str, list[float]]] = {}
     for task, target_clip in (("edit_remove", "background"), ("edit_extract", "event")):
@@ -248,13 +300,7 @@ def evaluate_small(settings: EvalSettings) -> dict[str, Any]:
     t2a_acc = float(np.mean([a == b for a, b in zip(pred, gen_labels, strict=True)]))
     confusion = {c: [p for p, g in zip(pred, gen_labels, strict=True) if g == c] for c in CLASSES}
 
-    result: dict[str, Any] = {
-        "weights": str(settings.weights),
-        "pairs": settings.pairs,
-        "steps": settings.steps,
-        "cfg_scale": settings.cfg_scale,
-        "wall_s": round(time.perf_counter() - start, 1),
-    }
+    result: dict[str, Any] = {}
     for task, m in edits.items():
         short = task.removeprefix("edit_")
         for name, values in m.items():
@@ -270,6 +316,52 @@ def evaluate_small(settings: EvalSettings) -> dict[str, Any]:
             "t2a_clips": len(gen_labels),
             "classifier_accuracy_on_real": round(data.real_accuracy, 3),
             "t2a_predictions": confusion,
+        }
+    )
+    return result
+
+
+def understanding_figures(
+    settings: EvalSettings,
+    encoder: MLLMEncoder,
+    classifier: NearestCentroid,
+    generate: Callable[..., torch.Tensor],
+    mel: np.ndarray,
+) -> dict[str, Any]:
+    """The trained thinker's held-out figures and the describe -> generate chain (module docstring)."""
+    from model.prompts import generation_prompt
+    from model.tasks import Task
+    from training.recipes import thinker
+
+    with tempfile.TemporaryDirectory() as tmp:
+        audio, scenes = thinker.held_out_scenes(Path(tmp) / "scenes", settings.scenes, settings.threads)
+    figures = thinker.understanding_figures(encoder, audio, scenes)
+    question = thinker.DESCRIBE_QUESTIONS[0]
+    feats, truth, answers = [], [], []
+    for i, (x, scene) in enumerate(zip(audio, scenes, strict=True)):
+        if scene.label is None:
+            continue
+        (answer,) = thinker.ask(encoder, question, [x])
+        prompt = answer.strip() or "."  # an empty answer still makes a (meaningless) prompt
+        out = generate(
+            generation_prompt(Task.TEXT_TO_AUDIO, prompt=prompt), None, 2000 + i, settings.describe_cfg_scale
+        )
+        feats.append(logmel_stats(mono(out), mel))
+        truth.append(scene.label)
+        answers.append(answer)
+    pred = classifier.predict(np.stack(feats))
+    known = {thinker.CLASS_TEXT[c] for c in CLASSES}
+    result = {f"understanding_{k}": v for k, v in figures.items()}
+    result.update(
+        {
+            "describe_question": question,
+            "describe_cfg_scale": settings.describe_cfg_scale,
+            "describe_names_true_class": round(
+                float(np.mean([a == thinker.CLASS_TEXT[t] for a, t in zip(answers, truth, strict=True)])), 3
+            ),
+            "describe_known_prompt_rate": round(float(np.mean([a in known for a in answers])), 3),
+            "describe_generate_accuracy": round(float(np.mean([p == t for p, t in zip(pred, truth, strict=True)])), 3),
+            "describe_generate_clips": len(truth),
         }
     )
     return result

@@ -1,6 +1,7 @@
 """`audio-omni-train evaluate`: held-out figures of the `small` model's weights (`training.evaluate`).
 
     audio-omni-train evaluate [--weights model/data/small/model.safetensors] [--pairs 20] [--cfg-scale 3]
+    audio-omni-train evaluate --only understanding [--scenes 40] [--describe-cfg-scale 7]
 
 The last line printed is one JSON object.
 """
@@ -22,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--cfg-scale", type=float, default=7.0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--scenes", type=int, default=40, help="held-out understanding scenes with an event")
+    parser.add_argument("--describe-cfg-scale", type=float, default=7.0, help="CFG of the describe -> generate chain")
+    parser.add_argument("--only", choices=("all", "understanding"), default="all", help="which figures to compute")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,6 +39,9 @@ def run(args: argparse.Namespace) -> int:
         steps=args.steps,
         cfg_scale=args.cfg_scale,
         threads=args.threads,
+        scenes=args.scenes,
+        describe_cfg_scale=args.describe_cfg_scale,
+        only=args.only,
     )
     print(json.dumps(evaluate_small(settings)))
     return 0

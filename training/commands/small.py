@@ -17,6 +17,8 @@ import json
 import os
 from pathlib import Path
 
+from training.commands import thinker as thinker_phases
+
 PHASES = ("features", "codec", "dit", "train", "export")
 
 
@@ -37,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     export.add_argument("--work", default=".small_run", help="working folder (features, sounds)")
     export.add_argument("--out", default=None, help="where the state files are (default --work)")
     export.add_argument("--dst", default="model/data/small", help="destination folder")
+    thinker_phases.add_parsers(sub)  # `thinker`, `thinker-export` (training.commands.thinker)
 
 
 def _add_data_arguments(p: argparse.ArgumentParser) -> None:
@@ -64,6 +67,8 @@ def _add_dit_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.phase in thinker_phases.PHASES:
+        return thinker_phases.run(args)
     from training.recipes import small
 
     if args.phase == "features":

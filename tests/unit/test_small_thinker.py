@@ -1,0 +1,122 @@
+"""The `small` model's trained thinker (training/recipes/thinker.py) and its committed weights.
+
+The recipe trains only what a text-only conditioning row never reads, so every prompt the DiT was
+trained on must give bit-identical rows with the committed thinker and with the built-in seed-0
+thinker whose rows the DiT learned (`training.recipes.small.phase_features`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training.recipes import thinker
+from training.recipes.small import CLASSES, TASKS, prompt_of
+
+ROOT = Path(__file__).resolve().parents[2]
+WEIGHTS = ROOT / "model" / "data" / "small" / "model.safetensors"
+needs_weights = pytest.mark.skipif(not WEIGHTS.is_file(), reason=f"no committed weights at {WEIGHTS}")
+
+
+@pytest.fixture(scope="module")
+def trained() -> thinker.MLLMEncoder:
+    return thinker.load_encoder(WEIGHTS)
+
+
+def test_trainable_split_keeps_everything_conditioning_reads_frozen():
+    names = [
+        "model.embed_tokens.weight",
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.layers.1.self_attn.q_proj.weight",
+        "model.layers.1.mlp.up_proj.weight",
+        "model.norm.weight",
+        "lm_head.weight",
+        "audio_tower.conv1.weight",
+        "audio_tower.proj.weight",
+        "visual.blocks.0.attn.qkv.weight",
+    ]
+    # layer_idx -2 of 2 layers = hidden_states[1] = the output of layer 0
+    assert thinker.trainable_names(names, 2, -2) == [
+        "model.layers.1.self_attn.q_proj.weight",
+        "model.layers.1.mlp.up_proj.weight",
+        "model.norm.weight",
+        "lm_head.weight",
+        "audio_tower.conv1.weight",
+        "audio_tower.proj.weight",
+    ]
+    assert thinker.trainable_names(names, 2, 1) == thinker.trainable_names(names, 2, -2)
+    # Conditioning on the last (normed) entry leaves only the heads that never feed it.
+    assert thinker.trainable_names(names, 2, -1) == [
+        "lm_head.weight",
+        "audio_tower.conv1.weight",
+        "audio_tower.proj.weight",
+    ]
+    with pytest.raises(ValueError, match="outside"):
+        thinker.trainable_names(names, 2, 3)
+
+
+def test_answers_name_the_class_and_describe_is_the_dits_prompt():
+    from model.prompts import generation_prompt
+    from model.tasks import Task
+
+    scene = thinker.Scene(label="noise_burst", onset_s=3.4, background="pink")
+    assert thinker.answer_for("hear", scene) == "A noise burst at around 3 seconds, over pink noise."
+    assert thinker.named_classes(thinker.answer_for("hear", scene)) == {"noise_burst"}
+    assert thinker.answer_for("is_there", scene, "tone") == "No, I hear no tone."
+    assert thinker.answer_for("when", scene, "noise_burst") == "Around 3 seconds."
+    assert thinker.named_classes(thinker.answer_for("hear", thinker.Scene(None, 0.0, "hum"))) == set()
+    for label in CLASSES:
+        described = thinker.answer_for("describe", thinker.Scene(label, 1.0, "brown"))
+        # what a describe -> generate chain hands text_to_audio is exactly a prompt the DiT trained on
+        assert generation_prompt(Task.TEXT_TO_AUDIO, prompt=described) == prompt_of("text_to_audio", label)
+        assert generation_prompt(Task.EDIT_EXTRACT, prompt=described) == prompt_of("edit_extract", label)
+
+
+def test_training_examples_tokenize_as_the_processor_does(trained):
+    """The recipe's ids (precomputed audio-token count, chat template, tokenizer) equal the
+    processor's own call on the same prompt and audio, and the labels cover the answer alone."""
+    from model.prompts import SYS_UNDERSTANDING
+
+    processor = trained.processor
+    rng = np.random.default_rng(0)
+    audio = (0.1 * rng.standard_normal(16000 * 4)).astype(np.float32)
+    _, _, tokens = thinker.scene_features(processor, [audio])
+    question, answer = "What do you hear?", "A siren at around 1 second, over a hum."
+    batcher = thinker.Batcher(processor)
+    ids, start = batcher.ids(SYS_UNDERSTANDING, question, answer, int(tokens[0]))
+    prompt = thinker.understanding_text(processor, SYS_UNDERSTANDING, question, has_audio=True)
+    expected = processor(text=[prompt], audio=[audio], return_tensors="pt", use_audio_in_video=False)["input_ids"][0]
+    assert ids[:start] == expected.tolist()
+    labels = batcher.collate([(ids, start)])["labels"][0]
+    answer_ids = labels[labels != -100].tolist()
+    assert processor.tokenizer.decode(answer_ids) == answer + "<|im_end|>"
+
+
+@needs_weights
+def test_conditioning_rows_are_bit_identical_for_every_dit_training_prompt(trained):
+    from model.build import build_encoder
+    from model.config import get_preset
+    from model.mllm import MLLMPrompt
+
+    original = build_encoder(get_preset("small"), device="cpu", seed=0)  # the thinker the DiT learned from
+    texts = sorted({prompt_of(t, c) for t in TASKS for c in CLASSES})
+    assert len(texts) == len(TASKS) * len(CLASSES)
+    before = original.encode([MLLMPrompt(text=t) for t in texts])
+    after = trained.encode([MLLMPrompt(text=t) for t in texts])
+    for text, a, b in zip(texts, before, after, strict=True):
+        assert torch.equal(a, b), text
+    # ...and the thinker did change where understanding reads it.
+    assert not torch.equal(original.thinker.lm_head.weight, trained.thinker.lm_head.weight)
+
+
+@needs_weights
+def test_held_out_scenes_are_named(trained, tmp_path):
+    audio, scenes = thinker.held_out_scenes(tmp_path / "scenes", pairs=6, workers=1)
+    answers = thinker.ask(trained, "What do you hear?", audio)
+    with_event = [(a, s) for a, s in zip(answers, scenes, strict=True) if s.label is not None]
+    named = [s.label in thinker.named_classes(a) for a, s in with_event]
+    assert sum(named) >= 5, list(zip(answers, scenes, strict=True))
+    assert thinker.ask(trained, "What genre is this music?", audio[:1]) == [thinker.CANNOT_TELL]
