@@ -52,10 +52,8 @@ _WAIT_ERRORS = documented(*COMMON_ERRORS, 403, 409, 413, 429, 502, 504)
 class SpeechRequest(BaseModel):
     """OpenAI's `POST /v1/audio/speech` body."""
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={"examples": [{"model": "tts-1", "input": "Hello there.", "voice": "default"}]},
-    )
+    # No schema example: a generated client or fuzzer sending it would queue a real job and wait for it.
+    model_config = ConfigDict(extra="forbid")
 
     model: str = Field(min_length=1, max_length=64, description="tts-1, tts-1-hd, gpt-4o-mini-tts or audio-omni")
     input: str = Field(min_length=1, max_length=MAX_TRANSCRIPT_CHARS, description="the text to speak")
