@@ -24,6 +24,7 @@ from orchestrator.queue import JobQueue
 from orchestrator.sources import RedisSource
 from orchestrator.storage import S3Storage, input_resolver_from_settings, make_s3_client
 from orchestrator.tenants import TenantStore
+from tests.video_files import make_video
 from workers.app import InProcessPools
 from workers.settings import WorkerSettings
 
@@ -195,6 +196,14 @@ def test_transcriptions_return_the_thinkers_text(service):
     job = _job(service, raw.headers["x-job-id"])
     assert job.spec.input_audio_uri.endswith(".wav") and raw.text == job.extra["text"]
 
+    # A video: its audio track is transcribed (stored as WAV); a video without sound is a clear 422.
+    raw = client.audio.transcriptions.with_raw_response.create(
+        model="whisper-1", file=("clip.mp4", make_video(audio=True), "video/mp4")
+    )
+    job = _job(service, raw.headers["x-job-id"])
+    assert job.spec.input_audio_uri.endswith(".wav") and raw.parse().text == job.extra["text"]
+    with pytest.raises(openai.UnprocessableEntityError, match="file has no audio stream"):
+        client.audio.transcriptions.create(model="whisper-1", file=("silent.mp4", make_video(), "video/mp4"))
     with pytest.raises(openai.UnprocessableEntityError, match="file is not a readable audio or video file"):
         client.audio.transcriptions.create(model="whisper-1", file=("x.mp3", b"not audio at all" * 20, "audio/mpeg"))
     with pytest.raises(openai.BadRequestError, match="model 'tts-1' is not served here"):
