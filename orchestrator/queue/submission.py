@@ -75,7 +75,8 @@ class Submission(ReadViews):
         `{batch_id}-{i}`, so re-submitting a batch under the same id creates nothing twice.
         Returns `(batch_id, job_ids)` in input order (existing ids where items already existed).
         With `webhook_url` (already checked by the caller), `batch.completed` is announced when the
-        batch's last job ends.
+        batch's last job ends; the URL is recorded with the last chunk (see below). A caller that
+        adds more jobs to the batch afterwards (workflows) passes the URL with its last write instead.
         """
         if not isinstance(chunk_size, int) or not 1 <= chunk_size <= MAX_CHUNK_SIZE:
             raise ValueError(f"chunk_size {chunk_size!r} is invalid: expected an integer in [1, {MAX_CHUNK_SIZE}]")
@@ -102,9 +103,13 @@ class Submission(ReadViews):
             raise ValueError(f"a batch belongs to one tenant; these specs name {sorted(tenants)}")
         tenant = parsed[0].tenant
         job_ids: list[str] = []
-        for start in range(0, len(parsed), chunk_size):
+        starts = range(0, len(parsed), chunk_size)
+        for start in starts:
             chunk = [(batch_job_id(batch_id, start + k), s) for k, s in enumerate(parsed[start : start + chunk_size])]
-            _, rows = self._submit_chunk(batch_id, tenant, chunk, webhook_url=webhook_url or "")
+            # The batch's webhook URL is recorded with its last chunk only: were every job of an
+            # earlier chunk to end before the next chunk is written, the batch would look complete.
+            url = (webhook_url or "") if start == starts[-1] else ""
+            _, rows = self._submit_chunk(batch_id, tenant, chunk, webhook_url=url)
             job_ids.extend(jid for jid, _ in rows)
         return batch_id, job_ids
 

@@ -176,4 +176,4 @@ def test_unauthenticated_requests_are_401_in_the_documented_shape(api_schema, li
     for path in ("/v1/jobs/x", "/v1/batches/x", "/v1/jobs/x/result"):
         response = httpx.get(f"{live_api}{path}")
         assert response.status_code == 401
-        assert set(response.json()["error"]) == {"code", "message", "field", "details"}
+        assert set(response.json()["error"]) == {"code", "message", "field", "details", "request_id"}

@@ -692,6 +692,25 @@ def test_a_batch_announces_completed_once_its_last_job_ends(make_queue, client):
     assert q.batch_status(bid).webhook_url == HOOK
 
 
+def test_a_batch_written_in_parts_is_announced_once_after_its_last_part(make_queue, client):
+    # A batch larger than one chunk is written in several script calls. Here every job ends as soon
+    # as its chunk is written, so after each chunk the batch looks complete: only the end of the
+    # last chunk's job may announce it.
+    q = make_queue()
+    write_chunk = q._submit_chunk
+
+    def write_then_finish(*args, **kwargs):
+        written = write_chunk(*args, **kwargs)
+        for c in q.claim("c1", count=10, block_ms=2000):
+            q.ack_success(c, f"s3://results/{c.job_id}.wav")
+        return written
+
+    q._submit_chunk = write_then_finish
+    bid, job_ids = q.submit_batch([t2a(f"item {i}") for i in range(3)], chunk_size=1, webhook_url=HOOK)
+    assert [q.get(j).status for j in job_ids] == [JobStatus.SUCCEEDED] * 3
+    assert events(client, q) == [event("batch", bid, "completed")]
+
+
 def test_a_workflow_announces_how_it_ended_and_a_step_its_own_end(make_queue, client):
     q = make_queue()
     steps = [

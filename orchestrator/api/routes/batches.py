@@ -127,12 +127,14 @@ def submit_batch(
             return BatchCreated(batch_id=batch_id, total=existing.total, job_ids=job_ids, workflows=items)
     admit(services, tenant, job_ids)
     try:
+        # The batch's webhook URL goes with its last write only, so that a batch whose first part
+        # ends before the rest is written is not announced as completed.
         if plain:
-            queue.submit_batch(
-                plain, batch_id=batch_id, chunk_size=limits.batch_chunk_size, webhook_url=body.webhook_url
-            )
-        for _, workflow_id, workflow in workflow_ids:
-            queue.submit_workflow(workflow, workflow_id=workflow_id, batch_webhook_url=body.webhook_url)
+            url = None if workflow_ids else body.webhook_url
+            queue.submit_batch(plain, batch_id=batch_id, chunk_size=limits.batch_chunk_size, webhook_url=url)
+        for n, (_, workflow_id, workflow) in enumerate(workflow_ids, start=1):
+            url = body.webhook_url if n == len(workflow_ids) else None
+            queue.submit_workflow(workflow, workflow_id=workflow_id, batch_webhook_url=url)
     except InvalidJobSpec as exc:  # not expected: every spec was validated above
         services.tenants.release(tenant.tenant_id, job_ids)
         raise ApiError(422, "invalid_field", str(exc), details=exc.errors) from None
