@@ -18,7 +18,7 @@ import redis
 
 from orchestrator.jobs import PRIORITIES, JobSpec, Priority
 from orchestrator.keys import DEFAULT_PREFIX, RedisKeys
-from orchestrator.lua import dead_scripts, list_scripts, scripts, workflow_scripts
+from orchestrator.lua import claim_script, dead_scripts, list_scripts, scripts, workflow_scripts
 from orchestrator.redis_conn import redis_client
 
 if TYPE_CHECKING:
@@ -178,7 +178,7 @@ class QueueCore:
         )
         self._claim_head = [str(n), *(p.value for p in PRIORITIES), *(str(weights[p]) for p in PRIORITIES)]
         self._submit = self._r.register_script(scripts.SUBMIT)
-        self._claim = self._r.register_script(scripts.CLAIM)
+        self._claim = self._r.register_script(claim_script.CLAIM)
         self._renew = self._r.register_script(scripts.RENEW)
         self._stage = self._r.register_script(scripts.STAGE)
         self._complete = self._r.register_script(scripts.COMPLETE)

@@ -102,7 +102,7 @@ class Leases(QueueCore):
     def _accept(self, rows: Sequence[bytes | str], consumer: str, started_at: float) -> list[Claim]:
         claims: list[Claim] = []
         for row in rows:
-            # Fields joined by the unit separator, the spec JSON last (see scripts.CLAIM).
+            # Fields joined by the unit separator, the spec JSON last (see claim_script.CLAIM).
             idx, job_id, entry_id, attempt, seed, submitted_at, batch, spec_raw = _s(row).split("\x1f", 7)
             priority = PRIORITIES[int(idx) - 1]
             try:
