@@ -19,7 +19,7 @@ from orchestrator.api.errors import problems_error, validation_problems
 from orchestrator.api.settings import ApiSettings
 from orchestrator.api_errors import ApiError
 from orchestrator.errors import InvalidJobSpec
-from orchestrator.jobs import MAX_ID_CHARS, BatchStatus, JobRecord, JobSpec, validate_id
+from orchestrator.jobs import MAX_ID_CHARS, BatchStatus, JobRecord, JobSpec, new_job_id, validate_id
 from orchestrator.metrics import ApiMetrics
 from orchestrator.queue import JobQueue
 from orchestrator.references import scan_references
@@ -286,6 +286,24 @@ def expand(spec: JobSpec, where: str = "") -> WorkflowSpec | None:
         raise problems_error(
             [(f"{where}{field}" if field else where.rstrip(".") or None, m) for field, m in exc.errors]
         ) from None
+
+
+def queue_job(services: Services, tenant: Tenant, spec: JobSpec) -> tuple[JobRecord, bool]:
+    """Admit and queue one checked plain job: `(record, created)`. A re-submit with an
+    `idempotency_key` that names an existing job returns that job (`created` False) and keeps
+    nothing admitted for it."""
+    job_id = new_job_id()
+    admit(services, tenant, [job_id])
+    try:
+        record = services.queue.submit(spec, job_id=job_id)
+    except BaseException:
+        services.tenants.release(tenant.tenant_id, [job_id])
+        raise
+    if record.job_id != job_id:  # an idempotent re-submit: the existing job, nothing new admitted
+        services.tenants.release(tenant.tenant_id, [job_id])
+        return record, False
+    services.metrics.submitted.labels("job").inc()
+    return record, True
 
 
 def queue_workflow(services: Services, tenant: Tenant, workflow: WorkflowSpec) -> tuple[WorkflowStatus, bool]:

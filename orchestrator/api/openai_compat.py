@@ -22,10 +22,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.concurrency import run_in_threadpool
 
 from model.limits import DEFAULT_DURATION_S, DEFAULT_STEPS, MAX_DURATION_S, MAX_STEPS, MAX_VOICE_PROMPT_TEXT_CHARS
-from orchestrator.api.deps import Services, admit, check_spec
+from orchestrator.api.deps import Services, check_spec, queue_job
 from orchestrator.api.errors import problems_error, validation_problems
 from orchestrator.api_errors import ApiError
-from orchestrator.jobs import MAX_URI_CHARS, JobRecord, JobSpec, JobStatus, new_job_id
+from orchestrator.jobs import MAX_URI_CHARS, JobRecord, JobSpec, JobStatus
 from orchestrator.tenants import Tenant
 
 __all__ = [
@@ -144,14 +144,7 @@ def submit_job(services: Services, tenant: Tenant, spec: JobSpec, fields: dict[s
         spec = check_spec(services, tenant, spec)
     except ApiError as exc:
         raise _renamed(exc, fields or {}) from None
-    job_id = new_job_id()
-    admit(services, tenant, [job_id])
-    try:
-        record = services.queue.submit(spec, job_id=job_id)
-    except BaseException:
-        services.tenants.release(tenant.tenant_id, [job_id])
-        raise
-    services.metrics.submitted.labels("job").inc()
+    record, _ = queue_job(services, tenant, spec)
     return record
 
 

@@ -21,17 +21,17 @@ from orchestrator.api.deps import (
     OwnJob,
     Services,
     ServicesDep,
-    admit,
     check_spec,
     check_workflow,
     expand,
+    queue_job,
     queue_workflow,
 )
 from orchestrator.api.errors import COMMON_ERRORS, documented
 from orchestrator.api.views import CancelView, JobPage, JobView, ResultView, WorkflowView
 from orchestrator.api_errors import ApiError
 from orchestrator.errors import JobNotFound
-from orchestrator.jobs import MAX_BATCH_ID_CHARS, JobSpec, JobStatus, new_job_id, validate_id
+from orchestrator.jobs import MAX_BATCH_ID_CHARS, JobSpec, JobStatus, validate_id
 from orchestrator.queue import InvalidCursor
 from orchestrator.queue.listing import MAX_LIST_LIMIT
 from orchestrator.storage import content_type_for
@@ -66,18 +66,9 @@ def submit_job(
             response.status_code = 200
         response.headers["Location"] = f"/v1/workflows/{status.workflow_id}"
         return WorkflowView.of(status)
-    job_id = new_job_id()
-    admit(services, tenant, [job_id])
-    try:
-        record = services.queue.submit(spec, job_id=job_id)
-    except BaseException:
-        services.tenants.release(tenant.tenant_id, [job_id])
-        raise
-    if record.job_id != job_id:  # an idempotent re-submit: the existing job, nothing new admitted
-        services.tenants.release(tenant.tenant_id, [job_id])
+    record, created = queue_job(services, tenant, spec)
+    if not created:
         response.status_code = 200
-    else:
-        services.metrics.submitted.labels("job").inc()
     response.headers["Location"] = f"/v1/jobs/{record.job_id}"
     return JobView.of(record)
 
