@@ -33,6 +33,15 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--workers", type=int, default=2, help="synthesis processes")
     p.add_argument("--save-every-s", type=float, default=120.0, help="write the trained tensors this often (s)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (default: time alone)")
+    p.add_argument(
+        "--kind-weight",
+        action="append",
+        default=[],
+        metavar="KIND=W",
+        help="how often a question kind is drawn (repeatable; the others keep their default)",
+    )
+    p.add_argument("--audio-lr-scale", type=float, default=1.0, help="the audio encoder's lr relative to --lr")
+    p.add_argument("--resume", action="store_true", help="continue from the trained tensors in --work")
     p.add_argument("--in-process", action="store_true", help="train in this process instead of on Ray Train")
     e = sub.add_parser("thinker-export", help="put the trained thinker tensors into --dst/model.safetensors")
     e.add_argument("--work", default=".thinker_run", help="the `small thinker` working folder")
@@ -46,6 +55,15 @@ def run(args: argparse.Namespace) -> int:
     from training.recipes import thinker
 
     weights = Path(args.weights) if args.weights else thinker.DEFAULT_WEIGHTS
+    kinds = dict(thinker.QUESTION_KINDS)
+    for item in getattr(args, "kind_weight", []):
+        kind, _, value = item.partition("=")
+        if kind not in kinds:
+            raise SystemExit(f"--kind-weight {item!r}: unknown kind; known: {', '.join(kinds)}")
+        try:
+            kinds[kind] = float(value)
+        except ValueError:
+            raise SystemExit(f"--kind-weight {item!r}: the weight must be a number") from None
     result: dict[str, Any]
     if args.phase == "thinker-export":
         result = thinker.phase_export(Path(args.work), Path(args.dst), weights)
@@ -64,6 +82,9 @@ def run(args: argparse.Namespace) -> int:
             workers=args.workers,
             save_every_s=args.save_every_s,
             max_steps=args.max_steps,
+            resume=args.resume,
+            kind_weights=tuple(kinds.items()),
+            audio_lr_scale=args.audio_lr_scale,
         )
         result = thinker.phase_thinker(settings, in_process=args.in_process)
     print(json.dumps(result))

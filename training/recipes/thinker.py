@@ -341,6 +341,9 @@ class ThinkerRun:
     workers: int = 2  # synthesis processes
     save_every_s: float = 300.0
     max_steps: int | None = None  # stop after this many steps (tests), else the time budget alone
+    resume: bool = False  # start from the trained tensors already in `work` (a second time budget)
+    kind_weights: tuple[tuple[str, float], ...] = tuple(QUESTION_KINDS.items())  # how often each kind is drawn
+    audio_lr_scale: float = 1.0  # the audio encoder's learning rate, relative to `lr`
 
     def __post_init__(self) -> None:
         for name in ("pairs", "per_class", "heldout_pairs", "batch", "threads", "workers"):
@@ -356,17 +359,27 @@ class ThinkerRun:
                 f"need 0 < lr <= 1, 0 <= background-frac <= 1, save-every-s > 0; "
                 f"got {self.lr}, {self.background_frac}, {self.save_every_s}"
             )
+        kinds = dict(self.kind_weights)
+        if set(kinds) != set(QUESTION_KINDS) or any(w < 0 for w in kinds.values()) or sum(kinds.values()) <= 0:
+            raise ValueError(
+                f"kind weights must give every kind of {sorted(QUESTION_KINDS)} a weight >= 0, got {kinds}"
+            )
+        if not 0 < self.audio_lr_scale <= 100:
+            raise ValueError(f"audio-lr-scale must be in (0, 100], got {self.audio_lr_scale}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max-steps must be >= 1, got {self.max_steps}")
         if not Path(self.weights).is_file():
             raise FileNotFoundError(f"no weights file at {self.weights} (the checkpoint whose thinker is trained)")
 
     def to_json(self) -> dict[str, Any]:
-        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+        d = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+        d["kind_weights"] = dict(self.kind_weights)
+        return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ThinkerRun:
-        return cls(**{**d, "work": Path(d["work"]), "weights": Path(d["weights"])})
+        kinds = tuple((str(k), float(w)) for k, w in d["kind_weights"].items())
+        return cls(**{**d, "work": Path(d["work"]), "weights": Path(d["weights"]), "kind_weights": kinds})
 
 
 def load_encoder(weights: Path, device: str = "cpu") -> MLLMEncoder:
@@ -471,23 +484,39 @@ def train_loop(config: dict[str, Any]) -> None:
     torch.manual_seed(run.seed)
     encoder = load_encoder(run.weights)
     thinker = encoder.thinker
+    first_step, history = 0, list[dict[str, float]]()
+    if run.resume:
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        with torch.no_grad():
+            for name, value in load_file(str(run.work / TRAINED_FILE)).items():
+                thinker.get_parameter(name).copy_(value)
+        with safe_open(str(run.work / TRAINED_FILE), "pt") as f:
+            first_step = int((f.metadata() or {}).get("steps", "0"))
+        if (run.work / HISTORY_FILE).is_file():
+            history = json.loads((run.work / HISTORY_FILE).read_text())["history"]
     text_cfg = thinker.config.text_config
     names = trainable_names([n for n, _ in thinker.named_parameters()], text_cfg.num_hidden_layers, encoder.layer_idx)
     params = dict(thinker.named_parameters())
     for n in names:
         params[n].requires_grad_(True)
     thinker.train()
-    opt = torch.optim.AdamW([params[n] for n in names], lr=run.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    groups = [
+        {"params": [params[n] for n in names if not n.startswith("audio_tower.")], "lr_scale": 1.0},
+        {"params": [params[n] for n in names if n.startswith("audio_tower.")], "lr_scale": run.audio_lr_scale},
+    ]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=run.lr, weight_decay=0.01, betas=(0.9, 0.98))
     data, scenes = load_scenes(run.work, "train")
     batcher = Batcher(encoder.processor)
     reasoning = reasoning_examples()
-    kinds = list(QUESTION_KINDS)
-    kind_p = np.array([QUESTION_KINDS[k] for k in kinds])
+    weights = dict(run.kind_weights)
+    kinds = list(weights)
+    kind_p = np.array([weights[k] for k in kinds])
     kind_p = kind_p / kind_p.sum()
     budget_s = run.minutes * 60.0
-    history: list[dict[str, float]] = []
     start = last_save = time.perf_counter()
-    step, recent = 0, []
+    step, steps_before, recent = first_step, first_step, list[float]()
 
     def save() -> None:
         state = {n: params[n].detach().float().contiguous() for n in names}
@@ -496,13 +525,14 @@ def train_loop(config: dict[str, Any]) -> None:
 
     while True:
         elapsed = time.perf_counter() - start
-        if elapsed >= budget_s or (run.max_steps is not None and step >= run.max_steps):
+        if elapsed >= budget_s or (run.max_steps is not None and step - steps_before >= run.max_steps):
             break
         rng = np.random.default_rng([run.seed, step])
         # Linear warm-up, then linear decay to 10 % over the time budget.
-        scale = min(1.0, (step + 1) / run.warmup_steps) * (1.0 - 0.9 * min(1.0, elapsed / budget_s))
+        warm = min(1.0, (step - steps_before + 1) / run.warmup_steps)
+        scale = warm * (1.0 - 0.9 * min(1.0, elapsed / budget_s))
         for group in opt.param_groups:
-            group["lr"] = run.lr * scale
+            group["lr"] = run.lr * scale * group["lr_scale"]
         rows = rng.integers(0, len(scenes), size=run.batch)
         items = []
         for r in rows:
