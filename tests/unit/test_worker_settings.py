@@ -112,6 +112,18 @@ def test_from_env_reads_top_level_and_pool_variables_from_the_given_mapping_only
     assert s.sampler.initial_replicas is None
 
 
+def test_pool_resources_place_a_pool_on_nodes_that_offer_them():
+    s = WorkerSettings.from_env({"AUDIO_OMNI_SAMPLER_RESOURCES": '{"gpu_node": 0.01}'})
+    assert s.sampler.resources == {"gpu_node": 0.01} and s.encoder.resources == {}
+    from workers.app import build_apps
+
+    options = {name: app._bound_deployment.ray_actor_options for name, app in build_apps(s).items()}
+    assert options["audio-omni-sampler"]["resources"] == {"gpu_node": 0.01}
+    assert options["audio-omni-encoder"]["resources"] == {}
+    with pytest.raises(ValueError, match=r"resources must be >= 0 each"):
+        WorkerSettings.from_env({"AUDIO_OMNI_ENCODER_RESOURCES": '{"cpu_node": -1}'})
+
+
 def test_from_env_defaults_to_the_process_environment_and_flags_win(monkeypatch):
     monkeypatch.setenv("AUDIO_OMNI_DEVICE", "cuda")
     monkeypatch.setenv("AUDIO_OMNI_PRESET", "tiny")
