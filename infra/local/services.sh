@@ -30,7 +30,8 @@ start_redis() {
 
 start_s3() {
   if s3_up; then echo "s3: already up on 127.0.0.1:$S3_PORT"; return; fi
-  nohup "$MOTO" -H 127.0.0.1 -p "$S3_PORT" >"$RUN_DIR/s3.log" 2>&1 &
+  # its own session: a job control group that ends (a CI step, a shell tool) does not take it along
+  setsid nohup "$MOTO" -H 127.0.0.1 -p "$S3_PORT" >"$RUN_DIR/s3.log" 2>&1 &
   echo $! >"$RUN_DIR/s3.pid"
   for _ in $(seq 100); do s3_up && break; sleep 0.1; done
   s3_up && echo "s3: moto server on http://127.0.0.1:$S3_PORT" || { echo "s3: failed to start"; cat "$RUN_DIR/s3.log"; exit 1; }
