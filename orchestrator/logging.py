@@ -63,6 +63,14 @@ def configure(*, json: bool = True, level: str = "INFO", stream: TextIO | None =
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(numeric)
+    # uvicorn's own logging config (applied when a server was started with it earlier in this
+    # process) gives its loggers plain-text handlers and stops them propagating: undo that, so its
+    # lines go through the root handler above like every other library's.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        named = logging.getLogger(name)
+        for old in list(named.handlers):
+            named.removeHandler(old)
+        named.propagate = True
 
 
 def bind_context(**values: Any) -> dict[str, Any]:

@@ -785,7 +785,10 @@ def test_a_job_whose_lease_keeps_lapsing_dies_with_retries_exhausted(make_queue)
 
 def test_listing_indexes_drop_what_expired(make_queue, client):
     q = make_queue()
-    jobs = [q.submit(t2a(f"job {i}", tenant="acme")).job_id for i in range(4)]
+    jobs = []
+    for i in range(4):  # newest first is by submission millisecond (ties by id): keep them apart
+        jobs.append(q.submit(t2a(f"job {i}", tenant="acme")).job_id)
+        time.sleep(0.003)
     bid, _ = q.submit_batch([t2a("in a batch", tenant="acme")])
     index = q.keys.tenant_jobs("acme")
     assert client.zcard(index) == 5 and client.zcard(q.keys.tenant_batches("acme")) == 1
