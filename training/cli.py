@@ -6,6 +6,7 @@ sub-command machinery (`orchestrator.cli`) with its own table, so `--help` impor
     audio-omni-train precompute --data DIR_OR_S3_URI [--preset tiny | --config C] [--weights W]
     audio-omni-train train --data DIR_OR_S3_URI --out DIR_OR_S3_URI [--steps N] ...
     audio-omni-train small {features,codec,dit,train,export} --work DIR ...
+    audio-omni-train small {thinker,thinker-export} --work DIR ...   (the thinker: training.recipes.thinker)
     audio-omni-train evaluate [--weights model/data/small/model.safetensors] [--pairs 20]
 """
 

@@ -1,7 +1,8 @@
 """The thinker recipe end to end, small: scenes, two steps on Ray Train, held-out figures, export.
 
 Export must change only the trained thinker tensors: every other tensor of the checkpoint keeps its
-bytes, and the frozen thinker tensors (those conditioning reads) too.
+bytes, the frozen thinker tensors (those conditioning reads) too, so every prompt the DiT was trained
+on gives bit-identical conditioning rows before and after, while the understanding half did change.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from training.recipes import thinker
+from training.recipes.small import CLASSES, TASKS, prompt_of
 
 ROOT = Path(__file__).resolve().parents[2]
 WEIGHTS = ROOT / "model" / "data" / "small" / "model.safetensors"
@@ -57,3 +59,15 @@ def test_recipe_trains_on_ray_and_exports_only_the_trained_tensors(ray_cluster, 
             assert after[key].dtype == value.dtype and torch.equal(after[key], value), key
     merged = json.loads((dst / "train_summary.json").read_text())
     assert merged["dit_steps"] == 1 and merged["thinker"]["steps"] == 2
+
+    from model.mllm import MLLMPrompt
+
+    texts = sorted({prompt_of(t, c) for t in TASKS for c in CLASSES})  # every prompt the DiT trained on
+    assert len(texts) == len(TASKS) * len(CLASSES)
+    original = thinker.load_encoder(WEIGHTS)
+    exported = thinker.load_encoder(dst / "model.safetensors")
+    before = original.encode([MLLMPrompt(text=t) for t in texts])
+    after = exported.encode([MLLMPrompt(text=t) for t in texts])
+    for text, a, b in zip(texts, before, after, strict=True):
+        assert torch.equal(a, b), text
+    assert not torch.equal(original.thinker.lm_head.weight, exported.thinker.lm_head.weight)
