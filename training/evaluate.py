@@ -331,12 +331,12 @@ def understanding_figures(
     """The trained thinker's held-out figures and the describe -> generate chain (module docstring)."""
     from model.prompts import generation_prompt
     from model.tasks import Task
-    from training.recipes import thinker
+    from training.recipes import thinker, thinker_data
 
     with tempfile.TemporaryDirectory() as tmp:
         audio, scenes = thinker.held_out_scenes(Path(tmp) / "scenes", settings.scenes, settings.threads)
     figures = thinker.understanding_figures(encoder, audio, scenes)
-    question = thinker.DESCRIBE_QUESTIONS[0]
+    question = thinker_data.DESCRIBE_QUESTIONS[0]
     feats, truth, answers = [], [], []
     for i, (x, scene) in enumerate(zip(audio, scenes, strict=True)):
         if scene.label is None:
@@ -350,14 +350,14 @@ def understanding_figures(
         truth.append(scene.label)
         answers.append(answer)
     pred = classifier.predict(np.stack(feats))
-    known = {thinker.CLASS_TEXT[c] for c in CLASSES}
+    known = {thinker_data.CLASS_TEXT[c] for c in CLASSES}
     result = {f"understanding_{k}": v for k, v in figures.items()}
     result.update(
         {
             "describe_question": question,
             "describe_cfg_scale": settings.describe_cfg_scale,
             "describe_names_true_class": round(
-                float(np.mean([a == thinker.CLASS_TEXT[t] for a, t in zip(answers, truth, strict=True)])), 3
+                float(np.mean([a == thinker_data.CLASS_TEXT[t] for a, t in zip(answers, truth, strict=True)])), 3
             ),
             "describe_known_prompt_rate": round(float(np.mean([a in known for a in answers])), 3),
             "describe_generate_accuracy": round(float(np.mean([p == t for p, t in zip(pred, truth, strict=True)])), 3),

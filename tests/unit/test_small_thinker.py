@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.recipes import thinker
+from training.recipes import thinker, thinker_data
 from training.recipes.small import CLASSES, prompt_of
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,14 +58,14 @@ def test_answers_name_the_class_and_describe_is_the_dits_prompt():
     from model.prompts import generation_prompt
     from model.tasks import Task
 
-    scene = thinker.Scene(label="noise_burst", onset_s=3.4, background="pink")
-    assert thinker.answer_for("hear", scene) == "A noise burst at around 3 seconds, over pink noise."
-    assert thinker.named_classes(thinker.answer_for("hear", scene)) == {"noise_burst"}
-    assert thinker.answer_for("is_there", scene, "tone") == "No, I hear no tone."
-    assert thinker.answer_for("when", scene, "noise_burst") == "Around 3 seconds."
-    assert thinker.named_classes(thinker.answer_for("hear", thinker.Scene(None, 0.0, "hum"))) == set()
+    scene = thinker_data.Scene(label="noise_burst", onset_s=3.4, background="pink")
+    assert thinker_data.answer_for("hear", scene) == "A noise burst at around 3 seconds, over pink noise."
+    assert thinker.named_classes(thinker_data.answer_for("hear", scene)) == {"noise_burst"}
+    assert thinker_data.answer_for("is_there", scene, "tone") == "No, I hear no tone."
+    assert thinker_data.answer_for("when", scene, "noise_burst") == "Around 3 seconds."
+    assert thinker.named_classes(thinker_data.answer_for("hear", thinker_data.Scene(None, 0.0, "hum"))) == set()
     for label in CLASSES:
-        described = thinker.answer_for("describe", thinker.Scene(label, 1.0, "brown"))
+        described = thinker_data.answer_for("describe", thinker_data.Scene(label, 1.0, "brown"))
         # what a describe -> generate chain hands text_to_audio is exactly a prompt the DiT trained on
         assert generation_prompt(Task.TEXT_TO_AUDIO, prompt=described) == prompt_of("text_to_audio", label)
         assert generation_prompt(Task.EDIT_EXTRACT, prompt=described) == prompt_of("edit_extract", label)

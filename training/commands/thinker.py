@@ -52,10 +52,10 @@ def add_parsers(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.recipes import thinker
+    from training.recipes import thinker, thinker_data
 
     weights = Path(args.weights) if args.weights else thinker.DEFAULT_WEIGHTS
-    kinds = dict(thinker.QUESTION_KINDS)
+    kinds = dict(thinker_data.QUESTION_KINDS)
     for item in getattr(args, "kind_weight", []):
         kind, _, value = item.partition("=")
         if kind not in kinds:
