@@ -39,8 +39,9 @@ test: $(STAMP) services lint
 demo: $(STAMP)
 	$(BIN)/python examples/make_inputs.py
 	$(BIN)/audio-omni batch examples/demo.jsonl --out out/demo
-	$(BIN)/audio-omni batch examples/workflows.jsonl --out out/demo
-	@echo "demo results (audio + metadata JSON, jobs and workflow steps): $(CURDIR)/out/demo/"
+	$(BIN)/audio-omni batch examples/workflows.jsonl --out out/demo/workflows
+	@echo "demo results (audio, video + metadata JSON): $(CURDIR)/out/demo/ (report: out/demo/report.html)"
+	@echo "workflow steps: $(CURDIR)/out/demo/workflows/ (report: out/demo/workflows/report.html)"
 
 clean:
 	rm -rf out .pytest_cache
