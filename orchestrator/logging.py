@@ -64,12 +64,14 @@ def configure(*, json: bool = True, level: str = "INFO", stream: TextIO | None =
     root.addHandler(handler)
     root.setLevel(numeric)
     # uvicorn's own logging config (applied when a server was started with it earlier in this
-    # process) gives its loggers plain-text handlers and stops them propagating: undo that, so its
-    # lines go through the root handler above like every other library's.
+    # process) gives its loggers plain-text handlers, levels of their own and stops them
+    # propagating: undo that, so their lines go through the root handler and level above like
+    # every other library's.
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         named = logging.getLogger(name)
         for old in list(named.handlers):
             named.removeHandler(old)
+        named.setLevel(logging.NOTSET)
         named.propagate = True
 
 

@@ -26,8 +26,13 @@ def test_standard_library_loggers_render_the_same_json_with_the_bound_context():
     context bound for a request (its id) reaches their lines and structlog's alike."""
     import logging
 
+    import uvicorn
+
     from orchestrator.logging import bind_context, current_request_id, unbind_context
 
+    # A server configured by uvicorn's own logging config earlier in the process (as in-process test
+    # servers are) leaves its loggers with handlers, levels and no propagation: configure() undoes it.
+    uvicorn.Config(app=lambda *args: None, log_level="warning")
     stream = io.StringIO()
     configure(json=True, level="INFO", stream=stream)
     try:
