@@ -199,6 +199,24 @@ class ManifestSource:
             if not Path(value).is_absolute():
                 data[name] = str((self.path.parent / value).resolve())
 
+    def job_ids(self) -> list[str]:
+        """Every job of the run in manifest order (a workflow's steps in their own order, lines
+        refused before they ran included), then any other job that has an outcome."""
+        known = [*self.specs, *(j for j in self.invalid if j not in self.specs)]
+        listed = set(known)
+        return known + [j for j in self.outcomes if j not in listed]
+
+    def label(self, job_id: str) -> str:
+        """How reports name a job: its manifest line's index, or `<line index>/<step>` for a
+        workflow step."""
+        spec = self.specs.get(job_id)
+        prefix = f"{self.batch_id}-"
+        if spec is not None and spec.workflow is not None:
+            workflow_id = spec.workflow.workflow_id
+            line = workflow_id[len(prefix) :] if workflow_id.startswith(prefix) else workflow_id[:9]
+            return f"{line}/{spec.workflow.step}"
+        return job_id[len(prefix) :] if job_id.startswith(prefix) else job_id
+
     def local_inputs(self) -> list[Path]:
         """The local input files the manifest's valid jobs refer to."""
         paths = []

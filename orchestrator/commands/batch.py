@@ -109,27 +109,9 @@ def _prepare_demo_inputs(source: ManifestSource) -> None:
         subprocess.run([sys.executable, str(script), str(source.path.parent)], check=True, stdout=subprocess.DEVNULL)
 
 
-def _order(source: ManifestSource) -> list[str]:
-    """The finished jobs in manifest order (a workflow's steps in their own order), then any other."""
-    known = [*source.specs, *(j for j in source.invalid if j not in source.specs)]
-    listed = set(known)
-    return [j for j in known if j in source.outcomes] + [j for j in source.outcomes if j not in listed]
-
-
-def _job_label(source: ManifestSource, job_id: str) -> str:
-    """A manifest line's index, or `<line index>/<step>` for a workflow step."""
-    spec = source.specs.get(job_id)
-    prefix = f"{source.batch_id}-"
-    if spec is not None and spec.workflow is not None:
-        workflow_id = spec.workflow.workflow_id
-        line = workflow_id[len(prefix) :] if workflow_id.startswith(prefix) else workflow_id[:9]
-        return f"{line}/{spec.workflow.step}"
-    return job_id[len(prefix) :] if job_id.startswith(prefix) else job_id
-
-
 def _summary(source: ManifestSource) -> str:
     rows = [("job", "task", "status", "seconds", "output / answer / error")]
-    for job_id in _order(source):
+    for job_id in (j for j in source.job_ids() if j in source.outcomes):
         o = source.outcomes[job_id]
         spec = source.specs.get(job_id)
         task = _task_label(spec) if spec is not None else "-"
@@ -143,7 +125,7 @@ def _summary(source: ManifestSource) -> str:
                 detail += f"  answer: {text[:40]!r}"
         else:
             detail = (o.error or "")[:100]
-        rows.append((_job_label(source, job_id), task, o.status.value, seconds, detail))
+        rows.append((source.label(job_id), task, o.status.value, seconds, detail))
     widths = [max(len(str(r[i])) for r in rows) for i in range(4)]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4] for r in rows]
     lines.insert(1, "-" * min(120, len(lines[0]) + 20))

@@ -112,12 +112,11 @@ def jobs_from_manifest(
 ) -> tuple[list[ReportJob], int]:
     """The jobs of an embedded run in manifest order (a workflow's steps in their own order, lines
     refused before they ran included), at most `max_jobs`, and how many there were."""
-    known = [*source.specs, *(j for j in source.invalid if j not in source.specs)]
-    order = known + [j for j in source.outcomes if j not in set(known)]
+    order = source.job_ids()
     jobs: list[ReportJob] = []
     for job_id in order[:max_jobs]:
         spec = source.specs.get(job_id)
-        label = _manifest_label(source.batch_id, job_id, spec)
+        label = source.label(job_id)
         outcome: JobOutcome | None = source.outcomes.get(job_id)
         if outcome is None:
             error = source.invalid.get(job_id)
@@ -131,15 +130,6 @@ def jobs_from_manifest(
         _attach_audio(job, spec, outcome.result_uri, outcome.extra, tenant, storage, read_input)
         jobs.append(job)
     return jobs, len(order)
-
-
-def _manifest_label(batch_id: str, job_id: str, spec: JobSpec | None) -> str:
-    prefix = f"{batch_id}-"
-    if spec is not None and spec.workflow is not None:
-        workflow_id = spec.workflow.workflow_id
-        line = workflow_id[len(prefix) :] if workflow_id.startswith(prefix) else workflow_id[:9]
-        return f"{line}/{spec.workflow.step}"
-    return job_id[len(prefix) :] if job_id.startswith(prefix) else job_id
 
 
 # --------------------------------------------------------------------------- shared
