@@ -13,7 +13,7 @@
   can sample each segment's frames for sync features and mux the result.
 - Limits come from `model.limits`; a bad input is a `PermanentError` naming the input and the rule.
 
-torch and the model's torch modules are imported inside `spec_to_inputs`, so importing this module
+torch and the model's torch modules are imported inside `load_inputs`, so importing this module
 stays light.
 """
 
@@ -46,7 +46,6 @@ __all__ = [
     "LoadedInputs",
     "load_inputs",
     "model_task",
-    "spec_to_inputs",
 ]
 
 MAX_INPUT_BYTES = 256 * 1024 * 1024  # one input file, before decoding
@@ -102,19 +101,6 @@ def model_task(spec: JobSpec) -> Task:
             raise PermanentError("an edit needs op: one of " + ", ".join(op.value for op in EditOp))
         return EDIT_TASKS[spec.op]
     return Task(spec.task.value)
-
-
-def spec_to_inputs(
-    spec: JobSpec,
-    *,
-    seed: int,
-    tenant: str,
-    inputs: InputReader,
-    config: AudioOmniConfig,
-    limits: InputLimits | None = None,
-) -> TaskInputs:
-    """`load_inputs`' model inputs alone."""
-    return load_inputs(spec, seed=seed, tenant=tenant, inputs=inputs, config=config, limits=limits).inputs
 
 
 def load_inputs(

@@ -15,7 +15,7 @@ from model.config import get_preset
 from orchestrator.audio_io import BadAudio, probe_audio
 from orchestrator.errors import PermanentError
 from orchestrator.jobs import JobSpec
-from orchestrator.model_inputs import InputLimits, spec_to_inputs
+from orchestrator.model_inputs import InputLimits, load_inputs
 from orchestrator.storage import InputNotAllowed, InputPolicy, InputResolver, S3Storage, make_s3_client
 from orchestrator.tenants import TenantLimits, TenantStore
 
@@ -51,7 +51,7 @@ def _edit(tenant: str, uri: str) -> JobSpec:
 
 
 def _load(spec: JobSpec, inputs: InputResolver):
-    return spec_to_inputs(spec, seed=1, tenant=spec.tenant, inputs=inputs, config=CONFIG, limits=InputLimits())
+    return load_inputs(spec, seed=1, tenant=spec.tenant, inputs=inputs, config=CONFIG, limits=InputLimits()).inputs
 
 
 CONFIG = get_preset("tiny")
