@@ -166,13 +166,6 @@ def _step_metadata(link: WorkflowLink | None, resolved: dict[str, Any]) -> dict[
     return meta
 
 
-def _pad_last(frames: torch.Tensor, count: int) -> torch.Tensor:
-    """`frames` (T, ...) padded to `count` with copies of its last frame."""
-    import torch
-
-    return torch.cat([frames, frames[-1:].expand(count - frames.shape[0], *frames.shape[1:])])
-
-
 class _Unrecorded(Exception):
     """An outcome could not be recorded: the source stayed unreachable past `_RECORD_RETRY_S`."""
 
@@ -423,13 +416,12 @@ class Engine:
     def _sync(self, video: VideoClip, gen: GenerationPlan, k: int) -> torch.Tensor:
         """Sync features of generation segment k: the Synchformer frames (25 fps, 224 x 224) of the
         segment's video span through the encoder pool."""
-        from model.sync import SYNC_FPS, SYNC_SIZE, sync_frame_count
+        from model.sync import SYNC_FPS, SYNC_SIZE
 
         start_s, end_s = gen.video_span(k)
+        # round(span * 25) frames, the count the extractor reads for the span (`sync_frame_count`);
+        # a span past the video's end repeats its last frame
         frames = video.frames(start_s, end_s, fps=SYNC_FPS, size=SYNC_SIZE)
-        count = sync_frame_count(end_s - start_s)
-        if frames.shape[0] != count:  # the span's frame count as the extractor counts it
-            frames = frames[:count] if frames.shape[0] > count else _pad_last(frames, count)
         try:
             features = self.pools.sync_features(frames)
         except ValueError as exc:  # the pool refused these frames, or has no extractor to run: not transient
