@@ -28,7 +28,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from orchestrator.errors import PermanentError
+from orchestrator.errors import BadInputFile
 
 __all__ = [
     "MAX_CHANNELS",
@@ -54,14 +54,8 @@ _WAV_BITS = {_WAV_PCM: (8, 16, 24, 32), _WAV_FLOAT: (32, 64)}
 _WAV_KIND = {_WAV_PCM: "integer PCM", _WAV_FLOAT: "float"}
 
 
-class BadAudio(PermanentError):
-    """An input audio file that cannot be used. `what` names the input, `reason` the problem; the
-    message is `"{what} {reason}"` (e.g. "input audio lasts 7.0 s; the limit is 5 s")."""
-
-    def __init__(self, what: str, reason: str) -> None:
-        super().__init__(f"{what} {reason}")
-        self.what = what
-        self.reason = reason
+class BadAudio(BadInputFile):
+    """An input audio file that cannot be used (`BadInputFile`: `what`, `reason`)."""
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from enum import StrEnum
 
 __all__ = [
+    "BadInputFile",
     "ErrorCode",
     "InvalidJobSpec",
     "JobCancelled",
@@ -57,6 +58,16 @@ class RetryableError(OrchestratorError, RuntimeError):
 
 class PermanentError(OrchestratorError, ValueError):
     """Retrying will not help (bad input, refused URI): fail the job with this reason."""
+
+
+class BadInputFile(PermanentError):
+    """An input file (audio, video) that cannot be used. `what` names the input, `reason` the
+    problem; the message is `"{what} {reason}"` (e.g. "input audio lasts 7.0 s; the limit is 5 s")."""
+
+    def __init__(self, what: str, reason: str) -> None:
+        super().__init__(f"{what} {reason}")
+        self.what = what
+        self.reason = reason
 
 
 class InvalidJobSpec(PermanentError):

@@ -37,7 +37,7 @@ import av
 import numpy as np
 
 from model.limits import MAX_INPUT_VIDEO_S, MAX_VIDEO_FPS, MAX_VIDEO_PIXELS, MAX_VIDEO_SIDE, MIN_VIDEO_FPS
-from orchestrator.errors import PermanentError
+from orchestrator.errors import BadInputFile
 from orchestrator.task_inputs import VIDEO_EXTENSIONS
 
 if TYPE_CHECKING:
@@ -66,14 +66,8 @@ _TRUNCATION_SLACK_S = 0.5
 _TIME_EPS_S = 1e-4  # a frame this close after a sampling instant still counts as shown at it
 
 
-class BadVideo(PermanentError):
-    """An input video file that cannot be used. `what` names the input, `reason` the problem; the
-    message is `"{what} {reason}"` (e.g. "input video lasts 412.0 s; the limit is 300 s")."""
-
-    def __init__(self, what: str, reason: str) -> None:
-        super().__init__(f"{what} {reason}")
-        self.what = what
-        self.reason = reason
+class BadVideo(BadInputFile):
+    """An input video file that cannot be used (`BadInputFile`: `what`, `reason`)."""
 
 
 @dataclass(frozen=True)
