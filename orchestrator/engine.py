@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from model.limits import MAX_INPUT_AUDIO_S, MAX_INPUT_VIDEO_S
@@ -53,7 +54,15 @@ if TYPE_CHECKING:
     from orchestrator.jobs import WorkflowLink
     from orchestrator.video_io import VideoClip
 
-__all__ = ["Engine", "EngineMetricsSink", "EngineSettings", "JobResult", "Pools", "ResultStore"]
+__all__ = [
+    "Engine",
+    "EngineMetricsSink",
+    "EngineSettings",
+    "JobResult",
+    "Pools",
+    "ResultStore",
+    "segment_keep_samples",
+]
 
 A = TypeVar("A")
 T = TypeVar("T")
@@ -86,8 +95,9 @@ class Pools(Protocol):
         """Synchformer features (tokens, D) of uint8 frames (T, 3, 224, 224) at 25 fps."""
         ...
 
-    def generate(self, request: GenerationRequest) -> torch.Tensor:
-        """(C, N) float32 audio of one segment."""
+    def generate(self, request: GenerationRequest, keep_samples: int | None = None) -> torch.Tensor:
+        """(C, N) float32 audio of one segment; only its first `keep_samples` samples when given
+        (the pool cuts them, so a short job's unused rest of the window is never sent back)."""
         ...
 
 
@@ -172,6 +182,22 @@ class _Unrecorded(Exception):
 
 class _PoolError(RetryableError):
     """A pool call failed (replica died, model raised): transient from the job's point of view."""
+
+
+def segment_keep_samples(gen: GenerationPlan, k: int) -> int | None:
+    """How many samples of segment k's audio `gen.finish` uses (None: all of them).
+
+    Every segment but the last is used whole (crossfaded into the next one, and the next one's
+    continuation window is its end). The last one starts at k * hop in the joined audio, which is
+    cut to total + drop samples, so only its first total + drop - k * hop samples reach the result:
+    for a 1 s job about a tenth of the window the model renders. That count is always more than
+    the crossfade, so the join is the same with the segment cut or whole.
+    """
+    if not 0 <= k < gen.num_segments:
+        raise ValueError(f"segment index must be in [0, {gen.num_segments}), got {k}")
+    if k < gen.num_segments - 1:
+        return None
+    return gen.total_samples + gen.drop_head_samples - k * gen.hop_samples
 
 
 def _call(stage: str, fn: Callable[[A], T], arg: A) -> T:
@@ -494,7 +520,8 @@ class Engine:
                         features = _call("encode", self.pools.encode, plan.segment_prompt(k))
                 with timer.stage("generate"):
                     request = gen.request(k, features, segments[-1] if segments else None, sync_features=sync)
-                    segments.append(_call("generate", self.pools.generate, request))
+                    keep = segment_keep_samples(gen, k)
+                    segments.append(_call("generate", partial(self.pools.generate, keep_samples=keep), request))
             with self._enter(job, timer, "encode_audio"):
                 audio = gen.finish(segments)  # (C, N)
                 duration_s = audio.shape[-1] / self.config.sample_rate

@@ -151,9 +151,10 @@ class ServePools:
             raise result
         return result
 
-    def generate(self, request: GenerationRequest) -> torch.Tensor:
-        """(C, N) float32 audio of one segment."""
-        audio: torch.Tensor = self._sampler.generate.remote(request).result(timeout_s=self.timeout_s)
+    def generate(self, request: GenerationRequest, keep_samples: int | None = None) -> torch.Tensor:
+        """(C, N) float32 audio of one segment; with `keep_samples`, only its first N = keep_samples
+        samples come back (the replica cuts them, so the rest never crosses to this process)."""
+        audio: torch.Tensor = self._sampler.generate.remote(request, keep_samples).result(timeout_s=self.timeout_s)
         return audio
 
     def sampler_stats(self) -> dict[int, int]:
@@ -264,8 +265,10 @@ class InProcessPools:
             features = self.sync_extractor.clip_features([frames_u8], max_segments_per_pass=SEGMENTS_PER_PASS)
             return features[0].cpu()
 
-    def generate(self, request: GenerationRequest) -> torch.Tensor:
-        """(C, N) float32 audio of one segment."""
+    def generate(self, request: GenerationRequest, keep_samples: int | None = None) -> torch.Tensor:
+        """(C, N) float32 audio of one segment, cut to its first `keep_samples` when given."""
+        from workers.batching import own_result
+
         with self._lock:
             self.calls["generate"] += 1
-            return self.sampler.generate([request], pad_to=self.pad_to)[0].cpu()
+            return own_result(self.sampler.generate([request], pad_to=self.pad_to)[0], keep_samples)

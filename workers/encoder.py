@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from ray import serve
 
-from workers.batching import configure_batching
+from workers.batching import configure_batching, own_result
 from workers.settings import WorkerSettings
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ class EncoderDeployment:
         self.batch_sizes[len(prompts)] += 1
         # In a thread, so the replica keeps gathering the next batch meanwhile.
         hidden = await asyncio.to_thread(self._locked, self.encoder.encode, prompts)
-        return [h.cpu() for h in hidden]
+        return [own_result(h) for h in hidden]  # each caller's rows only, not the batch's storage
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
     async def understand(self, requests: list[UnderstandRequest]) -> list[str]:
@@ -112,7 +112,7 @@ class EncoderDeployment:
         from model.sync import SEGMENTS_PER_PASS
 
         extractor = self._require_sync_extractor()
-        return [f.cpu() for f in extractor.clip_features(clips, max_segments_per_pass=SEGMENTS_PER_PASS)]
+        return [own_result(f) for f in extractor.clip_features(clips, max_segments_per_pass=SEGMENTS_PER_PASS)]
 
     def _require_sync_extractor(self) -> SyncExtractor:
         if self.sync_extractor is None:

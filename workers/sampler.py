@@ -1,10 +1,12 @@
 """The DiT sampler pool: DiT, conditioners and VAE as a Ray Serve deployment.
 
-`generate(GenerationRequest) -> Tensor (C, N)` takes one segment per call; `@serve.batch` gathers
-requests from different jobs, and the replica samples each group of compatible requests (same step
-count; the latent length is fixed by the config) in one loop, classifier-free guidance included in
-the same forward pass (`model.parts.SamplerPart.generate`). Each item keeps its own seed, so its
-audio does not depend on its batch-mates.
+`generate(GenerationRequest, keep_samples) -> Tensor (C, N)` takes one segment per call; `@serve.batch`
+gathers requests from different jobs, and the replica samples each group of compatible requests
+(same step count; the latent length is fixed by the config) in one loop, classifier-free guidance
+included in the same forward pass (`model.parts.SamplerPart.generate`). Each item keeps its own
+seed, so its audio does not depend on its batch-mates. Each caller gets back its own clip only, cut
+to the `keep_samples` it asked for (`workers.batching.own_result`): the model always renders a
+whole window (about 10 s), and a short job or the last segment of a long one uses only its start.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from ray import serve
 
-from workers.batching import configure_batching
+from workers.batching import configure_batching, own_result
 from workers.settings import WorkerSettings
 
 if TYPE_CHECKING:
@@ -46,8 +48,14 @@ class SamplerDeployment:
         configure_batching(settings.sampler, self.generate)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
-    async def generate(self, requests: list[GenerationRequest]) -> list[torch.Tensor]:
-        """(C, N) float32 audio per request; compatible requests share one sampling loop."""
+    async def generate(
+        self, requests: list[GenerationRequest], keep_samples: list[int | None] | None = None
+    ) -> list[torch.Tensor]:
+        """(C, N) float32 audio per request; compatible requests share one sampling loop.
+
+        `keep_samples[i]`: how many samples of its clip caller i uses (None: all of them); every
+        caller of one batch passes it or none does (`ServePools.generate` always does)."""
+        keeps = list(keep_samples) if keep_samples is not None else [None] * len(requests)
         groups: dict[int, list[int]] = defaultdict(list)
         for i, request in enumerate(requests):
             groups[request.batch_key].append(i)
@@ -62,7 +70,7 @@ class SamplerDeployment:
             # In a thread, so the replica keeps gathering the next batch meanwhile.
             audio = await asyncio.to_thread(self.sampler.generate, group, pad_to=pad_to)  # (len(idx), C, N)
             for i, clip in zip(idx, audio, strict=True):
-                out[i] = clip.cpu()
+                out[i] = own_result(clip, keeps[i])  # not a view of the whole batch's audio
         return [out[i] for i in range(len(requests))]
 
     def stats(self) -> dict[str, object]:

@@ -35,13 +35,13 @@ class FaultyPools:
         self.calls: dict[str, list[float]] = {}
         self._lock = threading.Lock()
 
-    def _call(self, name: str, arg: Any) -> Any:
+    def _call(self, name: str, arg: Any, **kwargs: Any) -> Any:
         with self._lock:
             self.calls.setdefault(name, []).append(time.monotonic())
         hook = self._hooks.get(name)
         if hook is not None:
             hook()
-        return getattr(self._pools, name)(arg)
+        return getattr(self._pools, name)(arg, **kwargs)
 
     def encode(self, prompt: Any) -> Any:
         return self._call("encode", prompt)
@@ -49,8 +49,8 @@ class FaultyPools:
     def understand(self, request: Any) -> Any:
         return self._call("understand", request)
 
-    def generate(self, request: Any) -> Any:
-        return self._call("generate", request)
+    def generate(self, request: Any, keep_samples: int | None = None) -> Any:
+        return self._call("generate", request, keep_samples=keep_samples)
 
     def __getattr__(self, name: str) -> Any:  # any other pool call passes through untouched
         return getattr(self._pools, name)

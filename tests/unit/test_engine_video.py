@@ -54,10 +54,10 @@ class RecordingPools:
             self.sync_frames.append(frames_u8.clone())
         return self.pools.sync_features(frames_u8)
 
-    def generate(self, request):
+    def generate(self, request, keep_samples=None):
         with self.lock:
             self.requests.append(request)
-        return self.pools.generate(request)
+        return self.pools.generate(request, keep_samples=keep_samples)
 
 
 @pytest.fixture(scope="module")

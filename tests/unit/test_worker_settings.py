@@ -65,7 +65,7 @@ class _Handle:
         handle = self
 
         class _Method:
-            def remote(self, arg):
+            def remote(self, arg, *rest):
                 class _Response:
                     def result(self, timeout_s):
                         handle.timeouts.append(timeout_s)
