@@ -35,14 +35,21 @@ def test_recipe_trains_on_ray_and_exports_only_the_trained_tensors(ray_cluster, 
         threads=1,
         workers=1,
         max_steps=2,
+        probe_steps=1,
+        probe_weight=0.5,
     )
     summary = thinker.phase_thinker(run)
     assert summary["steps"] == 2
+    probe = summary["heldout"]["probe"]  # the audio-tower probe trained, then read on held-out scenes
+    assert set(probe) == {"event_class", "class_or_none", "background"}
+    assert all(0.0 <= v <= 1.0 for v in probe.values())
+    assert (run.work / thinker.PROBE_FILE).is_file()
     assert summary["heldout"]["scenes_with_event"] == 2
     assert 0.0 <= summary["heldout"]["false_class_rate"] <= 1.0
     trained = load_file(str(run.work / thinker.TRAINED_FILE))
     assert "lm_head.weight" in trained and "audio_tower.proj.weight" in trained
     assert not any(k.startswith(("model.embed_tokens.", "model.layers.0.", "visual.")) for k in trained)
+    assert not any(k.startswith(("score.", "event.", "background.")) for k in trained)  # the probe stays out
 
     dst = tmp_path / "dst"
     dst.mkdir()

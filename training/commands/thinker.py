@@ -41,6 +41,10 @@ def add_parsers(sub: Any) -> None:
         help="how often a question kind is drawn (repeatable; the others keep their default)",
     )
     p.add_argument("--audio-lr-scale", type=float, default=1.0, help="the audio encoder's lr relative to --lr")
+    p.add_argument(
+        "--probe-steps", type=int, default=0, help="steps of the audio-tower probe alone before the answer loss"
+    )
+    p.add_argument("--probe-weight", type=float, default=0.0, help="the probe loss's weight beside the answer loss")
     p.add_argument("--resume", action="store_true", help="continue from the trained tensors in --work")
     p.add_argument("--in-process", action="store_true", help="train in this process instead of on Ray Train")
     e = sub.add_parser("thinker-export", help="put the trained thinker tensors into --dst/model.safetensors")
@@ -85,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
             resume=args.resume,
             kind_weights=tuple(kinds.items()),
             audio_lr_scale=args.audio_lr_scale,
+            probe_steps=args.probe_steps,
+            probe_weight=args.probe_weight,
         )
         result = thinker.phase_thinker(settings, in_process=args.in_process)
     print(json.dumps(result))

@@ -46,13 +46,9 @@ from training.recipes.thinker_data import (
     QUESTION_KINDS,
     Scene,
     background_kind,
-    draw_question,
-    reasoning_examples,
 )
 
 if TYPE_CHECKING:
-    import torch
-
     from model.mllm import MLLMEncoder
 
 PRESET = "small"
@@ -65,6 +61,7 @@ SCENES_FILE = "scenes.json"  # per scene: label (or null), onset_s, background k
 TRAINED_FILE = "thinker_trained.safetensors"
 SUMMARY_FILE = "thinker_summary.json"
 HISTORY_FILE = "thinker_history.json"
+PROBE_FILE = "thinker_probe.safetensors"  # the audio-tower probe (training only, never exported)
 
 # --------------------------------------------------------------------------- frozen / trained split
 
@@ -191,6 +188,8 @@ class ThinkerRun:
     resume: bool = False  # start from the trained tensors already in `work` (a second time budget)
     kind_weights: tuple[tuple[str, float], ...] = tuple(QUESTION_KINDS.items())  # how often each kind is drawn
     audio_lr_scale: float = 1.0  # the audio encoder's learning rate, relative to `lr`
+    probe_steps: int = 0  # steps of the audio-tower probe alone before the answer loss (thinker_probe)
+    probe_weight: float = 0.0  # the probe loss's weight beside the answer loss afterwards
 
     def __post_init__(self) -> None:
         for name in ("pairs", "per_class", "heldout_pairs", "batch", "threads", "workers"):
@@ -213,6 +212,10 @@ class ThinkerRun:
             )
         if not 0 < self.audio_lr_scale <= 100:
             raise ValueError(f"audio-lr-scale must be in (0, 100], got {self.audio_lr_scale}")
+        if not isinstance(self.probe_steps, int) or self.probe_steps < 0 or not 0 <= self.probe_weight <= 100:
+            raise ValueError(
+                f"need probe-steps >= 0 and 0 <= probe-weight <= 100, got {self.probe_steps!r}, {self.probe_weight!r}"
+            )
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max-steps must be >= 1, got {self.max_steps}")
         if not Path(self.weights).is_file():
@@ -237,204 +240,6 @@ def load_encoder(weights: Path, device: str = "cpu") -> MLLMEncoder:
     from model.config import get_preset
 
     return build_encoder(get_preset(PRESET), weights=weights, device=device, dtype=torch.float32)
-
-
-# --------------------------------------------------------------------------- batches
-
-
-class Batcher:
-    """Token ids and labels of examples, built as the understanding path builds its prompts."""
-
-    def __init__(self, processor: Any) -> None:
-        from model.mllm import AUDIO_TOKEN
-        from model.prompts import IM_END
-
-        self.processor = processor
-        self.tokenizer = processor.tokenizer
-        self.audio_token = AUDIO_TOKEN
-        self.im_end = IM_END
-        self.pad_id = int(self.tokenizer.pad_token_id)
-        self._cache: dict[tuple[str, str, str, int], tuple[list[int], int]] = {}
-
-    def ids(self, system: str, question: str, answer: str, audio_tokens: int) -> tuple[list[int], int]:
-        """Token ids of prompt + answer + `<|im_end|>`, and where the answer starts. `audio_tokens` is
-        the processor's count for the scene's audio (0: a text-only prompt)."""
-        key = (system, question, answer, audio_tokens)
-        if key not in self._cache:
-            prompt = understanding_text(self.processor, system, question, has_audio=audio_tokens > 0)
-            if audio_tokens > 0:  # the processor's expansion of the marker
-                prompt = prompt.replace(self.audio_token, self.audio_token * audio_tokens)
-            prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            full_ids = self.tokenizer(prompt + answer + self.im_end, add_special_tokens=False)["input_ids"]
-            if full_ids[: len(prompt_ids)] != prompt_ids:
-                raise ValueError(f"the answer {answer!r} changes the prompt's tokens; start it with a word")
-            self._cache[key] = (full_ids, len(prompt_ids))
-        return self._cache[key]
-
-    def collate(self, items: Sequence[tuple[list[int], int]]) -> dict[str, torch.Tensor]:
-        """Right-padded input_ids, attention_mask and labels (-100 outside the answers)."""
-        import torch
-
-        width = max(len(ids) for ids, _ in items)
-        input_ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((len(items), width), dtype=torch.long)
-        labels = torch.full((len(items), width), -100, dtype=torch.long)
-        for i, (ids, start) in enumerate(items):
-            input_ids[i, : len(ids)] = torch.tensor(ids)
-            attention[i, : len(ids)] = 1
-            labels[i, start : len(ids)] = torch.tensor(ids[start:])
-        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
-
-
-def answer_loss(thinker: Any, batch: dict[str, torch.Tensor], **audio: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over the answer tokens of a batch."""
-    import torch.nn.functional as F
-
-    out = thinker(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        use_audio_in_video=False,
-        use_cache=False,
-        return_dict=True,
-        **audio,
-    )
-    logits = out.logits[:, :-1].float()  # (B, S-1, V)
-    targets = batch["labels"][:, 1:]
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
-
-
-def audio_inputs(data: dict[str, np.ndarray], rows: Sequence[int]) -> dict[str, torch.Tensor]:
-    """input_features (B, mels, frames) and feature_attention_mask (B, frames) of scenes `rows`."""
-    import torch
-
-    frames = data["frames"][list(rows)]
-    width = int(frames.max())
-    feats = torch.from_numpy(data["features"][list(rows), :, :width].astype(np.float32))
-    mask = (torch.arange(width)[None, :] < torch.from_numpy(frames)[:, None]).to(torch.int32)
-    return {"input_features": feats, "feature_attention_mask": mask}
-
-
-# --------------------------------------------------------------------------- the loop (Ray Train worker)
-
-
-def train_loop(config: dict[str, Any]) -> None:
-    """Train the thinker's unfrozen parameters until the time budget (or `max_steps`) is spent;
-    writes `TRAINED_FILE` (those parameters) and the loss history under `work`."""
-    import torch
-    from safetensors.torch import save_file
-
-    from model.prompts import SYS_UNDERSTANDING
-
-    run = ThinkerRun.from_json(config["run"])
-    in_ray = bool(config.get("in_ray", False))
-    torch.set_num_threads(run.threads)
-    torch.manual_seed(run.seed)
-    encoder = load_encoder(run.weights)
-    thinker = encoder.thinker
-    first_step, history = 0, list[dict[str, float]]()
-    if run.resume:
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        with torch.no_grad():
-            for name, value in load_file(str(run.work / TRAINED_FILE)).items():
-                thinker.get_parameter(name).copy_(value)
-        with safe_open(str(run.work / TRAINED_FILE), "pt") as f:
-            first_step = int((f.metadata() or {}).get("steps", "0"))
-        if (run.work / HISTORY_FILE).is_file():
-            history = json.loads((run.work / HISTORY_FILE).read_text())["history"]
-    text_cfg = thinker.config.text_config
-    names = trainable_names([n for n, _ in thinker.named_parameters()], text_cfg.num_hidden_layers, encoder.layer_idx)
-    params = dict(thinker.named_parameters())
-    for n in names:
-        params[n].requires_grad_(True)
-    thinker.train()
-    groups = [
-        {"params": [params[n] for n in names if not n.startswith("audio_tower.")], "lr_scale": 1.0},
-        {"params": [params[n] for n in names if n.startswith("audio_tower.")], "lr_scale": run.audio_lr_scale},
-    ]
-    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=run.lr, weight_decay=0.01, betas=(0.9, 0.98))
-    data, scenes = load_scenes(run.work, "train")
-    batcher = Batcher(encoder.processor)
-    reasoning = reasoning_examples()
-    weights = dict(run.kind_weights)
-    kinds = list(weights)
-    kind_p = np.array([weights[k] for k in kinds])
-    kind_p = kind_p / kind_p.sum()
-    budget_s = run.minutes * 60.0
-    start = last_save = time.perf_counter()
-    step, steps_before, recent = first_step, first_step, list[float]()
-
-    def save() -> None:
-        state = {n: params[n].detach().float().contiguous() for n in names}
-        save_file(state, str(run.work / TRAINED_FILE), metadata={"steps": str(step)})
-        (run.work / HISTORY_FILE).write_text(json.dumps({"steps": step, "history": history}))
-
-    while True:
-        elapsed = time.perf_counter() - start
-        if elapsed >= budget_s or (run.max_steps is not None and step - steps_before >= run.max_steps):
-            break
-        rng = np.random.default_rng([run.seed, step])
-        # Linear warm-up, then linear decay to 10 % over the time budget.
-        warm = min(1.0, (step - steps_before + 1) / run.warmup_steps)
-        scale = warm * (1.0 - 0.9 * min(1.0, elapsed / budget_s))
-        for group in opt.param_groups:
-            group["lr"] = run.lr * scale * group["lr_scale"]
-        rows = rng.integers(0, len(scenes), size=run.batch)
-        items = []
-        for r in rows:
-            system, question, answer = draw_question(str(rng.choice(kinds, p=kind_p)), scenes[int(r)], rng)
-            items.append(batcher.ids(system, question, answer, int(data["tokens"][int(r)])))
-        loss = answer_loss(thinker, batcher.collate(items), **audio_inputs(data, [int(r) for r in rows]))
-        if run.text_batch:
-            picks = rng.integers(0, len(reasoning), size=run.text_batch)
-            text_items = [batcher.ids(SYS_UNDERSTANDING, *reasoning[int(p)], 0) for p in picks]
-            loss = loss + 0.25 * answer_loss(thinker, batcher.collate(text_items))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_([params[n] for n in names], 1.0))
-        opt.step()
-        step += 1
-        recent.append(float(loss.detach()))
-        if step % 10 == 0:
-            rec = {
-                "step": step,
-                "loss": round(float(np.mean(recent)), 4),
-                "grad_norm": round(grad_norm, 3),
-                "lr": round(run.lr * scale, 6),
-                "t_s": round(time.perf_counter() - start, 1),
-            }
-            recent = []
-            history.append(rec)
-            log(json.dumps(rec))
-            if in_ray:
-                import ray.train
-
-                ray.train.report(rec)
-        if time.perf_counter() - last_save > run.save_every_s:
-            save()
-            last_save = time.perf_counter()
-    save()
-
-
-def run_on_ray(run: ThinkerRun) -> None:
-    """`train_loop` on Ray Train (one CPU worker)."""
-    import os
-
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from workers.local_ray import init_ray
-
-    init_ray()
-    storage = os.environ.get("AUDIO_OMNI_RAY_TRAIN_DIR", str((run.work / "ray_results").resolve()))
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config={"run": run.to_json(), "in_ray": True},
-        scaling_config=ScalingConfig(num_workers=1, use_gpu=False, resources_per_worker={"CPU": 1}),
-        run_config=RunConfig(name=f"thinker-{int(time.time())}", storage_path=storage),
-    )
-    trainer.fit()
 
 
 # --------------------------------------------------------------------------- held-out figures
@@ -497,6 +302,24 @@ def held_out_scenes(folder: Path, pairs: int, workers: int) -> tuple[list[np.nda
     )
 
 
+def heldout_probe_figures(
+    work: Path, encoder: MLLMEncoder, audio: Sequence[np.ndarray], scenes: Sequence[Scene]
+) -> dict[str, float] | None:
+    """The trained audio tower's probe on held-out scenes (None when the run trained no probe)."""
+    from safetensors.torch import load_file
+
+    from training.recipes.thinker_probe import EventProbe, probe_accuracy
+    from training.recipes.thinker_train import audio_inputs
+
+    if not (work / PROBE_FILE).is_file():
+        return None
+    probe = EventProbe(int(encoder.thinker.config.audio_config.output_dim))
+    probe.load_state_dict(load_file(str(work / PROBE_FILE)))
+    feats, frames, tokens = scene_features(encoder.processor, audio)
+    data = {"features": feats, "frames": frames, "tokens": tokens}
+    return probe_accuracy(encoder.thinker, probe, data, scenes, audio_inputs)
+
+
 # --------------------------------------------------------------------------- phases
 
 
@@ -526,6 +349,8 @@ def phase_thinker(run: ThinkerRun, *, in_process: bool = False) -> dict[str, Any
         log(f"train scenes: {len(scenes)} in {time.perf_counter() - t0:.1f}s")
     data_s = time.perf_counter() - t0
     t1 = time.perf_counter()
+    from training.recipes.thinker_train import run_on_ray, train_loop
+
     if in_process:
         train_loop({"run": run.to_json()})
     else:
@@ -539,6 +364,7 @@ def phase_thinker(run: ThinkerRun, *, in_process: bool = False) -> dict[str, Any
     history = progress["history"]
     audio, scenes = held_out_scenes(run.work / "sounds_heldout", run.heldout_pairs, run.workers)
     figures = understanding_figures(encoder, audio, scenes)
+    figures["probe"] = heldout_probe_figures(run.work, encoder, audio, scenes)
     summary = {
         "phase": "thinker",
         "settings": {k: v for k, v in run.to_json().items() if k not in ("work", "weights")},
