@@ -41,8 +41,9 @@ SMALL_MODEL_NOTICE = (
     "NOTE: the packaged 'small' model ({size_mb:.1f} MB) was trained here, on a CPU, on generated sounds only:\n"
     "      text-to-audio and remove/extract edits (add is weak) of tone, chord, clicks, noise burst and siren\n"
     "      over noise and hum backgrounds (docs/model.md). Its decoder is a fixed log-mel codec (no sound above\n"
-    "      11 kHz, tones come out as narrow noise bands); other prompts and tasks run but were never trained, and\n"
-    "      its thinker is a tiny random one, so text answers are gibberish.\n" + RELEASED_MODEL_HINT
+    "      11 kHz, tones come out as narrow noise bands). Its thinker answers questions about such scenes (which\n"
+    "      of the five sounds, roughly when, over which background) and says when it cannot tell; other prompts\n"
+    "      and tasks (speech, music, video) run but were never trained.\n" + RELEASED_MODEL_HINT
 )
 
 
