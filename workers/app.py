@@ -71,6 +71,7 @@ def build_apps(settings: WorkerSettings) -> dict[str, Application]:
             graceful_shutdown_timeout_s=pool.graceful_shutdown_timeout_s,
             graceful_shutdown_wait_loop_s=1.0,
             health_check_period_s=pool.health_check_period_s,
+            logging_config={"encoding": "JSON"},  # one JSON object per log line, as the API and engines log
         )(cls)
         apps[f"{settings.app_name}-{which}"] = deployment.bind(settings)
     return apps
