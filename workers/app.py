@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from workers.batching import own_result
 from workers.encoder import NO_SYNC_WEIGHTS, EncoderDeployment
 from workers.sampler import SamplerDeployment
 from workers.settings import MAX_JOB_S, PoolSettings, WorkerSettings
@@ -268,8 +269,6 @@ class InProcessPools:
 
     def generate(self, request: GenerationRequest, keep_samples: int | None = None) -> torch.Tensor:
         """(C, N) float32 audio of one segment, cut to its first `keep_samples` when given."""
-        from workers.batching import own_result
-
         with self._lock:
             self.calls["generate"] += 1
             return own_result(self.sampler.generate([request], pad_to=self.pad_to)[0], keep_samples)

@@ -172,14 +172,14 @@ def train_loop(config: dict[str, Any]) -> None:
         save_file({k: v.detach().contiguous() for k, v in probe.state_dict().items()}, str(run.work / PROBE_FILE))
         (run.work / HISTORY_FILE).write_text(json.dumps({"steps": step, "history": history}))
 
-    def optimizer_step(at: int, loss: torch.Tensor, opt: torch.optim.Optimizer, scale: float) -> None:
+    def optimizer_step(loss: torch.Tensor, scale: float) -> None:
         """Backward, clip, step; log every 10th step and save on schedule."""
         nonlocal step, recent, last_save
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(trained_params, 1.0))
         opt.step()
-        step = at + 1
+        step += 1
         recent.append(float(loss.detach()))
         if step % 10 == 0:
             rec = {
@@ -217,7 +217,7 @@ def train_loop(config: dict[str, Any]) -> None:
         lengths = tower_lengths(thinker, audio["feature_attention_mask"])
         if step < run.probe_steps:  # the audio tower and its probe alone
             loss = probe_loss(probe, tower_tokens(thinker, audio), lengths, targets, rows)
-            optimizer_step(step, loss, opt, scale)
+            optimizer_step(loss, scale)
             continue
         items = []
         for r in rows:
@@ -231,7 +231,7 @@ def train_loop(config: dict[str, Any]) -> None:
             picks = rng.integers(0, len(reasoning), size=run.text_batch)
             text_items = [batcher.ids(SYS_UNDERSTANDING, *reasoning[int(p)], 0) for p in picks]
             loss = loss + 0.25 * answer_loss(thinker, batcher.collate(text_items))
-        optimizer_step(step, loss, opt, scale)
+        optimizer_step(loss, scale)
     save()
 
 
