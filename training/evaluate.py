@@ -146,12 +146,10 @@ class NearestCentroid:
     classes: list[str]
     centroids: np.ndarray
 
-    def __init__(self, mel: np.ndarray | None = None, floor_db: float | None = None) -> None:
-        self.mel, self.floor_db = mel, floor_db  # the clip features (`logmel_stats`) of fit_clips / predict_clips
+    def __init__(self, mel: np.ndarray, floor_db: float | None = None) -> None:
+        self.mel, self.floor_db = mel, floor_db  # a clip's features: `logmel_stats(clip, mel, floor_db)`
 
     def features(self, clips: list[np.ndarray]) -> np.ndarray:
-        if self.mel is None:
-            raise ValueError("this classifier was built without a mel matrix: use fit / predict on features")
         return np.stack([logmel_stats(x, self.mel, self.floor_db) for x in clips])
 
     def fit_clips(self, clips: list[np.ndarray], labels: list[str]) -> NearestCentroid:
@@ -159,6 +157,10 @@ class NearestCentroid:
 
     def predict_clips(self, clips: list[np.ndarray]) -> list[str]:
         return self.predict(self.features(clips))
+
+    def accuracy(self, clips: list[np.ndarray], labels: list[str]) -> float:
+        """The fraction of `clips` labelled as `labels` says."""
+        return float(np.mean([p == t for p, t in zip(self.predict_clips(clips), labels, strict=True)]))
 
     def fit(self, feats: np.ndarray, labels: list[str]) -> NearestCentroid:
         self.mu, self.sd = feats.mean(axis=0), feats.std(axis=0) + 1e-6
@@ -235,16 +237,12 @@ def held_out_data(settings: EvalSettings, mel: np.ndarray, round_trip: Callable[
                 labels.append(c)
     coded = [round_trip(x) for x in real]
     classifiers = {k: NearestCentroid(mel, floor).fit_clips(real, labels) for k, floor in CLASSIFIERS.items()}
-
-    def accuracy(clf: NearestCentroid, audio: list[np.ndarray]) -> float:
-        return float(np.mean([a == b for a, b in zip(clf.predict_clips(audio), labels, strict=True)]))
-
     return HeldOut(
         clips=clips,
         params=params,
         classifiers=classifiers,
-        real_accuracy={k: accuracy(clf, real) for k, clf in classifiers.items()},
-        codec_accuracy={k: accuracy(clf, coded) for k, clf in classifiers.items()},
+        real_accuracy={k: clf.accuracy(real, labels) for k, clf in classifiers.items()},
+        codec_accuracy={k: clf.accuracy(coded, labels) for k, clf in classifiers.items()},
     )
 
 
@@ -351,7 +349,7 @@ def edit_and_t2a_figures(
     t2a: dict[str, Any] = {}
     for suffix, clf in data.classifiers.items():
         pred = clf.predict_clips(gen_clips)
-        t2a[f"t2a_accuracy{suffix}"] = round(float(np.mean([a == b for a, b in zip(pred, gen_labels, strict=True)])), 3)
+        t2a[f"t2a_accuracy{suffix}"] = round(clf.accuracy(gen_clips, gen_labels), 3)
         t2a[f"t2a_predictions{suffix}"] = {
             c: [p for p, g in zip(pred, gen_labels, strict=True) if g == c] for c in CLASSES
         }
@@ -414,8 +412,5 @@ def understanding_figures(
         }
     )
     for suffix, clf in classifiers.items():
-        pred = clf.predict_clips(clips)
-        result[f"describe_generate_accuracy{suffix}"] = round(
-            float(np.mean([p == t for p, t in zip(pred, truth, strict=True)])), 3
-        )
+        result[f"describe_generate_accuracy{suffix}"] = round(clf.accuracy(clips, truth), 3)
     return result
