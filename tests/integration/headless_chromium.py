@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -131,7 +133,8 @@ def chromium_page(*, width: int = 1280, height: int = 900) -> Iterator[Page]:
     """A headless chromium with one tab (its console, log, network and page events on)."""
     if CHROMIUM is None:
         raise RuntimeError(SKIP_REASON)
-    with tempfile.TemporaryDirectory(prefix="chromium-") as tmp:
+    tmp = tempfile.mkdtemp(prefix="chromium-")
+    try:
         profile, log = Path(tmp) / "profile", Path(tmp) / "chromium.log"
         cmd = [
             CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -141,8 +144,8 @@ def chromium_page(*, width: int = 1280, height: int = 900) -> Iterator[Page]:
             "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", f"--window-size={width},{height}",
             "about:blank",
         ]  # fmt: skip
-        with log.open("wb") as sink:
-            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=sink)
+        with log.open("wb") as sink:  # its own process group: its helper processes end with it
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=sink, start_new_session=True)
         try:
             port_file = profile / "DevToolsActivePort"
             deadline = time.monotonic() + 30
@@ -160,9 +163,37 @@ def chromium_page(*, width: int = 1280, height: int = 900) -> Iterator[Page]:
                     tools.send(f"{domain}.enable", session=session)
                 yield Page(tools, session)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _stop_group(proc)
+    finally:
+        _remove_profile(Path(tmp))
+
+
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """End chromium and every helper process it started (renderer, crashpad, utilities)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=10)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    proc.wait()
+
+
+def _remove_profile(folder: Path, timeout_s: float = 10.0) -> None:
+    """Remove the profile folder. A helper may still be writing into it for a moment after the
+    browser process has gone (a CI run failed on "Directory not empty"), so retry until it stops."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            shutil.rmtree(folder)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
