@@ -160,7 +160,7 @@ class NearestCentroid:
 
     def accuracy(self, clips: list[np.ndarray], labels: list[str]) -> float:
         """The fraction of `clips` labelled as `labels` says."""
-        return float(np.mean([p == t for p, t in zip(self.predict_clips(clips), labels, strict=True)]))
+        return match_rate(self.predict_clips(clips), labels)
 
     def fit(self, feats: np.ndarray, labels: list[str]) -> NearestCentroid:
         self.mu, self.sd = feats.mean(axis=0), feats.std(axis=0) + 1e-6
@@ -173,6 +173,11 @@ class NearestCentroid:
         z = (feats - self.mu) / self.sd
         d = ((z[:, None, :] - self.centroids[None]) ** 2).sum(axis=-1)
         return [self.classes[i] for i in d.argmin(axis=1)]
+
+
+def match_rate(predicted: list[str], labels: list[str]) -> float:
+    """The fraction of `predicted` labels equal to `labels`."""
+    return float(np.mean([p == t for p, t in zip(predicted, labels, strict=True)]))
 
 
 @dataclass(frozen=True)
@@ -212,11 +217,6 @@ class HeldOut:
     classifiers: dict[str, NearestCentroid]
     real_accuracy: dict[str, float]
     codec_accuracy: dict[str, float]
-
-    @property
-    def classifier(self) -> NearestCentroid:
-        """The issue's classifier (every band-frame counts)."""
-        return self.classifiers[""]
 
 
 def held_out_data(settings: EvalSettings, mel: np.ndarray, round_trip: Callable[[np.ndarray], np.ndarray]) -> HeldOut:
@@ -349,7 +349,7 @@ def edit_and_t2a_figures(
     t2a: dict[str, Any] = {}
     for suffix, clf in data.classifiers.items():
         pred = clf.predict_clips(gen_clips)
-        t2a[f"t2a_accuracy{suffix}"] = round(clf.accuracy(gen_clips, gen_labels), 3)
+        t2a[f"t2a_accuracy{suffix}"] = round(match_rate(pred, gen_labels), 3)
         t2a[f"t2a_predictions{suffix}"] = {
             c: [p for p, g in zip(pred, gen_labels, strict=True) if g == c] for c in CLASSES
         }
