@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 ENCODER = "encoder"
 SAMPLER = "sampler"
+STATS_TIMEOUT_S = 10.0  # the longest wait for the replicas' stats() reports
 
 
 def _autoscaling_config(pool: PoolSettings, settings: WorkerSettings, which: str) -> dict[str, Any]:
@@ -160,37 +161,35 @@ class ServePools:
         return audio
 
     def sampler_stats(self) -> dict[int, int]:
-        """Sampling-loop batch sizes summed over the replicas reached now ({size: loops})."""
-        return _summed(self.sampler_replica_stats())
+        """Sampling-loop batch sizes summed over the sampler replicas ({size: loops})."""
+        return _summed(self.sampler_reports(), "batch_sizes")
 
-    def sampler_replica_stats(self, probes: int = 8) -> dict[str | float, dict[int, int]]:
-        """Cumulative batch-size counters per sampler replica ({replica: {size: loops}})."""
-        return _replica_histograms(self._sampler, "batch_sizes", probes)
+    def sampler_reports(self, timeout_s: float = STATS_TIMEOUT_S) -> list[dict[str, Any]]:
+        """Every sampler replica's `stats()` report (see `replica_reports`)."""
+        return replica_reports(self._sampler, timeout_s)
 
-    def sync_stats(self, probes: int = 8) -> dict[int, int]:
-        """Sync-feature batch sizes summed over the encoder replicas reached now ({size: batches})."""
-        return _summed(_replica_histograms(self._encoder, "sync_batch_sizes", probes))
+    def sync_stats(self) -> dict[int, int]:
+        """Sync-feature batch sizes summed over the encoder replicas ({size: batches})."""
+        return _summed(replica_reports(self._encoder), "sync_batch_sizes")
 
 
-def _replica_histograms(handle: DeploymentHandle, key: str, probes: int) -> dict[str | float, dict[int, int]]:
-    """The `key` histogram of each replica's `stats()` ({replica: {size: count}}).
+def replica_reports(handle: DeploymentHandle, timeout_s: float = STATS_TIMEOUT_S) -> list[dict[str, Any]]:
+    """`stats()` of every running replica of a deployment, one report each (Serve's broadcast).
 
-    A handle call reaches one replica, so `probes` concurrent calls are spread over the replicas by
-    Serve's router; a replica is told apart by its `replica_id` (or its model load time).
+    Waits at most `timeout_s` in all, so a caller that must end before Ray is shut down is never held
+    by a replica that does not answer. A replica that fails (its node was lost, it is being replaced)
+    or does not answer in time is left out of the list.
     """
-    responses = [handle.stats.remote() for _ in range(probes)]
-    out: dict[str | float, dict[int, int]] = {}
-    for response in responses:
-        stats = response.result(timeout_s=60)
-        out[stats.get("replica_id", stats["load_s"])] = {int(k): int(v) for k, v in stats[key].items()}
-    return out
+    results = handle.broadcast("stats").results(timeout_s=timeout_s, return_exceptions=True)
+    return [r for r in results if isinstance(r, dict)]
 
 
-def _summed(per_replica: dict[str | float, dict[int, int]]) -> dict[int, int]:
+def _summed(reports: list[dict[str, Any]], key: str) -> dict[int, int]:
+    """The `key` histograms ({size: count}) of the replicas' reports, summed."""
     total: dict[int, int] = {}
-    for hist in per_replica.values():
-        for size, count in hist.items():
-            total[size] = total.get(size, 0) + count
+    for report in reports:
+        for size, count in report[key].items():
+            total[int(size)] = total.get(int(size), 0) + int(count)
     return total
 
 

@@ -41,7 +41,6 @@ if TYPE_CHECKING:
 
 HOUSEKEEPING_EVERY_S = 1.0
 BATCH_STATS_EVERY_S = 10.0
-REPLICA_PROBES = 8  # concurrent stats calls, spread over the sampler replicas by Serve's router
 
 
 @dataclass(frozen=True)
@@ -107,7 +106,6 @@ class Service:
         self._threads: list[threading.Thread] = []
         self._metrics_server: Any = None
         self._pools_lock: LeaderLock | None = None
-        self._sampler_handle: Any = None
 
     def serve_metrics(self) -> None:
         """Start `/metrics` on the configured address and port (if any); done before Ray is reached,
@@ -137,7 +135,6 @@ class Service:
         ws = self.worker_settings
         pools = deploy(ws) if self.options.deploy else ServePools.connect(ws.app_name, timeout_s=ws.max_job_s)
         self.pools = pools
-        self._sampler_handle = _sampler_handle(ws.app_name)
         config = ws.load_config()
         version = self.options.model_version or ws.model_version
         engine_settings = EngineSettings(
@@ -193,12 +190,16 @@ class Service:
 
     def close(self) -> None:
         """After the engines ended: stop housekeeping, withdraw the backlog report, delete the pools."""
-        from workers.app import shutdown
+        from workers.app import STATS_TIMEOUT_S, shutdown
         from workers.autoscaling import withdraw_backlog
 
         self._stop.set()
         if getattr(self, "_housekeeper", None) is not None:
-            self._housekeeper.join(timeout=5)
+            # Its Ray calls are bounded; it must end before the caller shuts Ray down (a Ray call from
+            # a thread after ray.shutdown() starts a new Ray and then exits the whole process).
+            self._housekeeper.join(timeout=STATS_TIMEOUT_S + 2 * HOUSEKEEPING_EVERY_S + 5)
+            if self._housekeeper.is_alive():
+                self.log.warning("housekeeping did not end in time")
         if getattr(self, "_webhooks", None) is not None:
             self._webhooks.join(timeout=self._webhooks_drain_s)  # it finishes the attempts in flight
         try:
@@ -254,7 +255,7 @@ class Service:
                 elif not pools_leader and was_pools_leader:
                     self.metrics.forget_replicas()
                 was_pools_leader = pools_leader
-                if pools_leader and time.monotonic() >= next_replica_poll:
+                if pools_leader and time.monotonic() >= next_replica_poll and not self._stop.is_set():
                     next_replica_poll = time.monotonic() + BATCH_STATS_EVERY_S
                     self.metrics.observe_replica_reports(self._replica_reports(), baseline=baseline)
                     baseline = False
@@ -263,25 +264,11 @@ class Service:
             self._stop.wait(HOUSEKEEPING_EVERY_S)
 
     def _replica_reports(self) -> dict[str, dict[str, Any]]:
-        """`SamplerDeployment.stats()` of each sampler replica reached by a few concurrent calls."""
-        if self._sampler_handle is None:
+        """Every sampler replica's `stats()` report, by replica (bounded: `STATS_TIMEOUT_S`)."""
+        if self.pools is None:
             return {}
-        responses = [self._sampler_handle.stats.remote() for _ in range(REPLICA_PROBES)]
-        out: dict[str, dict[str, Any]] = {}
-        for response in responses:
-            stats = response.result(timeout_s=60)
-            out[str(stats.get("replica_id") or stats.get("load_s"))] = stats
-        return out
-
-
-def _sampler_handle(app_name: str) -> Any:
-    """A handle on the sampler pool's deployment, for the replicas' stats."""
-    from ray import serve
-
-    from workers.app import SAMPLER
-    from workers.sampler import SamplerDeployment
-
-    return serve.get_deployment_handle(SamplerDeployment.__name__, app_name=f"{app_name}-{SAMPLER}")
+        reports = self.pools.sampler_reports()
+        return {str(r.get("replica_id") or r.get("load_s")): r for r in reports}
 
 
 # --------------------------------------------------------------------------- CLI
