@@ -20,6 +20,8 @@ from typing import Any
 import boto3
 import pytest
 
+from tests.process_logs import log_excerpt
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 T2A = {"task": "text_to_audio", "duration_s": 1.0, "steps": 2}
@@ -182,8 +184,8 @@ def test_engine_frozen_past_its_lease_records_nothing_for_the_job_it_lost(
         # Freeze A while it holds jobs that have not reached their write; read the stages only
         # after the freeze has settled (a stage update A sent before it stopped has landed by then).
         while not lost:
-            assert time.monotonic() < deadline, f"no moment with A mid-job:\n{log.read_text()[-3000:]}"
-            assert frozen.poll() is None, f"engine A exited early:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"no moment with A mid-job:\n{log_excerpt(log)}"
+            assert frozen.poll() is None, f"engine A exited early:\n{log_excerpt(log)}"
             held = [r for r in queue.get_many(job_ids) if r.status.value == "running" and r.consumer == "frozen-a-0"]
             if held:
                 frozen.send_signal(signal.SIGSTOP)
@@ -197,11 +199,11 @@ def test_engine_frozen_past_its_lease_records_nothing_for_the_job_it_lost(
                     frozen.send_signal(signal.SIGCONT)
             time.sleep(0.05)
         takeover = start_engine("takeover-b", log)  # reclaims A's jobs once their leases lapse
-        assert takeover.wait(timeout=300) == 0, log.read_text()[-3000:]
+        assert takeover.wait(timeout=300) == 0, log_excerpt(log)
         before = {r.job_id: r.model_dump() for r in queue.get_many(job_ids)}
     finally:
         frozen.send_signal(signal.SIGCONT)
-    assert frozen.wait(timeout=120) == 0, log.read_text()[-3000:]  # A runs on, then drains and exits
+    assert frozen.wait(timeout=120) == 0, log_excerpt(log)  # A runs on, then drains and exits
 
     after = {r.job_id: r.model_dump() for r in queue.get_many(job_ids)}
     assert after == before, "the resumed engine changed no record"

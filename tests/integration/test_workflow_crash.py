@@ -12,6 +12,8 @@ import uuid
 import boto3
 import pytest
 
+from tests.process_logs import log_excerpt
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 N_WORKFLOWS = 3
@@ -62,10 +64,10 @@ def test_sigkill_during_a_second_step_then_restart(
                 if killed:
                     break
                 first.send_signal(signal.SIGCONT)
-            assert first.poll() is None, f"engine exited early:\n{log.read_text()[-3000:]}"
+            assert first.poll() is None, f"engine exited early:\n{log_excerpt(log)}"
             time.sleep(0.05)
         else:
-            pytest.fail(f"no second step was seen running:\n{log.read_text()[-3000:]}")
+            pytest.fail(f"no second step was seen running:\n{log_excerpt(log)}")
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
     finally:
@@ -74,7 +76,7 @@ def test_sigkill_during_a_second_step_then_restart(
 
     second = start_engine("wfcrash-b", log)
     try:
-        assert second.wait(timeout=300) == 0, log.read_text()[-3000:]
+        assert second.wait(timeout=300) == 0, log_excerpt(log)
     finally:
         if second.poll() is None:
             second.kill()
@@ -83,7 +85,7 @@ def test_sigkill_during_a_second_step_then_restart(
     keys = [o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket).get("Contents", [])]
     for wf in workflows:
         status = queue.workflow_status(wf.workflow_id)
-        assert status is not None and status.status is WorkflowState.SUCCEEDED, (status, log.read_text()[-3000:])
+        assert status is not None and status.status is WorkflowState.SUCCEEDED, (status, log_excerpt(log))
         records = {r.job_id: r for r in queue.get_many([s.job_id for s in status.steps]) if r is not None}
         for step in status.steps:
             mine = sorted(k for k in keys if k.rsplit("/", 1)[-1].rsplit(".", 1)[0] == step.job_id)

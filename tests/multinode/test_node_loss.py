@@ -14,6 +14,8 @@ from pathlib import Path
 import boto3
 from multinode_support import LEASE_S, check_done_once, wait_until
 
+from tests.process_logs import log_excerpt
+
 N_JOBS = 10
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,7 +59,7 @@ def test_worker_node_killed_mid_batch_then_back(cluster, start_engine, mn_redis,
     log = tmp_path / "node-loss.log"
 
     def mid_batch() -> bool:
-        assert engine.poll() is None, f"engine exited early:\n{log.read_text()[-3000:]}"
+        assert engine.poll() is None, f"engine exited early:\n{log_excerpt(log)}"
         counts = queue.batch_status(batch_id).counts
         return counts["succeeded"] >= 2 and counts["succeeded"] + counts["failed"] + counts["dead"] < N_JOBS - 2
 
@@ -70,10 +72,10 @@ def test_worker_node_killed_mid_batch_then_back(cluster, start_engine, mn_redis,
     finally:
         engine.send_signal(signal.SIGCONT)
     time.sleep(3.0)  # the engine runs on without a sampler for a while: calls fail and are retried
-    assert engine.poll() is None, f"engine died with the worker node:\n{log.read_text()[-3000:]}"
+    assert engine.poll() is None, f"engine died with the worker node:\n{log_excerpt(log)}"
     cluster.start_worker()
 
-    assert engine.wait(timeout=300) == 0, log.read_text()[-3000:]
+    assert engine.wait(timeout=300) == 0, log_excerpt(log)
     client = boto3.client("s3", endpoint_url=mn_s3.upstream, region_name="us-east-1")
     records = check_done_once(queue, client, mn_bucket, batch_id, job_ids)
     after = _where(cluster)

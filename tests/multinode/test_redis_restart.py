@@ -10,6 +10,8 @@ import boto3
 import httpx
 from multinode_support import check_done_once, wait_until
 
+from tests.process_logs import log_excerpt
+
 N_JOBS = 10
 OUTAGE_S = 10.0
 # Longer than the outage: a job whose holder was cut off from Redis is still its own when Redis is
@@ -36,7 +38,7 @@ def test_redis_restart_mid_batch(cluster, start_engine, start_api, mn_redis, mn_
         queue = JobQueue(mn_redis.url, prefix=mn_prefix, lease_s=LEASE_S)
 
         def mid_batch() -> bool:
-            assert engine.poll() is None, f"engine exited early:\n{log.read_text()[-3000:]}"
+            assert engine.poll() is None, f"engine exited early:\n{log_excerpt(log)}"
             counts = queue.batch_status(batch_id).counts
             return counts["succeeded"] >= 2 and counts["succeeded"] < N_JOBS - 2
 
@@ -56,13 +58,13 @@ def test_redis_restart_mid_batch(cluster, start_engine, start_api, mn_redis, mn_
                 assert int(resp.headers["Retry-After"]) > 0
                 assert resp.json()["error"]["code"] == "unavailable", resp.text
             time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down_at)))
-            assert engine.poll() is None, f"engine died with Redis:\n{log.read_text()[-3000:]}"
+            assert engine.poll() is None, f"engine died with Redis:\n{log_excerpt(log)}"
         finally:
             mn_redis.start()
 
         # Both reconnect: the API answers from the restored data, the engine drains the batch.
         wait_until(lambda: http.get(f"/v1/batches/{batch_id}").status_code == 200, 60, "the API did not reconnect")
-        assert engine.wait(timeout=300) == 0, log.read_text()[-3000:]
+        assert engine.wait(timeout=300) == 0, log_excerpt(log)
         done = http.get(f"/v1/batches/{batch_id}").json()
         assert done["counts"]["succeeded"] == N_JOBS, done
     queue = JobQueue(mn_redis.url, prefix=mn_prefix, lease_s=LEASE_S)

@@ -9,6 +9,8 @@ import time
 import boto3
 from multinode_support import LEASE_S, check_done_once, check_metadata_describes_result, wait_until
 
+from tests.process_logs import log_excerpt
+
 N_JOBS = 10
 OUTAGE_S = 6.0
 
@@ -40,7 +42,7 @@ def test_s3_outage_mid_write(cluster, start_engine, mn_redis, mn_prefix, mn_s3, 
     log = tmp_path / "s3-outage.log"
 
     def mid_batch() -> bool:
-        assert engine.poll() is None, f"engine exited early:\n{log.read_text()[-3000:]}"
+        assert engine.poll() is None, f"engine exited early:\n{log_excerpt(log)}"
         counts = queue.batch_status(batch_id).counts
         return counts["succeeded"] >= 2 and counts["succeeded"] < N_JOBS - 2
 
@@ -57,9 +59,9 @@ def test_s3_outage_mid_write(cluster, start_engine, mn_redis, mn_prefix, mn_s3, 
         succeeded_during = queue.batch_status(batch_id).counts["succeeded"]
     finally:
         mn_s3.failing.clear()
-    assert engine.poll() is None, f"engine died with S3:\n{log.read_text()[-3000:]}"
+    assert engine.poll() is None, f"engine died with S3:\n{log_excerpt(log)}"
 
-    assert engine.wait(timeout=300) == 0, log.read_text()[-3000:]
+    assert engine.wait(timeout=300) == 0, log_excerpt(log)
     _check_visible_state(queue, client, mn_bucket, job_ids)
     records = check_done_once(queue, client, mn_bucket, batch_id, job_ids)
     assert succeeded_during < N_JOBS, "the outage landed mid-batch"
