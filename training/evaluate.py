@@ -152,27 +152,22 @@ class NearestCentroid:
     def features(self, clips: list[np.ndarray]) -> np.ndarray:
         return np.stack([logmel_stats(x, self.mel, self.floor_db) for x in clips])
 
-    def fit_clips(self, clips: list[np.ndarray], labels: list[str]) -> NearestCentroid:
-        return self.fit(self.features(clips), labels)
-
-    def predict_clips(self, clips: list[np.ndarray]) -> list[str]:
-        return self.predict(self.features(clips))
-
-    def accuracy(self, clips: list[np.ndarray], labels: list[str]) -> float:
-        """The fraction of `clips` labelled as `labels` says."""
-        return match_rate(self.predict_clips(clips), labels)
-
-    def fit(self, feats: np.ndarray, labels: list[str]) -> NearestCentroid:
+    def fit(self, clips: list[np.ndarray], labels: list[str]) -> NearestCentroid:
+        feats = self.features(clips)
         self.mu, self.sd = feats.mean(axis=0), feats.std(axis=0) + 1e-6
         z = (feats - self.mu) / self.sd
         self.classes = sorted(set(labels))
         self.centroids = np.stack([z[[lab == c for lab in labels]].mean(axis=0) for c in self.classes])
         return self
 
-    def predict(self, feats: np.ndarray) -> list[str]:
-        z = (feats - self.mu) / self.sd
+    def predict(self, clips: list[np.ndarray]) -> list[str]:
+        z = (self.features(clips) - self.mu) / self.sd
         d = ((z[:, None, :] - self.centroids[None]) ** 2).sum(axis=-1)
         return [self.classes[i] for i in d.argmin(axis=1)]
+
+    def accuracy(self, clips: list[np.ndarray], labels: list[str]) -> float:
+        """The fraction of `clips` labelled as `labels` says."""
+        return match_rate(self.predict(clips), labels)
 
 
 def match_rate(predicted: list[str], labels: list[str]) -> float:
@@ -236,7 +231,7 @@ def held_out_data(settings: EvalSettings, mel: np.ndarray, round_trip: Callable[
                 real.append(soxr.resample(x, sr, SR).astype(np.float32))
                 labels.append(c)
     coded = [round_trip(x) for x in real]
-    classifiers = {k: NearestCentroid(mel, floor).fit_clips(real, labels) for k, floor in CLASSIFIERS.items()}
+    classifiers = {k: NearestCentroid(mel, floor).fit(real, labels) for k, floor in CLASSIFIERS.items()}
     return HeldOut(
         clips=clips,
         params=params,
@@ -348,7 +343,7 @@ def edit_and_t2a_figures(
             gen_labels.append(c)
     t2a: dict[str, Any] = {}
     for suffix, clf in data.classifiers.items():
-        pred = clf.predict_clips(gen_clips)
+        pred = clf.predict(gen_clips)
         t2a[f"t2a_accuracy{suffix}"] = round(match_rate(pred, gen_labels), 3)
         t2a[f"t2a_predictions{suffix}"] = {
             c: [p for p, g in zip(pred, gen_labels, strict=True) if g == c] for c in CLASSES
@@ -404,9 +399,7 @@ def understanding_figures(
         {
             "describe_question": question,
             "describe_cfg_scale": settings.describe_cfg_scale,
-            "describe_names_true_class": round(
-                float(np.mean([a == thinker_data.CLASS_TEXT[t] for a, t in zip(answers, truth, strict=True)])), 3
-            ),
+            "describe_names_true_class": round(match_rate(answers, [thinker_data.CLASS_TEXT[t] for t in truth]), 3),
             "describe_known_prompt_rate": round(float(np.mean([a in known for a in answers])), 3),
             "describe_generate_clips": len(truth),
         }
